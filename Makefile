@@ -1,0 +1,39 @@
+# Two entry points do all the set-up on a fresh machine: `make demo` and `make test`.
+# Each creates .venv when it is missing and installs what it needs, once.
+# The venv sees the system's packages, so a machine that already has torch (a GPU
+# machine with a CUDA build) keeps it; where no torch is importable, the CPU build
+# torch==2.13.0 is installed instead of a multi-GB CUDA build.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.memmodel-installed
+DEMO_SECONDS ?= 90
+
+.PHONY: demo test test-fast bench-cpu lint clean
+
+$(PY):
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+
+$(STAMP): $(PY) setup.py pyproject.toml
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "torch==2.13.0"
+	$(PY) -m pip install -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m memmodel.train --seconds $(DEMO_SECONDS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+bench-cpu: $(STAMP)
+	$(PY) benchmarks/bench_selective_scan_cpu.py
+
+lint: $(STAMP)
+	$(PY) -m pip install -q ruff && $(PY) -m ruff check .
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,1 @@
+"""memmodel: a selective state-space model with external memory."""

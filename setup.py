@@ -1,0 +1,34 @@
+"""memmodel: a selective state-space model with external memory, as fused Triton kernels.
+
+One distribution. `kernels/` installs as the subpackage `memmodel.kernels`, so the import
+name never collides with other packages called `kernels`.
+"""
+
+from setuptools import find_packages, setup
+
+KERNEL_PACKAGES = ["memmodel.kernels." + p for p in find_packages("kernels")]
+
+setup(
+    name="memmodel",
+    version="0.1.0",
+    description=(
+        "Selective state-space model with working and long-term memory: "
+        "fused Triton kernels and PyTorch modules"
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=["memmodel", "memmodel.kernels"] + KERNEL_PACKAGES,
+    package_dir={"memmodel": "memmodel", "memmodel.kernels": "kernels"},
+    install_requires=[
+        # A range, never a pinned CPU build: a GPU machine keeps its CUDA torch.
+        "torch>=2.4",
+        "triton>=3.1",
+        "numpy",
+    ],
+    extras_require={
+        "test": ["pytest", "pytest-benchmark", "hypothesis"],
+        "bench": ["pytest-benchmark"],
+        "plot": ["matplotlib"],
+    },
+)

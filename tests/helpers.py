@@ -1,0 +1,27 @@
+"""Shared test helpers: one closeness check and small input factories."""
+
+import torch
+
+# Bound on the relative RMS error, by the dtype of the tensor under test.
+RTOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def rel_rms_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    a, e = actual.detach().double(), expected.detach().double()
+    return ((a - e).norm() / e.norm().clamp_min(1e-30)).item()
+
+
+def assert_close(actual, expected, name="tensor", dtype=None, rtol=None):
+    """Fail unless `actual` is within a relative RMS error of `expected`.
+
+    The bound is RTOL[dtype] (dtype defaults to actual's), or `rtol` when given. NaN or
+    Inf in `actual` where `expected` is finite fails, and shapes must match exactly.
+    """
+    assert actual is not None, f"{name}: got None"
+    assert actual.shape == expected.shape, (
+        f"{name}: shape {tuple(actual.shape)} != expected {tuple(expected.shape)}")
+    bad = ~torch.isfinite(actual.detach()) & torch.isfinite(expected.detach())
+    assert not bad.any(), f"{name}: {int(bad.sum())} non-finite values"
+    bound = rtol if rtol is not None else RTOL[dtype or actual.dtype]
+    err = rel_rms_error(actual, expected)
+    assert err <= bound, f"{name}: relative RMS error {err:.3e} > {bound:.1e}"
