@@ -20,10 +20,14 @@ from ..utils import (
     check_tensor,
     resolve_backend,
 )
+from .chunk import chunk_selective_scan
 from .ref import selective_scan_chunked, selective_scan_ref, selective_state_update_ref
+from .step import fused_selective_state_update
 
 __all__ = [
     "selective_scan",
+    "chunk_selective_scan",
+    "fused_selective_state_update",
     "selective_state_update",
     "selective_scan_ref",
     "selective_scan_chunked",
@@ -60,7 +64,7 @@ def selective_scan(
     output_final_state: bool = False,
     cu_seqlens: Optional[torch.Tensor] = None,
     backend: str = "auto",
-    chunk_size: int = 32,
+    chunk_size: Optional[int] = None,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Selective scan over a batch of sequences, differentiable in every tensor input.
 
@@ -79,7 +83,8 @@ def selective_scan(
         cu_seqlens: [num_seqs + 1] int offsets of sequences packed along T (B must be 1);
             each sequence starts from its own initial state (zeros when none is given).
         backend: "auto", "triton" or "torch" (see `resolve_backend`).
-        chunk_size: tokens per chunk of the chunked paths.
+        chunk_size: tokens per chunk: the spacing of the states kept for the backward.
+            None picks 64 for Triton (a power of two is required there), 32 for torch.
 
     Returns:
         y: [B, T, E] in u's dtype.
@@ -110,16 +115,18 @@ def selective_scan(
     if initial_state is not None:
         check_tensor("initial_state", initial_state, (n_states, "E", "N"), dims,
                      dtypes=(torch.float32,), device=dev)
-    if not isinstance(chunk_size, int) or chunk_size < 1:
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
 
     impl = resolve_backend(backend, dev)
-    if impl == "triton":
-        raise NotImplementedError("backend: the Triton selective scan is not available yet")
-    return selective_scan_chunked(
-        u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
-        output_final_state, cu_seqlens, chunk_size=chunk_size,
-    )
+    scan = chunk_selective_scan if impl == "triton" else selective_scan_chunked
+    if chunk_size is None:
+        chunk_size = 64 if impl == "triton" else 32
+    elif impl == "triton" and chunk_size & (chunk_size - 1):
+        raise ValueError(
+            f"chunk_size: the Triton scan needs a power of two, got {chunk_size}")
+    return scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+                output_final_state, cu_seqlens, chunk_size=chunk_size)
 
 
 def selective_state_update(
@@ -135,6 +142,7 @@ def selective_state_update(
     delta_softplus: bool = False,
     state_batch_indices: Optional[torch.Tensor] = None,
     backend: str = "auto",
+    validate: bool = True,
 ) -> torch.Tensor:
     """One decode step of the selective scan; `state` is updated in place.
 
@@ -146,6 +154,8 @@ def selective_state_update(
         state_batch_indices: [B] int32/int64, the row of `state` each batch row updates
             (continuous batching); rows must be distinct. None: row b updates state[b].
         backend: "auto", "triton" or "torch".
+        validate: check the values of state_batch_indices (in range, distinct); this reads
+            them on the host, a device sync per step. Shapes and dtypes are always checked.
 
     Returns:
         y: [B, E] in u's dtype; equal to the last position of `selective_scan` run over the
@@ -180,15 +190,14 @@ def selective_state_update(
     else:
         check_tensor("state_batch_indices", state_batch_indices, ("B",), dims,
                      dtypes=INT_DTYPES, device=dev)
-        idx = state_batch_indices.tolist()
-        if min(idx) < 0 or max(idx) >= dims["S"]:
+        idx = state_batch_indices.tolist() if validate else []
+        if idx and (min(idx) < 0 or max(idx) >= dims["S"]):
             raise ValueError(
                 f"state_batch_indices: expected values in [0, {dims['S']}), got {idx}"
             )
         if len(set(idx)) != len(idx):
             raise ValueError(f"state_batch_indices: expected distinct rows, got {idx}")
     impl = resolve_backend(backend, dev)
-    if impl == "triton":
-        raise NotImplementedError("backend: the Triton decode step is not available yet")
-    return selective_state_update_ref(state, u, delta, A, B, C, D, z, delta_bias,
-                                      delta_softplus, state_batch_indices)
+    step = fused_selective_state_update if impl == "triton" else selective_state_update_ref
+    return step(state, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                state_batch_indices)
