@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The GPU checks in one go (under 8 minutes on an H100/H200): install, the gpu-marked
+# tests, the kernel benchmarks, and a short table printed last.
+#   bash benchmarks/gpu_suite.sh [out_dir]        (peers: PYTHONPATH=.peers when present)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-${OUT:-results}}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+[ -d .peers ] && export PYTHONPATH="$PWD/.peers${PYTHONPATH:+:$PYTHONPATH}"
+python3 -m pip install -q --no-deps --no-build-isolation -e . >"$out/install.log" 2>&1 \
+  || { cat "$out/install.log"; exit 1; }
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.used --format=csv \
+  | tee "$out/gpu.txt"
+
+timeout 240 python3 -m pytest -q -m gpu tests/ -p no:cacheprovider 2>&1 | tee "$out/gpu_tests.log" | tail -n 15
+tests_rc=${PIPESTATUS[0]}
+
+jsonl="$out/bench.jsonl"
+: >"$jsonl"
+for bench in benchmarks/bench_selective_scan.py benchmarks/bench_gated_cache.py benchmarks/bench_ltm.py; do
+  [ -f "$bench" ] || continue
+  echo "== $bench"
+  timeout 300 python3 "$bench" --json "$jsonl" >"$out/$(basename "$bench" .py).log" 2>&1 \
+    || { echo "$bench failed:"; tail -n 20 "$out/$(basename "$bench" .py).log"; }
+done
+
+echo "== gpu tests exit code: $tests_rc"
+python3 benchmarks/summarize.py "$jsonl"
