@@ -16,14 +16,21 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.used -
 timeout 240 python3 -m pytest -q -m gpu tests/ -p no:cacheprovider 2>&1 | tee "$out/gpu_tests.log" | tail -n 15
 tests_rc=${PIPESTATUS[0]}
 
-jsonl="$out/bench.jsonl"
+jsonl="$out/bench_selective_scan.jsonl"
 : >"$jsonl"
-for bench in benchmarks/bench_selective_scan.py benchmarks/bench_gated_cache.py benchmarks/bench_ltm.py; do
-  [ -f "$bench" ] || continue
-  echo "== $bench"
-  timeout 300 python3 "$bench" --json "$jsonl" >"$out/$(basename "$bench" .py).log" 2>&1 \
-    || { echo "$bench failed:"; tail -n 20 "$out/$(basename "$bench" .py).log"; }
-done
+run() {  # run <script> <json path>: a benchmark with its own log, never stopping the suite
+  local name; name=$(basename "$1" .py)
+  echo "== $1"
+  timeout 300 python3 "$1" --json "$2" >"$out/$name.log" 2>&1 \
+    || { echo "$1 failed:"; tail -n 20 "$out/$name.log"; }
+}
+run benchmarks/bench_selective_scan.py "$jsonl"
+[ -f benchmarks/bench_gated_cache.py ] && run benchmarks/bench_gated_cache.py "$out/bench_gated_cache.json"
+[ -f benchmarks/bench_ltm.py ] && run benchmarks/bench_ltm.py "$out/bench_ltm.json"
 
 echo "== gpu tests exit code: $tests_rc"
+for name in bench_gated_cache bench_ltm; do
+  [ -f "$out/$name.log" ] && { echo "== $name"; tail -n 14 "$out/$name.log"; }
+done
+echo "== bench_selective_scan"
 python3 benchmarks/summarize.py "$jsonl"

@@ -1,18 +1,20 @@
 """Test harness: Triton's interpreter on, a fixed seed, NaN-poisoned allocations, markers.
 
-TRITON_INTERPRET must be set before Triton is imported, so it is set here, at the top.
+Without a CUDA GPU, TRITON_INTERPRET=1 is set before any kernel is defined, so the Triton
+kernels run on CPU tensors; with one, the kernels compile for it and the `gpu` tests run.
 MEMMODEL_COMPILE=0 keeps the CPU fast paths eager: the tests check the chunked code
 itself, and the compiled version is checked once, in a test that sets it back on.
 """
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
-os.environ.setdefault("MEMMODEL_COMPILE", "0")
+import numpy as np
+import pytest
+import torch
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("MEMMODEL_COMPILE", "0")
 
 SEED = 0
 

@@ -1,0 +1,94 @@
+"""Chunk compression: learned attention pooling of each chunk of C tokens into P summaries.
+
+    alpha[t] = softmax over the chunk's tokens t of (scale * q_pool[h, p] . k[t, h])
+    s_k[c, h, p] = sum_t alpha[t] k[t, h],  s_v[c, h, p] = sum_t alpha[t] v[t, h]
+    score[c, h, p] = logsumexp_t (scale * q_pool[h, p] . k[t, h])
+
+`chunk_compress` checks its inputs once and dispatches to a backend (see
+`memmodel.kernels.utils.resolve_backend`): the Triton kernels in `chunk.py` or the
+PyTorch reference in `ref.py`.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+from typing import Optional, Tuple
+
+import torch
+
+from ..utils import check_same_dtype, check_tensor, resolve_backend
+from .chunk import MAX_HEAD_DIM, MAX_SUMMARIES, chunk_compress_triton
+from .ref import chunk_compress_ref
+
+__all__ = ["chunk_compress", "chunk_compress_ref", "chunk_compress_triton", "check_scale"]
+
+
+def check_scale(scale) -> None:
+    """Raise unless scale is None or a finite, positive real number."""
+    if scale is None:
+        return
+    if isinstance(scale, bool) or not isinstance(scale, Real):
+        raise TypeError(f"scale: expected None or a float, got {type(scale).__name__}")
+    if not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale: expected a finite, positive number, got {scale}")
+
+
+def chunk_compress(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_pool: torch.Tensor,
+    chunk_size: int,
+    scale: Optional[float] = None,
+    backend: str = "auto",
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Compress each chunk of `chunk_size` tokens into P summaries per head.
+
+    Chunk c holds the tokens [c C, min((c + 1) C, T)): a partial last chunk pools over
+    its real tokens only. Differentiable in k, v and q_pool (and through score).
+
+    Args:
+        k: [B, T, H, Dk] keys, float32 / float16 / bfloat16; any strides.
+        v: [B, T, H, Dv] values, k's dtype; Dv may differ from Dk.
+        q_pool: [H, P, Dk] pooling queries, any float dtype (a float32 parameter next to
+            bfloat16 activations is fine).
+        chunk_size: C, tokens per chunk, a positive int.
+        scale: logit scale, a positive number; 1 / sqrt(Dk) when None.
+        backend: "auto", "triton" or "torch" (see `resolve_backend`).
+
+    Returns:
+        s_k: [B, NC, H, P, Dk] pooled keys in k's dtype, NC = ceil(T / C).
+        s_v: [B, NC, H, P, Dv] pooled values in v's dtype.
+        score: [B, NC, H, P] float32, the logsumexp of each summary's pooling logits
+            (a summary's log "attention mass", useful to rank summaries).
+
+    Example:
+        >>> k, v = torch.randn(2, 1000, 4, 32), torch.randn(2, 1000, 4, 32)
+        >>> s_k, s_v, score = chunk_compress(k, v, torch.randn(4, 2, 32), chunk_size=256)
+        >>> s_k.shape, score.shape
+        (torch.Size([2, 4, 4, 2, 32]), torch.Size([2, 4, 4, 2]))
+    """
+    dims: dict = {}
+    check_tensor("k", k, ("B", "T", "H", "Dk"), dims)
+    dev = k.device
+    check_tensor("v", v, ("B", "T", "H", "Dv"), dims, device=dev)
+    check_tensor("q_pool", q_pool, ("H", "P", "Dk"), dims, device=dev)
+    check_same_dtype(("k", "v"), (k, v))
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
+    check_scale(scale)
+
+    impl = resolve_backend(backend, dev)
+    if impl == "triton":
+        if max(dims["Dk"], dims["Dv"]) > MAX_HEAD_DIM:
+            raise NotImplementedError(
+                f"k, v: the Triton kernels take head widths up to {MAX_HEAD_DIM}, got "
+                f"Dk={dims['Dk']}, Dv={dims['Dv']}; use backend='torch'"
+            )
+        if dims["P"] > MAX_SUMMARIES:
+            raise NotImplementedError(
+                f"q_pool: the Triton kernels take up to {MAX_SUMMARIES} summaries per chunk, "
+                f"got P={dims['P']}; use backend='torch'"
+            )
+        return chunk_compress_triton(k, v, q_pool, chunk_size, scale)
+    return chunk_compress_ref(k, v, q_pool, chunk_size, scale)
