@@ -1,0 +1,513 @@
+"""Gated cache write, chunked Triton kernels: parallel over chunks of BT tokens.
+
+Per slot s the write is a gated linear recurrence with decay 1 - w and input w; with
+g = log(1 - w), gc its running sum inside a sub-chunk of BC tokens and M the slots at
+the sub-chunk start (docs/kernels.md has the derivation):
+
+    Mk_t[s] = exp(gc_t[s]) Mk[s] + sum_{i<=t} exp(gc_t[s] - gc_i[s]) w_i[s] k_i
+    a_t[s]  = scale * (exp(gc_t[s]) (Mk q_t)[s] + sum_{i<=t} (q_t . k_i) w_i[s] E[t, i, s])
+    r_t     = (p_t * exp(gc_t)) @ Mv + sum_{i<=t} P[t, i] v_i,
+              P[t, i] = sum_s p_t[s] w_i[s] E[t, i, s],   E[t, i, s] = exp(gc_t[s] - gc_i[s])
+
+Every exponent is a sum of log(1 - w) <= 0 over a range of tokens, so nothing overflows;
+log(1 - w) is floored at -GMIN so that w = 1 (a full overwrite) stays finite: the old
+slot then keeps a weight exp(-GMIN) ~ 1e-14 instead of 0.
+
+Forward: `_state_fwd_kernel` walks each sequence once (sub-chunk by sub-chunk, parallel
+over heads and feature blocks) and stores the slots at every chunk start;
+`_chunk_fwd_kernel` then runs every chunk in parallel from its stored slots.
+Backward: `_chunk_dq_bwd_kernel` (per chunk) recomputes p, gets the score gradients dA and
+dq; `_state_bwd_kernel` carries the slot gradients back across chunks;
+`_chunk_dkvw_bwd_kernel` (per chunk) gives dk, dv and dw. dw = d(write) - d(decay), with
+the decay part sum_d G_t[s, d] M_{t-1}[s, d] expanded into four chunk-local terms (T1-T4
+below) instead of the usual reverse cumsum of dlog(1 - w), which would divide by 1 - w.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+from .common import (
+    FlatInputs,
+    block_sizes,
+    chunk_layout,
+    dot_precision,
+    num_warps,
+    state_grads,
+)
+from .fused_recurrent import _apply
+
+GMIN = 32.0  # floor of -log(1 - w)
+EPS = math.exp(-GMIN)  # ~1.3e-14, the floor of 1 - w
+BC = 16  # tokens per sub-chunk (the smallest tl.dot operand)
+
+
+@triton.jit
+def _gates(w, t0, eos, i_h, sw_t, sw_h, o_c, o_s, m_s, EPS: tl.constexpr):
+    """Write weights of one sub-chunk and their log-decay sums (rows past eos: w = 0)."""
+    o_t = t0 + o_c
+    m_w = (o_t < eos)[:, None] & m_s[None, :]
+    b_w = tl.load(w + o_t[:, None] * sw_t + i_h * sw_h + o_s[None, :], mask=m_w,
+                  other=0.0).to(tl.float32)  # [BC, BS]
+    b_g = tl.log(tl.maximum(1.0 - b_w, EPS))  # [BC, BS], 0 where w = 0
+    b_gc = tl.cumsum(b_g, axis=0)  # [BC, BS] decay from the sub-chunk start through t
+    b_gl = tl.sum(b_g, axis=0)  # [BS] decay over the whole sub-chunk
+    return b_w, b_g, b_gc, b_gl
+
+
+@triton.jit
+def _rows(x, t0, eos, i_h, s_t, s_h, o_c, o_d, m_d):
+    """[BC, BD] float32 rows t0 .. t0 + BC of x[:, i_h, :] (zero past eos or D)."""
+    o_t = t0 + o_c
+    p_x = x + o_t[:, None] * s_t + i_h * s_h + o_d[None, :]
+    return tl.load(p_x, mask=(o_t < eos)[:, None] & m_d[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _pair_decay(b_gc, o_c):
+    """E[t, i, s] = exp(gc_t[s] - gc_i[s]) for i <= t, else 0. [BC, BC, BS]"""
+    m_ti = (o_c[:, None] >= o_c[None, :])[:, :, None]  # [BC, BC, 1]
+    b_d = tl.minimum(b_gc[:, None, :] - b_gc[None, :, :], 0.0)
+    return tl.where(m_ti, tl.exp(b_d), 0.0)
+
+
+@triton.jit
+def _read_weights(b_q, b_k, b_w, b_gc, b_E, b_mk, scale, m_s, PREC: tl.constexpr):
+    """Read weights p [BC, BS] of a sub-chunk that starts from slot keys b_mk [BS, BK]."""
+    b_qk = tl.dot(b_q, tl.trans(b_k), input_precision=PREC)  # [BC, BC]
+    b_a = tl.exp(b_gc) * tl.dot(b_q, tl.trans(b_mk), input_precision=PREC)  # [BC, BS]
+    b_a += tl.sum(b_qk[:, :, None] * (b_w[None, :, :] * b_E), axis=1)
+    b_a = tl.where(m_s[None, :], b_a * scale, float("-inf"))
+    b_p = tl.exp(b_a - tl.max(b_a, axis=1)[:, None])
+    return b_p / tl.sum(b_p, axis=1)[:, None]
+
+
+@triton.jit
+def _advance(b_m, b_w, b_gc, b_gl, b_x, PREC: tl.constexpr):
+    """Slots after a sub-chunk: exp(gl) M + sum_i (w_i exp(gl - gc_i)) x_i. [BS, BD]"""
+    b_wd = b_w * tl.exp(b_gl[None, :] - b_gc)  # [BC, BS]
+    return tl.exp(b_gl)[:, None] * b_m + tl.dot(tl.trans(b_wd), b_x, input_precision=PREC)
+
+
+@triton.jit
+def _state_fwd_kernel(
+    x,  # [T_all, H, D] keys or values, strides (sx_t, sx_h, 1)
+    w,  # [T_all, H, S] write weights, strides (sw_t, sw_h, 1)
+    h0,  # [N, H, S, D] float32 initial slots, contiguous (read if USE_H0)
+    hs,  # [NT, H, S, D] float32 output: slots at the start of every chunk
+    ht,  # [N, H, S, D] float32 output: final slots (written if STORE_HT)
+    cu_seqlens,  # [N + 1] offsets of the sequences along T_all
+    chunk_offsets,  # [N + 1] first global chunk of each sequence
+    sx_t, sx_h, sw_t, sw_h,
+    H: tl.constexpr, S: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
+    BD: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, EPS: tl.constexpr,
+    USE_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr,
+):
+    i_d, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    i_c0 = tl.load(chunk_offsets + i_n).to(tl.int64)
+    o_c, o_s, o_d = tl.arange(0, BC), tl.arange(0, BS), i_d * BD + tl.arange(0, BD)
+    m_s, m_d = o_s < S, o_d < D
+    m_sd = m_s[:, None] & m_d[None, :]
+    o_sd = o_s[:, None] * D + o_d[None, :]  # [BS, BD] offsets in one [S, D] state
+    if USE_H0:
+        b_h = tl.load(h0 + i_nh.to(tl.int64) * S * D + o_sd, mask=m_sd, other=0.0)
+    else:
+        b_h = tl.zeros([BS, BD], dtype=tl.float32)
+    for i_c in range(0, tl.cdiv(eos - bos, BT)):
+        tl.store(hs + ((i_c0 + i_c) * H + i_h) * S * D + o_sd, b_h, mask=m_sd)
+        for i_s in range(0, BT // BC):
+            t0 = bos + i_c * BT + i_s * BC
+            b_w, b_g, b_gc, b_gl = _gates(w, t0, eos, i_h, sw_t, sw_h, o_c, o_s, m_s, EPS)
+            b_x = _rows(x, t0, eos, i_h, sx_t, sx_h, o_c, o_d, m_d)  # [BC, BD]
+            b_h = _advance(b_h, b_w, b_gc, b_gl, b_x, PREC)
+    if STORE_HT:
+        tl.store(ht + i_nh.to(tl.int64) * S * D + o_sd, b_h, mask=m_sd)
+
+
+@triton.jit(do_not_specialize=["scale"])
+def _chunk_fwd_kernel(
+    q,  # [T_all, H, DK] queries, strides (sq_t, sq_h, 1)
+    k,  # [T_all, H, DK] keys, strides (sk_t, sk_h, 1)
+    v,  # [T_all, H, DV] values, strides (sv_t, sv_h, 1)
+    w,  # [T_all, H, S] write weights, strides (sw_t, sw_h, 1)
+    r,  # [T_all, H, DV] output reads, contiguous
+    hk,  # [NT, H, S, DK] float32 slot keys at every chunk start
+    hv,  # [NT, H, S, DV] float32 slot values at every chunk start
+    cu_seqlens,  # [N + 1] offsets of the sequences along T_all
+    chunk_indices,  # [NT, 2] (sequence, chunk within it) of every global chunk
+    scale,
+    sq_t, sq_h, sk_t, sk_h, sv_t, sv_h, sw_t, sw_h,
+    H: tl.constexpr, S: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
+    BS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
+    BC: tl.constexpr, EPS: tl.constexpr, PREC: tl.constexpr,
+):
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    i_n = tl.load(chunk_indices + 2 * i_c).to(tl.int64)
+    j_c = tl.load(chunk_indices + 2 * i_c + 1).to(tl.int64)
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    o_c, o_s = tl.arange(0, BC), tl.arange(0, BS)
+    o_k, o_v = tl.arange(0, BK), tl.arange(0, BV)
+    m_s, m_k, m_v = o_s < S, o_k < DK, o_v < DV
+    i_ch = i_c.to(tl.int64) * H + i_h
+    p_hk = hk + i_ch * S * DK + o_s[:, None] * DK + o_k[None, :]
+    p_hv = hv + i_ch * S * DV + o_s[:, None] * DV + o_v[None, :]
+    b_mk = tl.load(p_hk, mask=m_s[:, None] & m_k[None, :], other=0.0)  # [BS, BK]
+    b_mv = tl.load(p_hv, mask=m_s[:, None] & m_v[None, :], other=0.0)  # [BS, BV]
+    for i_s in range(0, BT // BC):
+        t0 = bos + j_c * BT + i_s * BC
+        if t0 < eos:
+            b_w, b_g, b_gc, b_gl = _gates(w, t0, eos, i_h, sw_t, sw_h, o_c, o_s, m_s, EPS)
+            b_q = _rows(q, t0, eos, i_h, sq_t, sq_h, o_c, o_k, m_k)  # [BC, BK]
+            b_k = _rows(k, t0, eos, i_h, sk_t, sk_h, o_c, o_k, m_k)  # [BC, BK]
+            b_v = _rows(v, t0, eos, i_h, sv_t, sv_h, o_c, o_v, m_v)  # [BC, BV]
+            b_E = _pair_decay(b_gc, o_c)  # [BC, BC, BS]
+            b_p = _read_weights(b_q, b_k, b_w, b_gc, b_E, b_mk, scale, m_s, PREC)
+            b_P = tl.sum(b_p[:, None, :] * (b_w[None, :, :] * b_E), axis=2)  # [BC, BC]
+            b_r = tl.dot(b_p * tl.exp(b_gc), b_mv, input_precision=PREC)
+            b_r += tl.dot(b_P, b_v, input_precision=PREC)  # [BC, BV]
+            o_t = t0 + o_c
+            p_r = r + (o_t[:, None] * H + i_h) * DV + o_v[None, :]
+            tl.store(p_r, b_r.to(r.dtype.element_ty), mask=(o_t < eos)[:, None] & m_v[None, :])
+            b_mk = _advance(b_mk, b_w, b_gc, b_gl, b_k, PREC)
+            b_mv = _advance(b_mv, b_w, b_gc, b_gl, b_v, PREC)
+
+
+@triton.jit(do_not_specialize=["scale"])
+def _chunk_dq_bwd_kernel(
+    q,  # [T_all, H, DK] queries, strides (sq_t, sq_h, 1)
+    k,  # [T_all, H, DK] keys, strides (sk_t, sk_h, 1)
+    v,  # [T_all, H, DV] values, strides (sv_t, sv_h, 1)
+    w,  # [T_all, H, S] write weights, strides (sw_t, sw_h, 1)
+    dr,  # [T_all, H, DV] gradient of the reads, strides (sd_t, sd_h, 1)
+    hk,  # [NT, H, S, DK] float32 slot keys at every chunk start
+    hv,  # [NT, H, S, DV] float32 slot values at every chunk start
+    dq,  # [T_all, H, DK] output, contiguous
+    pb,  # [T_all, H, BS] float32 output: read weights p
+    dab,  # [T_all, H, BS] float32 output: score gradients dA = d loss / d (scale * score)
+    cu_seqlens,  # [N + 1] offsets of the sequences along T_all
+    chunk_indices,  # [NT, 2] (sequence, chunk within it) of every global chunk
+    scale,
+    sq_t, sq_h, sk_t, sk_h, sv_t, sv_h, sw_t, sw_h, sd_t, sd_h,
+    H: tl.constexpr, S: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
+    BS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
+    BC: tl.constexpr, EPS: tl.constexpr, PREC: tl.constexpr,
+):
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    i_n = tl.load(chunk_indices + 2 * i_c).to(tl.int64)
+    j_c = tl.load(chunk_indices + 2 * i_c + 1).to(tl.int64)
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    o_c, o_s = tl.arange(0, BC), tl.arange(0, BS)
+    o_k, o_v = tl.arange(0, BK), tl.arange(0, BV)
+    m_s, m_k, m_v = o_s < S, o_k < DK, o_v < DV
+    i_ch = i_c.to(tl.int64) * H + i_h
+    p_hk = hk + i_ch * S * DK + o_s[:, None] * DK + o_k[None, :]
+    p_hv = hv + i_ch * S * DV + o_s[:, None] * DV + o_v[None, :]
+    b_mk = tl.load(p_hk, mask=m_s[:, None] & m_k[None, :], other=0.0)  # [BS, BK]
+    b_mv = tl.load(p_hv, mask=m_s[:, None] & m_v[None, :], other=0.0)  # [BS, BV]
+    for i_s in range(0, BT // BC):
+        t0 = bos + j_c * BT + i_s * BC
+        if t0 < eos:
+            b_w, b_g, b_gc, b_gl = _gates(w, t0, eos, i_h, sw_t, sw_h, o_c, o_s, m_s, EPS)
+            b_q = _rows(q, t0, eos, i_h, sq_t, sq_h, o_c, o_k, m_k)  # [BC, BK]
+            b_k = _rows(k, t0, eos, i_h, sk_t, sk_h, o_c, o_k, m_k)  # [BC, BK]
+            b_v = _rows(v, t0, eos, i_h, sv_t, sv_h, o_c, o_v, m_v)  # [BC, BV]
+            b_dr = _rows(dr, t0, eos, i_h, sd_t, sd_h, o_c, o_v, m_v)  # [BC, BV]
+            b_E = _pair_decay(b_gc, o_c)  # [BC, BC, BS]
+            b_WE = b_w[None, :, :] * b_E  # [BC, BC, BS]
+            b_p = _read_weights(b_q, b_k, b_w, b_gc, b_E, b_mk, scale, m_s, PREC)
+            # dp_t[s] = Mv_t[s] . dr_t, in the same chunked form as the scores
+            b_dv = tl.dot(b_dr, tl.trans(b_v), input_precision=PREC)  # [BC, BC]
+            b_dp = tl.exp(b_gc) * tl.dot(b_dr, tl.trans(b_mv), input_precision=PREC)
+            b_dp += tl.sum(b_dv[:, :, None] * b_WE, axis=1)  # [BC, BS]
+            b_da = scale * b_p * (b_dp - tl.sum(b_p * b_dp, axis=1)[:, None])
+            b_Pq = tl.sum(b_da[:, None, :] * b_WE, axis=2)  # [BC, BC]
+            b_dq = tl.dot(b_da * tl.exp(b_gc), b_mk, input_precision=PREC)
+            b_dq += tl.dot(b_Pq, b_k, input_precision=PREC)  # [BC, BK]
+            o_t = t0 + o_c
+            m_t = o_t < eos
+            p_dq = dq + (o_t[:, None] * H + i_h) * DK + o_k[None, :]
+            tl.store(p_dq, b_dq.to(dq.dtype.element_ty), mask=m_t[:, None] & m_k[None, :])
+            o_ts = (o_t[:, None] * H + i_h) * BS + o_s[None, :]
+            tl.store(pb + o_ts, b_p, mask=m_t[:, None])
+            tl.store(dab + o_ts, b_da, mask=m_t[:, None])
+            b_mk = _advance(b_mk, b_w, b_gc, b_gl, b_k, PREC)
+            b_mv = _advance(b_mv, b_w, b_gc, b_gl, b_v, PREC)
+
+
+@triton.jit
+def _state_bwd_kernel(
+    y,  # [T_all, H, BS] float32 per-slot weights of the reads: dA (keys) or p (values)
+    z,  # [T_all, H, D] the read vectors: q (keys) or dr (values), strides (sz_t, sz_h, 1)
+    w,  # [T_all, H, S] write weights, strides (sw_t, sw_h, 1)
+    dht,  # [N, H, S, D] float32 gradient of the final slots (read if USE_DHT)
+    dhs,  # [NT, H, S, D] float32 output: gradient of the slots at every chunk end
+    dh0,  # [N, H, S, D] float32 output: gradient of the initial slots (if STORE_DH0)
+    cu_seqlens,  # [N + 1] offsets of the sequences along T_all
+    chunk_offsets,  # [N + 1] first global chunk of each sequence
+    sz_t, sz_h, sw_t, sw_h,
+    H: tl.constexpr, S: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
+    BD: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, EPS: tl.constexpr,
+    USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, PREC: tl.constexpr,
+):
+    i_d, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    i_c0 = tl.load(chunk_offsets + i_n).to(tl.int64)
+    o_c, o_s, o_d = tl.arange(0, BC), tl.arange(0, BS), i_d * BD + tl.arange(0, BD)
+    m_s, m_d = o_s < S, o_d < D
+    m_sd = m_s[:, None] & m_d[None, :]
+    o_sd = o_s[:, None] * D + o_d[None, :]  # [BS, BD] offsets in one [S, D] state
+    if USE_DHT:
+        b_dh = tl.load(dht + i_nh.to(tl.int64) * S * D + o_sd, mask=m_sd, other=0.0)
+    else:
+        b_dh = tl.zeros([BS, BD], dtype=tl.float32)
+    n_chunks = tl.cdiv(eos - bos, BT)
+    for i_r in range(0, n_chunks):
+        i_c = n_chunks - 1 - i_r
+        tl.store(dhs + ((i_c0 + i_c) * H + i_h) * S * D + o_sd, b_dh, mask=m_sd)
+        for i_sr in range(0, BT // BC):
+            t0 = bos + i_c * BT + (BT // BC - 1 - i_sr) * BC
+            b_w, b_g, b_gc, b_gl = _gates(w, t0, eos, i_h, sw_t, sw_h, o_c, o_s, m_s, EPS)
+            b_y = _rows(y, t0, eos, i_h, H * BS, BS, o_c, o_s, m_s)  # [BC, BS]
+            b_z = _rows(z, t0, eos, i_h, sz_t, sz_h, o_c, o_d, m_d)  # [BC, BD]
+            # G_start = exp(gl) G_end + sum_t exp(gc_t) y_t z_t^T
+            b_dh = tl.exp(b_gl)[:, None] * b_dh + tl.dot(
+                tl.trans(b_y * tl.exp(b_gc)), b_z, input_precision=PREC)
+    if STORE_DH0:
+        tl.store(dh0 + i_nh.to(tl.int64) * S * D + o_sd, b_dh, mask=m_sd)
+
+
+@triton.jit(do_not_specialize=["scale"])
+def _chunk_dkvw_bwd_kernel(
+    q,  # [T_all, H, DK] queries, strides (sq_t, sq_h, 1)
+    k,  # [T_all, H, DK] keys, strides (sk_t, sk_h, 1)
+    v,  # [T_all, H, DV] values, strides (sv_t, sv_h, 1)
+    w,  # [T_all, H, S] write weights, strides (sw_t, sw_h, 1)
+    dr,  # [T_all, H, DV] gradient of the reads, strides (sd_t, sd_h, 1)
+    pb,  # [T_all, H, BS] float32 read weights p
+    dab,  # [T_all, H, BS] float32 score gradients dA
+    hk,  # [NT, H, S, DK] float32 slot keys at every chunk start
+    hv,  # [NT, H, S, DV] float32 slot values at every chunk start
+    dhk,  # [NT, H, S, DK] float32 gradient of the slot keys at every chunk end
+    dhv,  # [NT, H, S, DV] float32 gradient of the slot values at every chunk end
+    dk,  # [T_all, H, DK] output, contiguous
+    dv,  # [T_all, H, DV] output, contiguous
+    dw,  # [T_all, H, S] output, contiguous
+    cu_seqlens,  # [N + 1] offsets of the sequences along T_all
+    chunk_indices,  # [NT, 2] (sequence, chunk within it) of every global chunk
+    scale,
+    sq_t, sq_h, sk_t, sk_h, sv_t, sv_h, sw_t, sw_h, sd_t, sd_h,
+    H: tl.constexpr, S: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
+    BS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
+    BC: tl.constexpr, EPS: tl.constexpr, PREC: tl.constexpr,
+):
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    i_n = tl.load(chunk_indices + 2 * i_c).to(tl.int64)
+    j_c = tl.load(chunk_indices + 2 * i_c + 1).to(tl.int64)
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    o_c, o_s = tl.arange(0, BC), tl.arange(0, BS)
+    o_k, o_v = tl.arange(0, BK), tl.arange(0, BV)
+    m_s, m_k, m_v = o_s < S, o_k < DK, o_v < DV
+    m_sk, m_sv = m_s[:, None] & m_k[None, :], m_s[:, None] & m_v[None, :]
+    i_ch = i_c.to(tl.int64) * H + i_h
+    o_sk = i_ch * S * DK + o_s[:, None] * DK + o_k[None, :]  # [BS, BK]
+    o_sv = i_ch * S * DV + o_s[:, None] * DV + o_v[None, :]  # [BS, BV]
+    b_m0k = tl.load(hk + o_sk, mask=m_sk, other=0.0)  # [BS, BK] slots at the chunk start
+    b_m0v = tl.load(hv + o_sv, mask=m_sv, other=0.0)  # [BS, BV]
+    b_gk = tl.load(dhk + o_sk, mask=m_sk, other=0.0)  # [BS, BK] gradient at the chunk end
+    b_gv = tl.load(dhv + o_sv, mask=m_sv, other=0.0)  # [BS, BV]
+    m_gt = (o_c[:, None] > o_c[None, :])[:, :, None]  # [BC, BC, 1] strictly
+    for i_sr in range(0, BT // BC):
+        i_s = BT // BC - 1 - i_sr
+        t0 = bos + j_c * BT + i_s * BC
+        if t0 < eos:
+            # slots at the start of this sub-chunk, recomputed from the chunk start
+            b_mk, b_mv = b_m0k, b_m0v
+            for i_p in range(0, i_s):
+                tp = bos + j_c * BT + i_p * BC
+                b_w, b_g, b_gc, b_gl = _gates(w, tp, eos, i_h, sw_t, sw_h, o_c, o_s, m_s, EPS)
+                b_mk = _advance(b_mk, b_w, b_gc, b_gl,
+                                _rows(k, tp, eos, i_h, sk_t, sk_h, o_c, o_k, m_k), PREC)
+                b_mv = _advance(b_mv, b_w, b_gc, b_gl,
+                                _rows(v, tp, eos, i_h, sv_t, sv_h, o_c, o_v, m_v), PREC)
+            b_w, b_g, b_gc, b_gl = _gates(w, t0, eos, i_h, sw_t, sw_h, o_c, o_s, m_s, EPS)
+            b_q = _rows(q, t0, eos, i_h, sq_t, sq_h, o_c, o_k, m_k)  # [BC, BK]
+            b_k = _rows(k, t0, eos, i_h, sk_t, sk_h, o_c, o_k, m_k)  # [BC, BK]
+            b_v = _rows(v, t0, eos, i_h, sv_t, sv_h, o_c, o_v, m_v)  # [BC, BV]
+            b_dr = _rows(dr, t0, eos, i_h, sd_t, sd_h, o_c, o_v, m_v)  # [BC, BV]
+            b_p = _rows(pb, t0, eos, i_h, H * BS, BS, o_c, o_s, m_s)  # [BC, BS]
+            b_da = _rows(dab, t0, eos, i_h, H * BS, BS, o_c, o_s, m_s)  # [BC, BS]
+            b_E = _pair_decay(b_gc, o_c)  # [BC, BC, BS] exp(gc_t - gc_i), i <= t
+            b_WE = b_w[None, :, :] * b_E
+            b_qk = tl.dot(b_q, tl.trans(b_k), input_precision=PREC)  # [BC, BC] q_t . k_i
+            b_rv = tl.dot(b_dr, tl.trans(b_v), input_precision=PREC)  # [BC, BC] dr_t . v_i
+            b_P = tl.sum(b_p[:, None, :] * b_WE, axis=2)  # [BC, BC]
+            b_Pq = tl.sum(b_da[:, None, :] * b_WE, axis=2)  # [BC, BC]
+            b_wd = b_w * tl.exp(b_gl[None, :] - b_gc)  # [BC, BS] w_i exp(gl - gc_i)
+            b_dk = tl.dot(tl.trans(b_Pq), b_q, input_precision=PREC)
+            b_dk += tl.dot(b_wd, b_gk, input_precision=PREC)  # [BC, BK]
+            b_dv = tl.dot(tl.trans(b_P), b_dr, input_precision=PREC)
+            b_dv += tl.dot(b_wd, b_gv, input_precision=PREC)  # [BC, BV]
+            # d(write)_i[s] = G_i[s] . x_i: the chunk-end gradient plus later reads
+            b_xg = (tl.dot(b_k, tl.trans(b_gk), input_precision=PREC)
+                    + tl.dot(b_v, tl.trans(b_gv), input_precision=PREC))  # [BC, BS]
+            b_X = b_da[:, None, :] * b_qk[:, :, None] + b_p[:, None, :] * b_rv[:, :, None]
+            b_dbeta = tl.exp(b_gl[None, :] - b_gc) * b_xg + tl.sum(b_E * b_X, axis=0)
+            # d(decay)_t[s] = G_t[s] . M_{t-1}[s] = T1 + T2 + T3 + T4
+            b_gcp = b_gc - b_g  # [BC, BS] decay through t - 1
+            b_c1 = tl.sum(b_mk * b_gk, axis=1) + tl.sum(b_mv * b_gv, axis=1)  # [BS]
+            b_t1 = tl.exp(b_gcp + b_gl[None, :] - b_gc) * b_c1[None, :]
+            b_y = (b_da * tl.dot(b_q, tl.trans(b_mk), input_precision=PREC)
+                   + b_p * tl.dot(b_dr, tl.trans(b_mv), input_precision=PREC))  # [BC, BS]
+            b_t2 = tl.exp(b_gcp) * tl.sum(b_E * b_y[:, None, :], axis=0)
+            b_Es = tl.where(m_gt, b_E, 0.0)  # i < t
+            # exp(-g_t) <= exp(GMIN) undoes the factor 1 - w_t inside E: no cancellation
+            b_t3 = tl.exp(b_gl[None, :] - b_gc - b_g) * tl.sum(
+                b_Es * (b_w * b_xg)[None, :, :], axis=1)
+            b_V = b_Es * b_w[None, :, :] * b_X  # [BC(u), BC(i), BS], i < u
+            # D[t, i] = sum over u >= t of V[u, i]; for i < t every term carries the factor
+            # 1 - w_t, so the scan has no cancellation for exp(-g_t) to amplify
+            b_D = tl.cumsum(b_V, axis=0, reverse=True)
+            b_t4 = tl.exp(-b_g) * tl.sum(tl.where(m_gt, b_D, 0.0), axis=1)
+            b_dw = b_dbeta - (b_t1 + b_t2 + b_t3 + b_t4)
+            o_t = t0 + o_c
+            m_t = o_t < eos
+            p_dk = dk + (o_t[:, None] * H + i_h) * DK + o_k[None, :]
+            p_dv = dv + (o_t[:, None] * H + i_h) * DV + o_v[None, :]
+            p_dw = dw + (o_t[:, None] * H + i_h) * S + o_s[None, :]
+            tl.store(p_dk, b_dk.to(dk.dtype.element_ty), mask=m_t[:, None] & m_k[None, :])
+            tl.store(p_dv, b_dv.to(dv.dtype.element_ty), mask=m_t[:, None] & m_v[None, :])
+            tl.store(p_dw, b_dw.to(dw.dtype.element_ty), mask=m_t[:, None] & m_s[None, :])
+            # gradient of the slots at the sub-chunk start
+            b_gk = tl.exp(b_gl)[:, None] * b_gk + tl.dot(
+                tl.trans(b_da * tl.exp(b_gc)), b_q, input_precision=PREC)
+            b_gv = tl.exp(b_gl)[:, None] * b_gv + tl.dot(
+                tl.trans(b_p * tl.exp(b_gc)), b_dr, input_precision=PREC)
+
+
+def _state_launch(kernel, args, D, BS, N, H, meta):
+    BD = min(64, max(16, triton.next_power_of_2(D)))
+    kernel[(triton.cdiv(D, BD), N * H)](*args, D=D, BS=BS, BD=BD, **meta)
+
+
+def chunk_fwd(x: FlatInputs, scale: float, h0k, h0v, chunk_size: int):
+    """Launch the forward. Returns (r [T_all, H, DV], htk, htv [N, H, S, D], hk, hv
+    [NT, H, S, D] the slots at every chunk start, chunk layout)."""
+    T_all, H, DK = x.q.shape
+    DV, S, N = x.v.shape[-1], x.w.shape[-1], x.num_seqs
+    BS, BK, BV = block_sizes(S, DK, DV)
+    dev = x.q.device
+    chunk_offsets, chunk_indices, NT = chunk_layout(x.lengths, chunk_size, dev)
+    f32 = dict(dtype=torch.float32, device=dev)
+    hk, hv = torch.empty(NT, H, S, DK, **f32), torch.empty(NT, H, S, DV, **f32)
+    htk, htv = torch.empty(N, H, S, DK, **f32), torch.empty(N, H, S, DV, **f32)
+    meta = dict(H=H, S=S, BT=chunk_size, BC=BC, EPS=EPS, USE_H0=h0k is not None,
+                STORE_HT=True, PREC=dot_precision(x.q.dtype), num_warps=4)
+    for xs, h0, hs, ht in ((x.k, h0k, hk, htk), (x.v, h0v, hv, htv)):
+        _state_launch(_state_fwd_kernel, (xs, x.w, h0, hs, ht, x.cu_seqlens, chunk_offsets,
+                                          *xs.stride()[:2], *x.w.stride()[:2]),
+                      xs.shape[-1], BS, N, H, meta)
+    r = x.q.new_empty(T_all, H, DV, dtype=x.v.dtype)
+    _chunk_fwd_kernel[(NT, H)](
+        x.q, x.k, x.v, x.w, r, hk, hv, x.cu_seqlens, chunk_indices, scale,
+        *x.q.stride()[:2], *x.k.stride()[:2], *x.v.stride()[:2], *x.w.stride()[:2],
+        H=H, S=S, DK=DK, DV=DV, BS=BS, BK=BK, BV=BV, BT=chunk_size, BC=BC, EPS=EPS,
+        PREC=dot_precision(x.q.dtype), num_warps=num_warps(BS, BK, BV),
+    )
+    return r, htk, htv, hk, hv, (chunk_offsets, chunk_indices, NT)
+
+
+def chunk_bwd(x: FlatInputs, scale: float, hk, hv, layout, dr, dhtk, dhtv, chunk_size: int,
+              need_dh0: bool):
+    """Launch the backward. Returns (dq, dk, dv, dw, dh0k, dh0v); dh0 None unless need_dh0."""
+    T_all, H, DK = x.q.shape
+    DV, S, N = x.v.shape[-1], x.w.shape[-1], x.num_seqs
+    BS, BK, BV = block_sizes(S, DK, DV)
+    chunk_offsets, chunk_indices, NT = layout
+    f32 = dict(dtype=torch.float32, device=x.q.device)
+    prec = dot_precision(x.q.dtype)
+    strides = (*x.q.stride()[:2], *x.k.stride()[:2], *x.v.stride()[:2], *x.w.stride()[:2],
+               *dr.stride()[:2])
+    consts = dict(H=H, S=S, DK=DK, DV=DV, BS=BS, BK=BK, BV=BV, BT=chunk_size, BC=BC,
+                  EPS=EPS, PREC=prec, num_warps=num_warps(BS, BK, BV))
+    dq = x.q.new_empty(T_all, H, DK)
+    pb, dab = torch.empty(T_all, H, BS, **f32), torch.empty(T_all, H, BS, **f32)
+    _chunk_dq_bwd_kernel[(NT, H)](
+        x.q, x.k, x.v, x.w, dr, hk, hv, dq, pb, dab, x.cu_seqlens, chunk_indices, scale,
+        *strides, **consts)
+    dhk, dhv = torch.empty(NT, H, S, DK, **f32), torch.empty(NT, H, S, DV, **f32)
+    dh0k = torch.empty(N, H, S, DK, **f32) if need_dh0 else None
+    dh0v = torch.empty(N, H, S, DV, **f32) if need_dh0 else None
+    meta = dict(H=H, S=S, BT=chunk_size, BC=BC, EPS=EPS, USE_DHT=dhtk is not None,
+                STORE_DH0=need_dh0, PREC=prec, num_warps=4)
+    for y, z, dht, dhs, dh0 in ((dab, x.q, dhtk, dhk, dh0k), (pb, dr, dhtv, dhv, dh0v)):
+        _state_launch(_state_bwd_kernel, (y, z, x.w, dht, dhs, dh0, x.cu_seqlens, chunk_offsets,
+                                          *z.stride()[:2], *x.w.stride()[:2]),
+                      z.shape[-1], BS, N, H, meta)
+    dk, dv, dw = x.k.new_empty(T_all, H, DK), x.v.new_empty(T_all, H, DV), x.w.new_empty(
+        T_all, H, S)
+    _chunk_dkvw_bwd_kernel[(NT, H)](
+        x.q, x.k, x.v, x.w, dr, pb, dab, hk, hv, dhk, dhv, dk, dv, dw, x.cu_seqlens,
+        chunk_indices, scale, *strides, **consts)
+    return dq, dk, dv, dw, dh0k, dh0v
+
+
+class ChunkGatedCacheFn(torch.autograd.Function):
+    """Autograd wrapper around the chunked kernels (inputs already flattened). Saves the
+    inputs and the slots at every chunk start, [NT, H, S, Dk + Dv] float32."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(ctx, q, k, v, w, h0k, h0v, scale, x: FlatInputs, output_final_state,
+                chunk_size):
+        r, htk, htv, hk, hv, layout = chunk_fwd(x, scale, h0k, h0v, chunk_size)
+        ctx.save_for_backward(q, k, v, w, hk, hv)
+        # the tensors go through save_for_backward; ctx keeps only the layout
+        ctx.x = x.with_tensors(None, None, None, None)
+        ctx.scale, ctx.layout, ctx.chunk_size = scale, layout, chunk_size
+        ctx.need_dh0 = h0k is not None
+        if not output_final_state:
+            return r, None, None
+        return r, htk, htv
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, dr, dhtk, dhtv):
+        q, k, v, w, hk, hv = ctx.saved_tensors
+        x = ctx.x.with_tensors(q, k, v, w)
+        dr = torch.zeros_like(v) if dr is None else dr
+        dr = dr if dr.stride(-1) == 1 else dr.contiguous()
+        dhtk, dhtv = state_grads(dhtk, dhtv, x, q.shape[-1], v.shape[-1])
+        dq, dk, dv, dw, dh0k, dh0v = chunk_bwd(x, ctx.scale, hk, hv, ctx.layout, dr, dhtk,
+                                               dhtv, ctx.chunk_size, ctx.need_dh0)
+        return dq, dk, dv, dw, dh0k, dh0v, None, None, None, None
+
+
+def chunk_gated_cache(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    w: torch.Tensor,
+    scale: Optional[float] = None,
+    initial_state: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+    output_final_state: bool = False,
+    cu_seqlens: Optional[torch.Tensor] = None,
+    chunk_size: int = 64,
+):
+    """The chunked Triton path. Arguments and results as `gated_cache_write` (no input
+    checks here: call that function for validated input); chunk_size: a multiple of 16,
+    the tokens between stored slot checkpoints."""
+    return _apply(ChunkGatedCacheFn, q, k, v, w, scale, initial_state, output_final_state,
+                  cu_seqlens, chunk_size)

@@ -1,0 +1,327 @@
+"""Gated cache write, fused recurrent Triton kernels: one program per (sequence, head)
+walks the tokens in order with both slot matrices held in registers.
+
+    Mk_t = (1 - w_t) Mk_{t-1} + w_t k_t^T,   Mv_t = (1 - w_t) Mv_{t-1} + w_t v_t^T
+    p_t = softmax(scale * Mk_t q_t),          r_t = Mv_t^T p_t
+
+The forward is one pass. The backward is two passes per program: a forward pass that
+recomputes the slots, the read weights p and the score gradients dA = scale * dp_softmax
+(stored in a float32 scratch) and writes dq, keeping the slots at every BT-th token; then
+a reverse pass, chunk by chunk, that re-walks each chunk from its checkpoint into a
+per-program stash (the slots before each token) and runs the reverse scan for dk, dv, dw
+and the initial-state gradient. dw needs the slots *before* each token; recomputing them
+rather than inverting the update keeps w = 1 (a full overwrite) exact.
+
+Work is O(T * S * (Dk + Dv)) per head on CUDA cores and the parallelism is N * H programs:
+this is the kernel for short sequences and decoding; `chunk.py` is the one for long ones.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+from .common import FlatInputs, block_sizes, flatten_inputs, num_warps, state_grads
+
+
+@triton.jit(do_not_specialize=["scale"])
+def _fwd_kernel(
+    q,  # [T_all, H, DK] queries, strides (sq_t, sq_h, 1)
+    k,  # [T_all, H, DK] keys, strides (sk_t, sk_h, 1)
+    v,  # [T_all, H, DV] values, strides (sv_t, sv_h, 1)
+    w,  # [T_all, H, S] write weights in [0, 1], strides (sw_t, sw_h, 1)
+    r,  # [T_all, H, DV] reads, contiguous
+    h0k,  # [N, H, S, DK] float32 initial slot keys, contiguous (read if USE_H0)
+    h0v,  # [N, H, S, DV] float32 initial slot values
+    htk,  # [N, H, S, DK] float32 final slot keys (written if STORE_HT)
+    htv,  # [N, H, S, DV] float32 final slot values
+    cu_seqlens,  # [N + 1] offsets of the sequences along T_all
+    scale,
+    sq_t, sq_h, sk_t, sk_h, sv_t, sv_h, sw_t, sw_h,
+    H: tl.constexpr,
+    S: tl.constexpr,
+    DK: tl.constexpr,
+    DV: tl.constexpr,
+    BS: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    USE_H0: tl.constexpr,
+    STORE_HT: tl.constexpr,
+):
+    i_n, i_h = tl.program_id(0), tl.program_id(1)
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    o_s, o_k, o_v = tl.arange(0, BS), tl.arange(0, BK), tl.arange(0, BV)
+    m_s, m_k, m_v = o_s < S, o_k < DK, o_v < DV
+    m_sk, m_sv = m_s[:, None] & m_k[None, :], m_s[:, None] & m_v[None, :]
+    i_nh = (i_n * H + i_h).to(tl.int64)
+    p_hk = i_nh * S * DK + o_s[:, None] * DK + o_k[None, :]  # [BS, BK] offsets in a state
+    p_hv = i_nh * S * DV + o_s[:, None] * DV + o_v[None, :]  # [BS, BV]
+    if USE_H0:
+        b_mk = tl.load(h0k + p_hk, mask=m_sk, other=0.0).to(tl.float32)  # [BS, BK]
+        b_mv = tl.load(h0v + p_hv, mask=m_sv, other=0.0).to(tl.float32)  # [BS, BV]
+    else:
+        b_mk = tl.zeros([BS, BK], dtype=tl.float32)
+        b_mv = tl.zeros([BS, BV], dtype=tl.float32)
+    for t in range(bos, eos):
+        b_q = tl.load(q + t * sq_t + i_h * sq_h + o_k, mask=m_k, other=0.0).to(tl.float32)
+        b_k = tl.load(k + t * sk_t + i_h * sk_h + o_k, mask=m_k, other=0.0).to(tl.float32)
+        b_v = tl.load(v + t * sv_t + i_h * sv_h + o_v, mask=m_v, other=0.0).to(tl.float32)
+        b_w = tl.load(w + t * sw_t + i_h * sw_h + o_s, mask=m_s, other=0.0).to(tl.float32)
+        # (1 - w) M + w x keeps w = 0 and w = 1 exact
+        b_mk = (1.0 - b_w)[:, None] * b_mk + b_w[:, None] * b_k[None, :]
+        b_mv = (1.0 - b_w)[:, None] * b_mv + b_w[:, None] * b_v[None, :]
+        b_a = tl.sum(b_mk * b_q[None, :], axis=1) * scale  # [BS]
+        b_a = tl.where(m_s, b_a, float("-inf"))
+        b_p = tl.exp(b_a - tl.max(b_a, axis=0))
+        b_p = b_p / tl.sum(b_p, axis=0)
+        b_r = tl.sum(b_p[:, None] * b_mv, axis=0)  # [BV]
+        tl.store(r + (t * H + i_h) * DV + o_v, b_r.to(r.dtype.element_ty), mask=m_v)
+    if STORE_HT:
+        tl.store(htk + p_hk, b_mk, mask=m_sk)
+        tl.store(htv + p_hv, b_mv, mask=m_sv)
+
+
+@triton.jit(do_not_specialize=["scale"])
+def _bwd_kernel(
+    q,  # [T_all, H, DK] queries, strides (sq_t, sq_h, 1)
+    k,  # [T_all, H, DK] keys, strides (sk_t, sk_h, 1)
+    v,  # [T_all, H, DV] values, strides (sv_t, sv_h, 1)
+    w,  # [T_all, H, S] write weights, strides (sw_t, sw_h, 1)
+    dr,  # [T_all, H, DV] gradient of the reads, strides (sd_t, sd_h, 1)
+    h0k,  # [N, H, S, DK] float32 initial slot keys (read if USE_H0)
+    h0v,  # [N, H, S, DV] float32 initial slot values
+    dhtk,  # [N, H, S, DK] float32 gradient of the final slot keys (read if USE_DHT)
+    dhtv,  # [N, H, S, DV] float32 gradient of the final slot values
+    dq,  # [T_all, H, DK] output, contiguous
+    dk,  # [T_all, H, DK] output, contiguous
+    dv,  # [T_all, H, DV] output, contiguous
+    dw,  # [T_all, H, S] output, contiguous
+    dh0k,  # [N, H, S, DK] float32 output: gradient of the initial slot keys (if USE_H0)
+    dh0v,  # [N, H, S, DV] float32 output
+    pa,  # [T_all, H, 2, BS] float32 scratch: p and dA of every token
+    ck,  # [N, H, NCK, BS, BK] float32 scratch: slot keys at the start of each BT-chunk
+    cv,  # [N, H, NCK, BS, BV] float32 scratch: slot values at the start of each BT-chunk
+    stk,  # [N, H, BT, BS, BK] float32 scratch: slot keys before each token of one chunk
+    stv,  # [N, H, BT, BS, BV] float32 scratch: slot values before each token of one chunk
+    cu_seqlens,  # [N + 1] offsets of the sequences along T_all
+    scale,
+    sq_t, sq_h, sk_t, sk_h, sv_t, sv_h, sw_t, sw_h, sd_t, sd_h,
+    NCK,
+    H: tl.constexpr,
+    S: tl.constexpr,
+    DK: tl.constexpr,
+    DV: tl.constexpr,
+    BS: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    BT: tl.constexpr,
+    USE_H0: tl.constexpr,
+    USE_DHT: tl.constexpr,
+):
+    i_n, i_h = tl.program_id(0), tl.program_id(1)
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    seq_len = eos - bos
+    o_s, o_k, o_v = tl.arange(0, BS), tl.arange(0, BK), tl.arange(0, BV)
+    m_s, m_k, m_v = o_s < S, o_k < DK, o_v < DV
+    m_sk, m_sv = m_s[:, None] & m_k[None, :], m_s[:, None] & m_v[None, :]
+    i_nh = (i_n * H + i_h).to(tl.int64)
+    p_hk = i_nh * S * DK + o_s[:, None] * DK + o_k[None, :]  # [BS, BK] offsets in a state
+    p_hv = i_nh * S * DV + o_s[:, None] * DV + o_v[None, :]  # [BS, BV]
+    o_bk = o_s[:, None] * BK + o_k[None, :]  # [BS, BK] offsets in a padded scratch tile
+    o_bv = o_s[:, None] * BV + o_v[None, :]  # [BS, BV]
+    p_ck = ck + i_nh * NCK * BS * BK
+    p_cv = cv + i_nh * NCK * BS * BV
+    p_stk = stk + i_nh * BT * BS * BK
+    p_stv = stv + i_nh * BT * BS * BV
+    if USE_H0:
+        b_mk = tl.load(h0k + p_hk, mask=m_sk, other=0.0).to(tl.float32)  # [BS, BK]
+        b_mv = tl.load(h0v + p_hv, mask=m_sv, other=0.0).to(tl.float32)  # [BS, BV]
+    else:
+        b_mk = tl.zeros([BS, BK], dtype=tl.float32)
+        b_mv = tl.zeros([BS, BV], dtype=tl.float32)
+
+    # pass 1, forward: slots, read weights, score gradients, dq; a checkpoint per chunk
+    n_chunks = tl.cdiv(seq_len, BT)
+    for i_c in range(0, n_chunks):
+        tl.store(p_ck + i_c * BS * BK + o_bk, b_mk)
+        tl.store(p_cv + i_c * BS * BV + o_bv, b_mv)
+        for t in range(bos + i_c * BT, tl.minimum(bos + (i_c + 1) * BT, eos)):
+            b_q = tl.load(q + t * sq_t + i_h * sq_h + o_k, mask=m_k, other=0.0).to(tl.float32)
+            b_k = tl.load(k + t * sk_t + i_h * sk_h + o_k, mask=m_k, other=0.0).to(tl.float32)
+            b_v = tl.load(v + t * sv_t + i_h * sv_h + o_v, mask=m_v, other=0.0).to(tl.float32)
+            b_w = tl.load(w + t * sw_t + i_h * sw_h + o_s, mask=m_s, other=0.0).to(tl.float32)
+            b_dr = tl.load(dr + t * sd_t + i_h * sd_h + o_v, mask=m_v, other=0.0).to(tl.float32)
+            b_mk = (1.0 - b_w)[:, None] * b_mk + b_w[:, None] * b_k[None, :]
+            b_mv = (1.0 - b_w)[:, None] * b_mv + b_w[:, None] * b_v[None, :]
+            b_a = tl.sum(b_mk * b_q[None, :], axis=1) * scale  # [BS]
+            b_a = tl.where(m_s, b_a, float("-inf"))
+            b_p = tl.exp(b_a - tl.max(b_a, axis=0))
+            b_p = b_p / tl.sum(b_p, axis=0)
+            b_dp = tl.sum(b_mv * b_dr[None, :], axis=1)  # [BS] gradient of p
+            b_da = scale * b_p * (b_dp - tl.sum(b_p * b_dp, axis=0))  # [BS] of scale * score
+            b_dq = tl.sum(b_da[:, None] * b_mk, axis=0)  # [BK]
+            tl.store(dq + (t * H + i_h) * DK + o_k, b_dq.to(dq.dtype.element_ty), mask=m_k)
+            tl.store(pa + (t * H + i_h) * 2 * BS + o_s, b_p)
+            tl.store(pa + (t * H + i_h) * 2 * BS + BS + o_s, b_da)
+    # the reverse pass reads what other threads of this program stored
+    tl.debug_barrier()
+
+    # pass 2, reverse: G = gradient of the slots after token t, carried backwards
+    if USE_DHT:
+        b_gk = tl.load(dhtk + p_hk, mask=m_sk, other=0.0).to(tl.float32)  # [BS, BK]
+        b_gv = tl.load(dhtv + p_hv, mask=m_sv, other=0.0).to(tl.float32)  # [BS, BV]
+    else:
+        b_gk = tl.zeros([BS, BK], dtype=tl.float32)
+        b_gv = tl.zeros([BS, BV], dtype=tl.float32)
+    for i_r in range(0, n_chunks):
+        i_c = n_chunks - 1 - i_r
+        t0 = bos + i_c * BT
+        n_t = tl.minimum(BT, eos - t0)
+        b_mk = tl.load(p_ck + i_c * BS * BK + o_bk)
+        b_mv = tl.load(p_cv + i_c * BS * BV + o_bv)
+        for j in range(0, n_t):
+            tl.store(p_stk + j * BS * BK + o_bk, b_mk)
+            tl.store(p_stv + j * BS * BV + o_bv, b_mv)
+            t = t0 + j
+            b_k = tl.load(k + t * sk_t + i_h * sk_h + o_k, mask=m_k, other=0.0).to(tl.float32)
+            b_v = tl.load(v + t * sv_t + i_h * sv_h + o_v, mask=m_v, other=0.0).to(tl.float32)
+            b_w = tl.load(w + t * sw_t + i_h * sw_h + o_s, mask=m_s, other=0.0).to(tl.float32)
+            b_mk = (1.0 - b_w)[:, None] * b_mk + b_w[:, None] * b_k[None, :]
+            b_mv = (1.0 - b_w)[:, None] * b_mv + b_w[:, None] * b_v[None, :]
+        tl.debug_barrier()
+        for j_r in range(0, n_t):
+            j = n_t - 1 - j_r
+            t = t0 + j
+            b_q = tl.load(q + t * sq_t + i_h * sq_h + o_k, mask=m_k, other=0.0).to(tl.float32)
+            b_k = tl.load(k + t * sk_t + i_h * sk_h + o_k, mask=m_k, other=0.0).to(tl.float32)
+            b_v = tl.load(v + t * sv_t + i_h * sv_h + o_v, mask=m_v, other=0.0).to(tl.float32)
+            b_w = tl.load(w + t * sw_t + i_h * sw_h + o_s, mask=m_s, other=0.0).to(tl.float32)
+            b_dr = tl.load(dr + t * sd_t + i_h * sd_h + o_v, mask=m_v, other=0.0).to(tl.float32)
+            b_p = tl.load(pa + (t * H + i_h) * 2 * BS + o_s)  # [BS]
+            b_da = tl.load(pa + (t * H + i_h) * 2 * BS + BS + o_s)  # [BS]
+            b_pk = tl.load(p_stk + j * BS * BK + o_bk)  # [BS, BK] slot keys before token t
+            b_pv = tl.load(p_stv + j * BS * BV + o_bv)  # [BS, BV]
+            b_gk += b_da[:, None] * b_q[None, :]
+            b_gv += b_p[:, None] * b_dr[None, :]
+            b_dk = tl.sum(b_w[:, None] * b_gk, axis=0)  # [BK]
+            b_dv = tl.sum(b_w[:, None] * b_gv, axis=0)  # [BV]
+            # d/dw of (1 - w) M + w x is x - M_prev, per slot
+            b_dw = (tl.sum(b_gk * (b_k[None, :] - b_pk), axis=1)
+                    + tl.sum(b_gv * (b_v[None, :] - b_pv), axis=1))  # [BS]
+            tl.store(dk + (t * H + i_h) * DK + o_k, b_dk.to(dk.dtype.element_ty), mask=m_k)
+            tl.store(dv + (t * H + i_h) * DV + o_v, b_dv.to(dv.dtype.element_ty), mask=m_v)
+            tl.store(dw + (t * H + i_h) * S + o_s, b_dw.to(dw.dtype.element_ty), mask=m_s)
+            b_gk = (1.0 - b_w)[:, None] * b_gk
+            b_gv = (1.0 - b_w)[:, None] * b_gv
+        # the next chunk overwrites the stash
+        tl.debug_barrier()
+    if USE_H0:
+        tl.store(dh0k + p_hk, b_gk, mask=m_sk)
+        tl.store(dh0v + p_hv, b_gv, mask=m_sv)
+
+
+def fused_recurrent_fwd(x: FlatInputs, scale: float, h0k, h0v, store_final: bool):
+    """Launch the forward. Returns (r [T_all, H, DV], htk, htv or None, None)."""
+    T_all, H, DK = x.q.shape
+    DV, S, N = x.v.shape[-1], x.w.shape[-1], x.num_seqs
+    BS, BK, BV = block_sizes(S, DK, DV)
+    r = x.q.new_empty(T_all, H, DV, dtype=x.v.dtype)
+    htk = x.q.new_empty(N, H, S, DK, dtype=torch.float32) if store_final else None
+    htv = x.q.new_empty(N, H, S, DV, dtype=torch.float32) if store_final else None
+    _fwd_kernel[(N, H)](
+        x.q, x.k, x.v, x.w, r, h0k, h0v, htk, htv, x.cu_seqlens, scale,
+        *x.q.stride()[:2], *x.k.stride()[:2], *x.v.stride()[:2], *x.w.stride()[:2],
+        H=H, S=S, DK=DK, DV=DV, BS=BS, BK=BK, BV=BV,
+        USE_H0=h0k is not None, STORE_HT=store_final,
+        num_warps=num_warps(BS, BK, BV),
+    )
+    return r, htk, htv
+
+
+def fused_recurrent_bwd(x: FlatInputs, scale: float, h0k, h0v, dr, dhtk, dhtv, bt: int = 32):
+    """Launch the backward. Returns (dq, dk, dv, dw, dh0k, dh0v); dh0 are None without h0."""
+    T_all, H, DK = x.q.shape
+    DV, S, N = x.v.shape[-1], x.w.shape[-1], x.num_seqs
+    BS, BK, BV = block_sizes(S, DK, DV)
+    nck = triton.cdiv(x.max_len, bt)
+    f32 = dict(dtype=torch.float32, device=x.q.device)
+    dq = x.q.new_empty(T_all, H, DK)
+    dk = x.k.new_empty(T_all, H, DK)
+    dv = x.v.new_empty(T_all, H, DV)
+    dw = x.w.new_empty(T_all, H, S)
+    use_h0 = h0k is not None
+    dh0k = torch.empty(N, H, S, DK, **f32) if use_h0 else None
+    dh0v = torch.empty(N, H, S, DV, **f32) if use_h0 else None
+    pa = torch.empty(T_all, H, 2, BS, **f32)
+    ck = torch.empty(N, H, nck, BS, BK, **f32)
+    cv = torch.empty(N, H, nck, BS, BV, **f32)
+    stk = torch.empty(N, H, bt, BS, BK, **f32)
+    stv = torch.empty(N, H, bt, BS, BV, **f32)
+    _bwd_kernel[(N, H)](
+        x.q, x.k, x.v, x.w, dr, h0k, h0v, dhtk, dhtv, dq, dk, dv, dw, dh0k, dh0v,
+        pa, ck, cv, stk, stv, x.cu_seqlens, scale,
+        *x.q.stride()[:2], *x.k.stride()[:2], *x.v.stride()[:2], *x.w.stride()[:2],
+        *dr.stride()[:2], nck,
+        H=H, S=S, DK=DK, DV=DV, BS=BS, BK=BK, BV=BV, BT=bt,
+        USE_H0=use_h0, USE_DHT=dhtk is not None,
+        num_warps=num_warps(BS, BK, BV),
+    )
+    return dq, dk, dv, dw, dh0k, dh0v
+
+
+class FusedRecurrentGatedCacheFn(torch.autograd.Function):
+    """Autograd wrapper around the fused recurrent kernels (inputs already flattened)."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(ctx, q, k, v, w, h0k, h0v, scale, x: FlatInputs, output_final_state):
+        r, htk, htv = fused_recurrent_fwd(x, scale, h0k, h0v, output_final_state)
+        ctx.save_for_backward(q, k, v, w, h0k, h0v)
+        # the tensors go through save_for_backward; ctx keeps only the layout
+        ctx.x, ctx.scale = x.with_tensors(None, None, None, None), scale
+        return r, htk, htv
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, dr, dhtk, dhtv):
+        q, k, v, w, h0k, h0v = ctx.saved_tensors
+        x = ctx.x.with_tensors(q, k, v, w)
+        if dr is None:
+            dr = torch.zeros_like(v)
+        if dr.stride(-1) != 1:
+            dr = dr.contiguous()
+        dhtk, dhtv = state_grads(dhtk, dhtv, x, q.shape[-1], v.shape[-1])
+        dq, dk, dv, dw, dh0k, dh0v = fused_recurrent_bwd(x, ctx.scale, h0k, h0v, dr, dhtk, dhtv)
+        return dq, dk, dv, dw, dh0k, dh0v, None, None, None
+
+
+def fused_recurrent_gated_cache(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    w: torch.Tensor,
+    scale: Optional[float] = None,
+    initial_state: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+    output_final_state: bool = False,
+    cu_seqlens: Optional[torch.Tensor] = None,
+):
+    """The fused recurrent Triton path. Arguments and results as `gated_cache_write`
+    (no input checks here: call that function for validated input)."""
+    return _apply(FusedRecurrentGatedCacheFn, q, k, v, w, scale, initial_state,
+                  output_final_state, cu_seqlens)
+
+
+def _apply(fn, q, k, v, w, scale, initial_state, output_final_state, cu_seqlens, *extra):
+    Bsz, T, H, _ = q.shape
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    x = flatten_inputs(q, k, v, w, cu_seqlens)
+    h0k, h0v = (None, None) if initial_state is None else (
+        initial_state[0].contiguous(), initial_state[1].contiguous())
+    r, htk, htv = fn.apply(x.q, x.k, x.v, x.w, h0k, h0v, scale, x, output_final_state, *extra)
+    r = r.view(Bsz, T, H, v.shape[-1])
+    return r, ((htk, htv) if output_final_state else None)
