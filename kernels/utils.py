@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import shutil
+from numbers import Real
 from typing import Callable, Optional, Sequence, Union
 
 import torch
@@ -155,6 +157,17 @@ def check_cu_seqlens(cu_seqlens, total: int, batch: int, device: torch.device) -
                 f"{offsets[i - 1]} then {offsets[i]} at index {i}"
             )
     return len(offsets) - 1
+
+
+def check_scale(scale) -> None:
+    """Raise unless `scale` (a softmax temperature argument) is None or a finite number > 0."""
+    if scale is None:
+        return
+    if isinstance(scale, bool) or not isinstance(scale, Real):
+        raise TypeError(f"scale: expected None or a finite, positive number, got "
+                        f"{type(scale).__name__}")
+    if not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale: expected None or a finite, positive number, got {scale}")
 
 
 def is_interpreter() -> bool:

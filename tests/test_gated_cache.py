@@ -338,7 +338,7 @@ def _good():
         (lambda kw: kw.update(initial_state=(kw["initial_state"][0],
                                              kw["initial_state"][1][:, :, :4])),
          ValueError, r"initial_state\[1\] \(Mv\): expected shape \[2, H=2, S=5, DV=4\]"),
-        (lambda kw: kw.update(scale="big"), TypeError, r"scale: expected a finite real"),
+        (lambda kw: kw.update(scale="big"), TypeError, r"scale: expected None or a finite"),
         (lambda kw: kw.update(backend="cuda"), ValueError, r"backend: expected one of"),
         (lambda kw: kw.update(chunk_size=0), ValueError, r"chunk_size: expected a positive"),
         (lambda kw: kw.update(backend="triton", chunk_size=24), ValueError,

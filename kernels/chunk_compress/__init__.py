@@ -11,27 +11,15 @@ PyTorch reference in `ref.py`.
 
 from __future__ import annotations
 
-import math
-from numbers import Real
 from typing import Optional, Tuple
 
 import torch
 
-from ..utils import check_same_dtype, check_tensor, resolve_backend
+from ..utils import check_same_dtype, check_scale, check_tensor, resolve_backend
 from .chunk import MAX_HEAD_DIM, MAX_SUMMARIES, chunk_compress_triton
 from .ref import chunk_compress_ref
 
-__all__ = ["chunk_compress", "chunk_compress_ref", "chunk_compress_triton", "check_scale"]
-
-
-def check_scale(scale) -> None:
-    """Raise unless scale is None or a finite, positive real number."""
-    if scale is None:
-        return
-    if isinstance(scale, bool) or not isinstance(scale, Real):
-        raise TypeError(f"scale: expected None or a float, got {type(scale).__name__}")
-    if not math.isfinite(scale) or scale <= 0:
-        raise ValueError(f"scale: expected a finite, positive number, got {scale}")
+__all__ = ["chunk_compress", "chunk_compress_ref", "chunk_compress_triton"]
 
 
 def chunk_compress(

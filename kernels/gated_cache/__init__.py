@@ -15,8 +15,6 @@ states; the slots passed in are not modified).
 
 from __future__ import annotations
 
-import math
-from numbers import Real
 from typing import Optional, Tuple
 
 import torch
@@ -25,6 +23,7 @@ from ..utils import (
     FLOAT_DTYPES,
     check_cu_seqlens,
     check_same_dtype,
+    check_scale,
     check_tensor,
     resolve_backend,
 )
@@ -54,14 +53,6 @@ def _check_state(name, state, n, dims, device):
                  dtypes=(torch.float32,), device=device)
     check_tensor(f"{name}[1] (Mv)", state[1], (n, "H", "S", "DV"), dims,
                  dtypes=(torch.float32,), device=device)
-
-
-def _check_scale(scale, DK):
-    if scale is None:
-        return DK ** -0.5
-    if isinstance(scale, bool) or not isinstance(scale, Real) or not math.isfinite(scale):
-        raise TypeError(f"scale: expected a finite real number or None, got {scale!r}")
-    return float(scale)
 
 
 def _check_w_range(w):
@@ -137,7 +128,8 @@ def gated_cache_write(
         n_seqs = check_cu_seqlens(cu_seqlens, dims["T"], dims["B"], dev)
     if initial_state is not None:
         _check_state("initial_state", initial_state, n_seqs, dims, dev)
-    scale = _check_scale(scale, dims["DK"])
+    check_scale(scale)
+    scale = dims["DK"] ** -0.5 if scale is None else float(scale)
     if not isinstance(output_final_state, bool):
         raise TypeError(f"output_final_state: expected a bool, got {output_final_state!r}")
     if validate:
@@ -208,7 +200,8 @@ def gated_cache_step(
     impl = resolve_backend(backend, dev)
     if impl == "torch":  # one token: the oracle is the cheapest torch path
         check_same_dtype(("q", "k", "v"), (q, k, v))
-        scale = _check_scale(scale, dims["DK"])
+        check_scale(scale)
+        scale = dims["DK"] ** -0.5 if scale is None else float(scale)
         if validate:
             _check_w_range(w)
         r, new = gated_cache_write_ref(q[:, None], k[:, None], v[:, None], w[:, None], scale,

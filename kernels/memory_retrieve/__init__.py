@@ -17,8 +17,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..chunk_compress import check_scale
-from ..utils import INT_DTYPES, check_same_dtype, check_tensor, resolve_backend
+from ..utils import INT_DTYPES, check_same_dtype, check_scale, check_tensor, resolve_backend
 from .parallel import MAX_HEAD_DIM, live_blocks, memory_retrieve_triton
 from .ref import memory_retrieve_ref, visibility_mask
 
