@@ -60,9 +60,17 @@ def _sequence_bounds(cu_seqlens, chunk_offsets, i_n, T, NT, IS_VARLEN: tl.conste
     return bos, eos, i_b, i_ck
 
 
+def _configs():
+    """num_warps candidates; the interpreter needs only one."""
+    if is_interpreter():
+        return [triton.Config({}, num_warps=4)]
+    return [triton.Config({}, num_warps=w) for w in (2, 4, 8)]
+
+
 # ---- forward ------------------------------------------------------------------------
 
 
+@triton.autotune(configs=_configs(), key=["E", "N", "BT", "BE", "HAS_Z", "IS_VARLEN"])
 @triton.jit(do_not_specialize=["T"])
 def _selective_scan_fwd_kernel(
     u,  # [B, T, E] input
@@ -150,6 +158,9 @@ def _selective_scan_fwd_kernel(
 # ---- backward -----------------------------------------------------------------------
 
 
+# dB and dC are accumulated atomically: zero them before each tuning run
+@triton.autotune(configs=_configs(), key=["E", "N", "BT", "BE", "HAS_Z", "IS_VARLEN"],
+                 reset_to_zero=["dB", "dC"])
 @triton.jit(do_not_specialize=["T"])
 def _selective_scan_bwd_kernel(
     u, delta, A, Bm, Cm, D, z, delta_bias,  # forward inputs, as in the forward kernel
@@ -292,10 +303,6 @@ def _block_sizes(E: int, N: int, G: int, chunk_size: int):
     return BT, BE, BN
 
 
-def _num_warps(BT, BE, BN):
-    return 8 if BT * BE * BN >= 8192 else 4
-
-
 class _Layout:
     """Per-call sizes and the sequence layout shared by the forward and backward launch."""
 
@@ -320,11 +327,10 @@ class _Layout:
             self.n_seqs = self.Bsz
             self.chunk_offsets = None
         self.grid = (triton.cdiv(self.E, self.BE), self.n_seqs)
-        self.num_warps = _num_warps(self.BT, self.BE, self.BN)
 
     def meta(self):
         return dict(E=self.E, N=self.N, GS=self.E // self.G, BT=self.BT, BE=self.BE,
-                    BN=self.BN, IS_VARLEN=self.varlen, num_warps=self.num_warps)
+                    BN=self.BN, IS_VARLEN=self.varlen)
 
 
 def _strides3(x):
