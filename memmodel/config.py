@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Union
+from typing import List, Optional, Union
+
+from .controller import CONTROLLERS  # the registry is the list of valid controller names
 
 
 @dataclass
@@ -25,6 +27,21 @@ class MemoryConfig:
         norm_eps: RMSNorm epsilon.
         tie_embeddings: share the embedding and output head weights.
         backend: "auto", "triton" or "torch" for every kernel call.
+        wm_slots: working-memory slots S per head; 0 turns the working memory off.
+        wm_heads: working-memory heads H.
+        wm_head_dim: width Dh of a working-memory head; None is d_model // wm_heads.
+        ltm_controller: who runs the long-term memory: "none" (off), "fifo", or any
+            name registered in `memmodel.controller.CONTROLLERS`.
+        ltm_heads: long-term-memory heads H.
+        ltm_head_dim: width Dh of a long-term-memory head; None is d_model // ltm_heads.
+        ltm_chunk_size: C, tokens compressed together.
+        ltm_summaries: P, summaries (entries) made from each chunk.
+        ltm_levels: levels of the bank; level l + 1 holds merges of level-l entries.
+        ltm_capacity: entries per level, one int for every level or a list of ltm_levels
+            ints. Level 0 needs room for a chunk's summaries plus a merge's worth
+            (>= P + r - 1), other levels below the top >= r, the top level >= 1 (>= P
+            with a single level).
+        ltm_merge: r, entries of a full level merged into one entry of the next.
     """
 
     vocab_size: int = 256
@@ -42,6 +59,17 @@ class MemoryConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     backend: str = "auto"
+    wm_slots: int = 0
+    wm_heads: int = 4
+    wm_head_dim: Optional[int] = None
+    ltm_controller: str = "none"
+    ltm_heads: int = 4
+    ltm_head_dim: Optional[int] = None
+    ltm_chunk_size: int = 256
+    ltm_summaries: int = 4
+    ltm_levels: int = 2
+    ltm_capacity: Union[int, List[int]] = 256
+    ltm_merge: int = 4
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "d_state", "expand", "d_conv",
@@ -49,6 +77,12 @@ class MemoryConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"MemoryConfig.{name}: expected a positive int, got {value!r}")
+        if not _is_int(self.wm_slots) or self.wm_slots < 0:
+            raise ValueError(
+                f"MemoryConfig.wm_slots: expected an int >= 0 (0: off), got {self.wm_slots!r}")
+        if self.wm_slots:
+            self._check_heads("wm")
+        self._check_long_term_memory()
         if self.dt_rank == "auto":
             self.dt_rank = math.ceil(self.d_model / 16)
         if not isinstance(self.dt_rank, int) or self.dt_rank < 1:
@@ -75,9 +109,66 @@ class MemoryConfig:
                 f"MemoryConfig.backend: expected 'auto', 'triton' or 'torch', got {self.backend!r}"
             )
 
+    def _check_heads(self, prefix: str):
+        """Check {prefix}_heads and resolve {prefix}_head_dim (None: d_model // heads)."""
+        heads, head_dim = getattr(self, f"{prefix}_heads"), getattr(self, f"{prefix}_head_dim")
+        if not _is_int(heads) or heads < 1:
+            raise ValueError(f"MemoryConfig.{prefix}_heads: expected a positive int, got {heads!r}")
+        if head_dim is None:
+            if self.d_model % heads:
+                raise ValueError(
+                    f"MemoryConfig.{prefix}_heads: expected a divisor of d_model={self.d_model} "
+                    f"when {prefix}_head_dim is None, got {heads}")
+            head_dim = self.d_model // heads
+            setattr(self, f"{prefix}_head_dim", head_dim)
+        if not _is_int(head_dim) or head_dim < 1:
+            raise ValueError(
+                f"MemoryConfig.{prefix}_head_dim: expected a positive int or None, got "
+                f"{head_dim!r}")
+
+    def _check_long_term_memory(self):
+        if self.ltm_controller not in CONTROLLERS:
+            raise ValueError(
+                f"MemoryConfig.ltm_controller: expected one of {sorted(CONTROLLERS)}, got "
+                f"{self.ltm_controller!r}")
+        if self.ltm_controller == "none":
+            return
+        for name in ("ltm_chunk_size", "ltm_summaries", "ltm_levels"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"MemoryConfig.{name}: expected a positive int, got {value!r}")
+        if not _is_int(self.ltm_merge) or self.ltm_merge < 2:
+            raise ValueError(
+                f"MemoryConfig.ltm_merge: expected an int >= 2 (entries merged into one), got "
+                f"{self.ltm_merge!r}")
+        self._check_heads("ltm")
+        L, P, r = self.ltm_levels, self.ltm_summaries, self.ltm_merge
+        cap = self.ltm_capacity
+        if _is_int(cap):
+            cap = [cap] * L
+        if (not isinstance(cap, (list, tuple)) or len(cap) != L
+                or not all(_is_int(c) and c >= 1 for c in cap)):
+            raise ValueError(
+                f"MemoryConfig.ltm_capacity: expected a positive int or a list of "
+                f"ltm_levels={L} positive ints, got {self.ltm_capacity!r}")
+        self.ltm_capacity = list(cap)
+        for level, c in enumerate(cap):
+            incoming = P if level == 0 else 1  # a chunk's summaries, or one merged entry
+            need = incoming + r - 1 if level < L - 1 else incoming
+            if c < need:
+                why = (f"it takes {incoming} new entr{'ies' if incoming > 1 else 'y'} at once"
+                       + (f" and merges r={r} at a time" if level < L - 1 else ""))
+                raise ValueError(
+                    f"MemoryConfig.ltm_capacity: level {level} needs at least {need} entries "
+                    f"({why}), got {c}")
+
     @property
     def d_inner(self) -> int:
         return self.expand * self.d_model
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

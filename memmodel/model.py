@@ -18,8 +18,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import MemoryConfig
+from .long_term_memory import LongTermMemory
 from .ssm import SelectiveSSM
 from .state import LayerState, MemoryState
+from .working_memory import WorkingMemory
 
 
 class RMSNorm(nn.Module):
@@ -45,15 +47,29 @@ class RMSNorm(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: x + mixer(norm(x)). `(B, T, D) -> (B, T, D)`."""
+    """Pre-norm residual block:
+    x + mixer(norm(x)) [+ working_memory(norm(x))] [+ long_term_memory(norm(x))].
+
+    `(B, T, D) -> (B, T, D)`; the working memory is there when config.wm_slots > 0, the
+    long-term memory when config.ltm_controller != "none".
+    """
 
     def __init__(self, config: MemoryConfig):
         super().__init__()
         self.norm = RMSNorm(config.d_model, config.norm_eps)
         self.mixer = SelectiveSSM(config)
+        self.working_memory = WorkingMemory(config) if config.wm_slots else None
+        self.long_term_memory = (LongTermMemory(config)
+                                 if config.ltm_controller != "none" else None)
 
     def forward(self, x: torch.Tensor, state: Optional[LayerState] = None) -> torch.Tensor:
-        return x + self.mixer(self.norm(x), state)
+        h = self.norm(x)
+        y = self.mixer(h, state)
+        if self.working_memory is not None:
+            y = y + self.working_memory(h, state)
+        if self.long_term_memory is not None:
+            y = y + self.long_term_memory(h, state)
+        return x + y
 
 
 class LMOutput(NamedTuple):
@@ -98,6 +114,10 @@ class MemoryLM(nn.Module):
             layer.mixer.reset_parameters()
             # Keep the residual stream's variance independent of depth (GPT-2, Mamba).
             layer.mixer.out_proj.weight /= math.sqrt(self.config.n_layers)
+            if layer.working_memory is not None:
+                layer.working_memory.reset_parameters()
+            if layer.long_term_memory is not None:
+                layer.long_term_memory.reset_parameters()
         self.norm_f.reset_parameters()
 
     def forward(

@@ -1,0 +1,441 @@
+"""LongTermMemory: chunks compressed into a bounded, hierarchical bank, read by interval attention.
+
+    q, k, v, g = in_proj(x)                                   q, k, v: [B, T, H, Dh]
+    s_k, s_v, score = chunk_compress(k, v, q_pool, C)         P summaries per chunk of C tokens
+    at each chunk boundary the controller stores (level 0), compresses (level 1) or
+    discards each summary; a full level l merges r of its entries into one level-(l+1)
+    entry, chunk_compress(their k, v, merge_q[l], r); the top level evicts
+    o = memory_retrieve(q, bank_k, bank_v, start, end)       one call per segment
+    out = out_proj(o * sigmoid(g))                            [B, T, D]
+
+Intervals. An entry is visible to the tokens `start <= t < end` (stream positions):
+`start` is the position right after the chunk or merge that made it, `end` the boundary
+at which it was merged or evicted (still live: open). A chunk's summaries are thus
+invisible to its own tokens, and merged entries take over exactly where their parts stop.
+Within a segment, every entry that was live at some point (carried in, made, merged or
+evicted) is one column of the bank passed to `memory_retrieve`, with the interval shifted
+to the segment (carried entries start at or before 0), so a segment costs one retrieval.
+
+Streaming. The tokens of an unfinished chunk are carried in `LTMState.pending_k/v` and
+compressed when a later segment completes the chunk; the live bank and its metadata
+travel in `LayerState.ltm`. Segments of any lengths give the same outputs as one call
+(the controller's `usage` feature aside, see `memmodel.controller`), and the carried
+state never exceeds the capacity: a 1M-token stream runs in constant memory.
+
+A drop-in `(B, T, D) -> (B, T, D)` module; `Block` adds it when
+`config.ltm_controller != "none"`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import MemoryConfig
+from .controller import (
+    Action,
+    BankView,
+    ChunkFeatures,
+    LevelFeatures,
+    MemoryController,
+    build_controller,
+)
+from .kernels.chunk_compress import chunk_compress
+from .kernels.memory_retrieve import memory_retrieve
+from .kernels.utils import check_same_dtype, check_tensor
+from .state import LayerState, LTMState
+
+OPEN = torch.iinfo(torch.int64).max  # the end of a live entry's interval
+INT32_MIN = -(2**31) + 1
+
+
+class SegmentBank(NamedTuple):
+    """Every entry live at some point of one segment, in the order the bank made them.
+
+    k, v: [B, M, H, Dh] float32. level: [B, M] int64, -1 where the column holds no entry
+    of that row. start, end: [B, M] int64 stream positions (host); end is `OPEN` for an
+    entry still live after the segment. position: the segment's first stream position.
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
+    level: torch.Tensor
+    start: torch.Tensor
+    end: torch.Tensor
+    position: int
+
+
+class Recall(NamedTuple):
+    """o: [B, T, H, Dh] retrieved values (0 where a token sees no entry or skips retrieval);
+    lse: [B, T, H] float32 (-inf there); bank: the SegmentBank the tokens read."""
+
+    o: torch.Tensor
+    lse: torch.Tensor
+    bank: SegmentBank
+
+
+class _Bank:
+    """A segment's bank as it evolves: columns are only appended, never removed, so an
+    index names one entry for the whole segment. Device data is kept as a list of
+    [B, m, ...] blocks, concatenated when read; bookkeeping is on the host."""
+
+    def __init__(self, st: LTMState, capacity):
+        self.capacity = capacity
+        self.parts = {"k": [st.k], "v": [st.v], "score": [st.score], "usage": [st.usage]}
+        self.level = st.level
+        self.start = st.start
+        self.end = torch.where(st.live, OPEN, st.start)  # empty slots: empty intervals
+
+    def cat(self, name: str) -> torch.Tensor:
+        parts = self.parts[name]
+        if len(parts) > 1:
+            parts[:] = [torch.cat(parts, 1)]
+        return parts[0]
+
+    def live(self) -> torch.Tensor:
+        return self.end == OPEN
+
+    def count(self, level: int) -> torch.Tensor:
+        return ((self.level == level) & self.live()).sum(1)
+
+    def add(self, k, v, score, usage, level: int, start: int, live: torch.Tensor):
+        """Append entries k, v [B, n, H, Dh], score, usage [B, n]; live: [B, n] host bool."""
+        self.parts["k"].append(k.float())
+        self.parts["v"].append(v.float())
+        self.parts["score"].append(score.detach().float())
+        self.parts["usage"].append(usage.detach().float())
+        self.level = torch.cat([self.level, torch.where(live, level, -1)], 1)
+        self.start = torch.cat([self.start, torch.full(live.shape, start)], 1)
+        self.end = torch.cat([self.end, torch.where(live, OPEN, start)], 1)
+
+    def close(self, idx: torch.Tensor, rows: torch.Tensor, position: int):
+        """End the intervals of entries idx [B, n] in the rows [B] at `position`."""
+        b = rows.nonzero()[:, 0]
+        self.end[b[:, None], idx[b]] = position
+
+    def gather(self, name: str, idx: torch.Tensor) -> torch.Tensor:
+        t = self.cat(name)
+        i = idx.to(t.device)
+        if t.dim() > 2:
+            i = i[..., None, None].expand(-1, -1, *t.shape[2:])
+        return t.gather(1, i)
+
+    def view(self, position: int) -> BankView:
+        M = self.level.shape[1]
+
+        def device_field(name):
+            if name == "keys":
+                return self.cat("k")[:, :M].detach().flatten(2)
+            return self.cat(name)[:, :M]
+
+        return BankView(position, self.capacity, self.live(), self.level, self.start,
+                        device_field)
+
+
+class LongTermMemory(nn.Module):
+    """Hierarchical compressed memory over chunks, driven by a `MemoryController`.
+
+    Args:
+        config: MemoryConfig; uses d_model, n_layers, ltm_heads (H), ltm_head_dim (Dh),
+            ltm_chunk_size (C), ltm_summaries (P), ltm_levels (L), ltm_capacity, ltm_merge
+            (r), ltm_controller, backend.
+        controller: overrides `build_controller(config)`; also settable later as
+            `module.controller` (a plain attribute: its parameters are not the model's).
+
+    Example:
+        >>> cfg = MemoryConfig(d_model=32, ltm_controller="fifo", ltm_heads=2,
+        ...                    ltm_chunk_size=8, ltm_summaries=2, ltm_capacity=[9, 4])
+        >>> ltm, state = LongTermMemory(cfg), LayerState()
+        >>> ltm(torch.randn(2, 20, 32), state).shape     # 2 chunks stored, 4 tokens pending
+        torch.Size([2, 20, 32])
+        >>> state.ltm.k.shape, state.ltm.pending_k.shape
+        (torch.Size([2, 4, 2, 16]), torch.Size([2, 4, 2, 16]))
+    """
+
+    def __init__(self, config: MemoryConfig, controller: Optional[MemoryController] = None):
+        super().__init__()
+        if config.ltm_controller == "none":
+            raise ValueError(
+                "LongTermMemory: config.ltm_controller is 'none' (no long-term memory, so its "
+                "sizes are unchecked); name a controller, and switch a built module off with "
+                "module.controller = build_controller(name='none')")
+        self.config = config
+        D, H, Dh = config.d_model, config.ltm_heads, config.ltm_head_dim
+        P, L = config.ltm_summaries, config.ltm_levels
+        self.capacity = tuple(config.ltm_capacity)
+        self.splits = [H * Dh] * 4  # q, k, v, output gate
+        self.in_proj = nn.Linear(D, 4 * H * Dh, bias=True)
+        self.out_proj = nn.Linear(H * Dh, D, bias=False)
+        self.q_pool = nn.Parameter(torch.empty(H, P, Dh))
+        self.merge_q = nn.Parameter(torch.empty(L - 1, H, 1, Dh))  # level l -> l + 1
+        self.controller = controller if controller is not None else build_controller(config)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        c = self.config
+        self.in_proj.reset_parameters()
+        self.out_proj.reset_parameters()
+        self.out_proj.weight /= math.sqrt(c.n_layers)
+        nn.init.normal_(self.q_pool, std=c.ltm_head_dim ** -0.5)
+        nn.init.normal_(self.merge_q, std=c.ltm_head_dim ** -0.5)
+
+    def initial_state(self, batch: int, device=None) -> LTMState:
+        """An empty bank with nothing pending: the start of a stream."""
+        H, Dh = self.config.ltm_heads, self.config.ltm_head_dim
+        floats = lambda *shape: torch.zeros(*shape, device=device)
+        return LTMState(
+            k=floats(batch, 0, H, Dh), v=floats(batch, 0, H, Dh),
+            level=torch.zeros(batch, 0, dtype=torch.int64),
+            start=torch.zeros(batch, 0, dtype=torch.int64),
+            score=floats(batch, 0), usage=floats(batch, 0),
+            pending_k=floats(batch, 0, H, Dh), pending_v=floats(batch, 0, H, Dh),
+            retrieve=torch.ones(batch, dtype=torch.bool),
+            controller=self.controller.init_state(batch),
+        )
+
+    def forward(self, x: torch.Tensor, state: Optional[LayerState] = None) -> torch.Tensor:
+        """Compress x's complete chunks into the bank and read the bank from every token.
+
+        Args:
+            x: [B, T, D].
+            state: optional LayerState; its `ltm` (None: an empty bank) is the memory
+                before x and is replaced by the memory after x.
+
+        Returns:
+            [B, T, D]; zeros when the controller is `none`.
+        """
+        if not self.controller.enabled:
+            return torch.zeros_like(x)
+        Bsz, T, _ = x.shape
+        shape = (Bsz, T, self.config.ltm_heads, self.config.ltm_head_dim)
+        q, k, v, gate = self.in_proj(x).split(self.splits, dim=-1)
+        rec = self.remember(q.reshape(shape), k.reshape(shape), v.reshape(shape), state)
+        return self.out_proj(rec.o.reshape(Bsz, T, -1) * torch.sigmoid(gate))
+
+    def remember(self, q, k, v, state: Optional[LayerState] = None) -> Recall:
+        """The memory without the projections: write k, v, read with q.
+
+        Args:
+            q, k, v: [B, T, H, Dh], one dtype.
+            state: as in `forward`.
+
+        Returns:
+            Recall(o [B, T, H, Dh], lse [B, T, H], the segment's bank).
+        """
+        c = self.config
+        dims = {"H": c.ltm_heads, "Dh": c.ltm_head_dim}
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            check_tensor(name, t, ("B", "T", "H", "Dh"), dims, device=q.device)
+        check_same_dtype(("q", "k", "v"), (q, k, v))
+        B, T = q.shape[:2]
+        C = c.ltm_chunk_size
+        st = state.ltm if state is not None and state.ltm is not None else \
+            self.initial_state(B, q.device)
+        if st.k.shape[0] != B:
+            raise ValueError(f"state.ltm: expected a state of batch size {B}, got {st.k.shape[0]}")
+        pos0, n_pend = st.position, st.pending_k.shape[1]
+        kk = torch.cat([st.pending_k.to(k.dtype), k], 1)
+        vv = torch.cat([st.pending_v.to(v.dtype), v], 1)
+        n_chunks = (n_pend + T) // C
+        bank = _Bank(st, self.capacity)
+        spans, flags = [0], [st.retrieve]  # token spans [spans[i], spans[i+1]) read if flags[i]
+        if n_chunks:
+            s_k, s_v, score = chunk_compress(kk[:, : n_chunks * C], vv[:, : n_chunks * C],
+                                             self.q_pool, C, backend=c.backend)
+            first = (pos0 - n_pend) // C
+            for i in range(n_chunks):
+                boundary = pos0 - n_pend + (i + 1) * C
+                flags.append(self._boundary(
+                    bank, first + i, boundary, s_k[:, i].transpose(1, 2),
+                    s_v[:, i].transpose(1, 2), score[:, i].mean(1), st.controller))
+                spans.append(boundary - pos0)
+        spans.append(T)
+        read = torch.cat([f[:, None].expand(B, spans[i + 1] - spans[i])
+                          for i, f in enumerate(flags)], 1)  # [B, T] host
+
+        mem_k, mem_v = bank.cat("k"), bank.cat("v")
+        start = (bank.start - pos0).clamp(INT32_MIN, T)
+        end = (bank.end.clamp(max=pos0 + T) - pos0).clamp(INT32_MIN, T)
+        o, lse = self._retrieve(q, mem_k, mem_v, start, end, read)
+        if self.controller.needs_usage:
+            mass = attention_mass(q, mem_k, start.to(q.device), end.to(q.device), lse)
+            bank.parts["usage"] = [bank.cat("usage") + mass]
+        if state is not None:
+            state.ltm = self._carry(bank, kk[:, n_chunks * C:], vv[:, n_chunks * C:],
+                                    flags[-1], pos0 + T, st.controller)
+        seg = SegmentBank(mem_k, mem_v, bank.level, bank.start, bank.end, pos0)
+        return Recall(o, lse, seg)
+
+    def _boundary(self, bank: _Bank, chunk_index: int, position: int, new_k, new_v, score,
+                  ctrl_state) -> torch.Tensor:
+        """Ask the controller about one chunk's summaries (new_k, new_v: [B, P, H, Dh];
+        score: [B, P]) and apply its answer; returns the [B] retrieve flags."""
+        B, P = score.shape
+        with torch.no_grad():
+            features = ChunkFeatures(bank.view(position), chunk_index, position,
+                                     score.detach(), new_k.detach().float().flatten(2),
+                                     ctrl_state)
+            decision = self.controller.decide(features)
+        action = torch.as_tensor(decision.action).cpu()
+        retrieve = torch.as_tensor(decision.retrieve).cpu()
+        if (action.shape != (B, P) or action.dtype.is_floating_point or retrieve.shape != (B,)
+                or not ((action >= 0) & (action <= max(Action))).all()):
+            raise ValueError(
+                f"{self.controller!r}.decide: expected action [B={B}, P={P}] of Action values "
+                f"and retrieve [B={B}], got action {list(action.shape)} {action.dtype} and "
+                f"retrieve {list(retrieve.shape)}")
+        store = action == Action.STORE
+        if store.any():
+            self._make_room(bank, 0, store.sum(1), position, ctrl_state)
+            bank.add(new_k, new_v, score, torch.zeros_like(score), 0, position, store)
+        compress = action == Action.COMPRESS
+        if compress.any():
+            if len(self.capacity) == 1:
+                raise ValueError(f"{self.controller!r}.decide: COMPRESS needs ltm_levels >= 2")
+            rows = compress.any(1)
+            self._make_room(bank, 1, rows.long(), position, ctrl_state)
+            k1, v1, score1 = self._merge_selected(new_k, new_v, compress)
+            bank.add(k1, v1, score1, torch.zeros_like(score1), 1, position, rows[:, None])
+        return retrieve.bool()
+
+    def _make_room(self, bank: _Bank, level: int, need: torch.Tensor, position: int,
+                   ctrl_state):
+        """Free level `level` until each row has room for need [B] more entries: merge r of
+        its entries into the next level (making room there first), or evict at the top."""
+        top = level == len(self.capacity) - 1
+        n = 1 if top else self.config.ltm_merge
+        while True:
+            rows = bank.count(level) + need > self.capacity[level]
+            if not rows.any():
+                return
+            with torch.no_grad():
+                idx = self.controller.select(LevelFeatures(
+                    bank.view(position), level, n, rows, top, ctrl_state))
+            idx = self._check_selection(idx, bank, level, n, rows)
+            if top:
+                bank.close(idx, rows, position)
+                continue
+            k_m, v_m, usage = bank.gather("k", idx), bank.gather("v", idx), \
+                bank.gather("usage", idx)
+            bank.close(idx, rows, position)
+            self._make_room(bank, level + 1, rows.long(), position, ctrl_state)
+            s_k, s_v, score = chunk_compress(k_m, v_m, self.merge_q[level], n,
+                                             backend=self.config.backend)
+            bank.add(s_k[:, :, :, 0], s_v[:, :, :, 0], score[..., 0].mean(2),
+                     usage.sum(1, keepdim=True), level + 1, position, rows[:, None])
+
+    def _check_selection(self, idx, bank: _Bank, level: int, n: int, rows) -> torch.Tensor:
+        idx = torch.as_tensor(idx).cpu()
+        M = bank.level.shape[1]
+        if idx.shape != (rows.shape[0], n) or idx.dtype.is_floating_point:
+            raise ValueError(f"{self.controller!r}.select: expected [B={rows.shape[0]}, {n}] "
+                             f"int indices, got {list(idx.shape)} {idx.dtype}")
+        idx = torch.where(rows[:, None], idx.long(), 0)
+        ok = ((idx >= 0) & (idx < M)).all()
+        if ok:
+            chosen = idx[rows]
+            ok = ((bank.level[rows].gather(1, chosen) == level)
+                  & bank.live()[rows].gather(1, chosen)).all()
+            ok = ok and bool((chosen.sort(1).values.diff(dim=1) != 0).all())
+        if not ok:
+            raise ValueError(f"{self.controller!r}.select: expected {n} distinct live entries "
+                             f"of level {level} per row, got {idx[rows].tolist()}")
+        return idx
+
+    def _merge_selected(self, new_k, new_v, selected: torch.Tensor):
+        """Pool each row's selected summaries (selected: [B, P] host bool) into one entry with
+        level 0's merge query; rows are grouped by how many they select. Returns k, v
+        [B, 1, H, Dh] and score [B, 1] (zeros in rows that select none)."""
+        B, P, H, Dh = new_k.shape
+        out_k, out_v = new_k.new_zeros(B, 1, H, Dh), new_v.new_zeros(B, 1, H, Dh)
+        out_s = new_k.new_zeros(B, 1, dtype=torch.float32)
+        counts = selected.sum(1)
+        for n in counts.unique().tolist():
+            if n == 0:
+                continue
+            rows = (counts == n).nonzero()[:, 0].to(new_k.device)
+            order = torch.sort((~selected[counts == n]).long(), dim=1, stable=True).indices
+            order = order[:, :n, None, None].expand(-1, -1, H, Dh).to(new_k.device)
+            s_k, s_v, score = chunk_compress(new_k[rows].gather(1, order),
+                                             new_v[rows].gather(1, order), self.merge_q[0], n,
+                                             backend=self.config.backend)
+            out_k = out_k.index_copy(0, rows, s_k[:, :, :, 0])
+            out_v = out_v.index_copy(0, rows, s_v[:, :, :, 0])
+            out_s = out_s.index_copy(0, rows, score[..., 0].mean(2))
+        return out_k, out_v, out_s
+
+    def _retrieve(self, q, mem_k, mem_v, start, end, read: torch.Tensor):
+        """One memory_retrieve over the tokens that read (read: [B, T] host bool). Tokens no
+        row reads are left out of the call; intervals are remapped to the kept tokens."""
+        B, T, H, Dh = q.shape
+        dev, backend = q.device, self.config.backend
+        mem_k, mem_v = mem_k.to(q.dtype), mem_v.to(q.dtype)
+        to_dev = lambda t: t.to(device=dev, dtype=torch.int32)
+        if read.all():
+            return memory_retrieve(q, mem_k, mem_v, to_dev(start), to_dev(end), backend=backend)
+        o = q.new_zeros(B, T, H, Dh)
+        lse = torch.full((B, T, H), float("-inf"), device=dev)
+        keep = read.any(0)
+        if keep.any():
+            # kept tokens before position p: t >= start <=> kept(t) >= kept(start) for kept t
+            kept_before = F.pad(keep.long().cumsum(0), (1, 0))
+            tokens = keep.nonzero()[:, 0].to(dev)
+            o_k, lse_k = memory_retrieve(
+                q.index_select(1, tokens), mem_k, mem_v, to_dev(kept_before[start.clamp(0, T)]),
+                to_dev(kept_before[end.clamp(0, T)]), backend=backend)
+            o, lse = o.index_copy(1, tokens, o_k), lse.index_copy(1, tokens, lse_k)
+        read = read.to(dev)[..., None]
+        return torch.where(read[..., None], o, 0.0), lse.masked_fill(~read, float("-inf"))
+
+    def _carry(self, bank: _Bank, pending_k, pending_v, retrieve, position, controller
+               ) -> LTMState:
+        """The state after a segment: the live entries, compacted to the front of each row
+        (bank order kept), and the unfinished chunk."""
+        live = bank.live()
+        count = live.sum(1)
+        M = int(count.max()) if live.numel() else 0
+        order = torch.sort((~live).long(), dim=1, stable=True).indices[:, :M]
+        used = torch.arange(M) < count[:, None]  # [B, M] host
+        used_dev = used.to(bank.cat("k").device)
+        take = lambda name: bank.gather(name, order)
+        k = torch.where(used_dev[..., None, None], take("k"), 0.0)
+        v = torch.where(used_dev[..., None, None], take("v"), 0.0)
+        return LTMState(
+            k=k, v=v, level=torch.where(used, bank.level.gather(1, order), -1),
+            start=torch.where(used, bank.start.gather(1, order), 0),
+            score=torch.where(used_dev, take("score"), 0.0),
+            usage=torch.where(used_dev, take("usage"), 0.0),
+            pending_k=pending_k.float(), pending_v=pending_v.float(), retrieve=retrieve,
+            position=position, controller=controller,
+        )
+
+
+@torch.no_grad()
+def attention_mass(q, mem_k, start, end, lse, block: int = 1024) -> torch.Tensor:
+    """[B, M] float32: the softmax weight each entry received, mean over heads, summed over
+    the tokens (its "usage"), recomputed from the retrieval's lse a block of tokens at a time.
+
+    Args:
+        q: [B, T, H, Dh]; mem_k: [B, M, H, Dh]; start, end: [B, M] intervals in the
+            segment's positions; lse: [B, T, H] from the retrieval (-inf: the token read
+            nothing).
+    """
+    B, T, H, Dh = q.shape
+    mass = torch.zeros(B, mem_k.shape[1], device=q.device)
+    if mem_k.shape[1] == 0:
+        return mass
+    for t0 in range(0, T, block):
+        t = torch.arange(t0, min(T, t0 + block), device=q.device)
+        z = torch.einsum("bthd,bmhd->bhtm", q[:, t0: t0 + block].float(), mem_k.float())
+        lse_b = lse[:, t0: t0 + block].transpose(1, 2)[..., None]  # [B, H, tb, 1]
+        vis = (start[:, None, :] <= t[:, None]) & (t[:, None] < end[:, None, :])
+        vis = vis[:, None] & torch.isfinite(lse_b)
+        p = torch.where(vis, torch.exp(z * Dh ** -0.5 - lse_b), 0.0)
+        mass += p.sum(2).mean(1)
+    return mass
+
