@@ -64,7 +64,7 @@ def _configs():
     """num_warps candidates; the interpreter needs only one."""
     if is_interpreter():
         return [triton.Config({}, num_warps=4)]
-    return [triton.Config({}, num_warps=w) for w in (2, 4, 8)]
+    return [triton.Config({}, num_warps=w) for w in (4, 8, 16)]
 
 
 # ---- forward ------------------------------------------------------------------------
