@@ -1,4 +1,5 @@
-"""MemoryConfig: every size and switch of the model, validated on construction."""
+"""Configs validated on construction: MemoryConfig (every size and switch of the model)
+and QLearningConfig (the hyperparameters of the Q-learning memory controller)."""
 
 from __future__ import annotations
 
@@ -168,6 +169,90 @@ class MemoryConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class QLearningConfig:
+    """Hyperparameters of the Q-learning controller; validated on construction.
+
+    Args:
+        hidden: width of the Q-network's two hidden layers.
+        lr: Adam learning rate of the Q-network.
+        gamma: discount per chunk boundary, in [0, 1].
+        n_step: boundaries summed in a return before bootstrapping (n).
+        batch_size: transitions per Q update.
+        buffer_size: replay capacity in transitions; the oldest are overwritten.
+        min_buffer: transitions stored before the first update.
+        target_update: Q updates between copies of the online network into the target.
+        epsilon_start, epsilon_end, epsilon_decay: exploration; epsilon falls linearly from
+            start to end over the first epsilon_decay Q updates, then stays at end.
+        huber_delta: where the Huber loss turns from quadratic to linear.
+        grad_clip: largest gradient norm of a Q update (None: no clipping).
+        memory_cost: reward lost per live entry per chunk of tokens.
+        retrieve_cost: reward lost per chunk of tokens that reads the bank.
+        horizon: tokens that the relative-position and age features are divided by
+            (set it to the streams' length).
+        use_usage: give the network the entries' usage (makes the module compute it).
+        seed: seeds the network's init, exploration and replay sampling.
+    """
+
+    hidden: int = 64
+    lr: float = 1e-3
+    gamma: float = 0.98
+    n_step: int = 4
+    batch_size: int = 64
+    buffer_size: int = 50_000
+    min_buffer: int = 256
+    target_update: int = 100
+    epsilon_start: float = 1.0
+    epsilon_end: float = 0.05
+    epsilon_decay: int = 2000
+    huber_delta: float = 1.0
+    grad_clip: Optional[float] = 10.0
+    memory_cost: float = 0.0
+    retrieve_cost: float = 0.0
+    horizon: int = 4096
+    use_usage: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        def fail(name, expected):
+            raise ValueError(f"QLearningConfig.{name}: expected {expected}, got "
+                             f"{getattr(self, name)!r}")
+
+        for name in ("hidden", "n_step", "batch_size", "buffer_size", "target_update",
+                     "horizon"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+                fail(name, "a positive int")
+        for name in ("min_buffer", "epsilon_decay", "seed"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
+                fail(name, "an int >= 0")
+        if self.buffer_size < self.batch_size:
+            fail("buffer_size", f"at least batch_size={self.batch_size}")
+        for name in ("gamma", "epsilon_start", "epsilon_end"):
+            if not _is_real(getattr(self, name)) or not 0 <= getattr(self, name) <= 1:
+                fail(name, "a number in [0, 1]")
+        for name in ("lr", "huber_delta"):
+            if not _is_real(getattr(self, name)) or not getattr(self, name) > 0:
+                fail(name, "a positive number")
+        for name in ("memory_cost", "retrieve_cost"):
+            if not _is_real(getattr(self, name)) or not getattr(self, name) >= 0:
+                fail(name, "a number >= 0")
+        if self.grad_clip is not None and (not _is_real(self.grad_clip) or self.grad_clip <= 0):
+            fail("grad_clip", "a positive number or None")
+        if not isinstance(self.use_usage, bool):
+            fail("use_usage", "a bool")
+
+    def epsilon(self, updates: int) -> float:
+        """The exploration rate after `updates` Q updates (the linear schedule)."""
+        if self.epsilon_decay == 0:
+            return self.epsilon_end
+        frac = min(updates / self.epsilon_decay, 1.0)
+        return self.epsilon_start + frac * (self.epsilon_end - self.epsilon_start)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _is_int(value) -> bool:

@@ -25,9 +25,10 @@ Controllers are plain objects, not `nn.Module`s: a learned controller's network 
 parameter of the language model. One controller may be shared by every layer; its
 per-stream state (`init_state`) lives in each layer's `LTMState.controller`.
 
-Shipped here: `fifo` (store everything, merge or evict the oldest) and `none` (no
-long-term memory). `build_controller(config)` looks a name up in `CONTROLLERS`; new
-controllers register there (issue 6: `importance`, `store_all`, the Q-learning one).
+Shipped here, the baselines: `fifo` (store everything, merge or evict the oldest),
+`importance` (keep the highest pooling scores), `store_all` (keep everything: no capacity,
+the upper bound) and `none` (no long-term memory). The learned controller, `qlearning`,
+lives in `memmodel.rl`. `build_controller(config)` looks a name up in `CONTROLLERS`.
 """
 
 from __future__ import annotations
@@ -180,11 +181,14 @@ class MemoryController:
         needs_usage: True makes the module compute each entry's attention mass after every
             retrieval (an extra pass over the attention scores); heuristics without it
             skip that cost.
+        bounded: False lifts the capacity: the module never makes room, so `select` is
+            never called and levels grow without limit (only `store_all` sets it).
     """
 
     name = "base"
     enabled = True
     needs_usage = False
+    bounded = True
 
     def __init__(self, config: Optional[Any] = None):
         self.config = config
@@ -206,6 +210,13 @@ class MemoryController:
         return f"{type(self).__name__}()"
 
 
+def uniform_decision(features: ChunkFeatures, action: Action, retrieve: bool) -> ChunkDecision:
+    """The same `action` for every new summary and the same `retrieve` for every row."""
+    B, P = features.score.shape
+    return ChunkDecision(action=torch.full((B, P), int(action), dtype=torch.int64),
+                         retrieve=torch.full((B,), retrieve, dtype=torch.bool))
+
+
 def oldest(features: LevelFeatures) -> torch.Tensor:
     """[B, count] int64: per row, the live entries of the level that became visible first
     (ties, the summaries of one chunk, in bank order)."""
@@ -222,14 +233,71 @@ class FifoController(MemoryController):
     name = "fifo"
 
     def decide(self, features: ChunkFeatures) -> ChunkDecision:
-        B, P = features.score.shape
-        return ChunkDecision(
-            action=torch.full((B, P), int(Action.STORE), dtype=torch.int64),
-            retrieve=torch.ones(B, dtype=torch.bool),
-        )
+        return uniform_decision(features, Action.STORE, retrieve=True)
 
     def select(self, features: LevelFeatures) -> torch.Tensor:
         return oldest(features)
+
+
+def lowest_scores(features: LevelFeatures) -> torch.Tensor:
+    """[B, count] int64: per row, the live entries of the level with the lowest pooling
+    scores (ties: the older first)."""
+    bank = features.bank
+    candidate = bank.live & (bank.level == features.level)
+    score = bank.score.detach().float().cpu()
+    key = torch.where(candidate, score, float("inf"))
+    return torch.sort(key, dim=1, stable=True).indices[:, : features.count]
+
+
+class ImportanceController(MemoryController):
+    """`importance`: keep the summaries with the highest pooling scores; read every chunk.
+
+    A full level gives up its lowest-scored entries (merged into the next level, or
+    evicted at the top). With a single level the new summaries compete too: `decide`
+    DISCARDs each new summary that would not be among the `capacity` highest scores of
+    the live entries and the chunk's summaries together, so the bank always holds the
+    highest scores seen. With several levels every summary is STOREd (level 0 keeps the
+    highest scores, and what it gives up is merged upward, not lost); the top level
+    admits each merged entry and evicts its lowest-scored live one.
+    """
+
+    name = "importance"
+
+    def decide(self, features: ChunkFeatures) -> ChunkDecision:
+        B, P = features.score.shape
+        action = torch.full((B, P), int(Action.STORE), dtype=torch.int64)
+        bank = features.bank
+        if len(bank.capacity) == 1:
+            live = bank.live & (bank.level == 0)
+            old = torch.where(live, bank.score.detach().float().cpu(), float("-inf"))
+            both = torch.cat([features.score.detach().float().cpu(), old], 1)  # new first
+            keep = min(bank.capacity[0], both.shape[1])
+            top = torch.sort(both, dim=1, descending=True, stable=True).indices[:, :keep]
+            kept = torch.zeros_like(both, dtype=torch.bool).scatter_(1, top, True)[:, :P]
+            action[~kept] = int(Action.DISCARD)
+        return ChunkDecision(action=action, retrieve=torch.ones(B, dtype=torch.bool))
+
+    def select(self, features: LevelFeatures) -> torch.Tensor:
+        return lowest_scores(features)
+
+
+class StoreAllController(MemoryController):
+    """`store_all`: store every summary at level 0, never merge or evict, read every chunk.
+
+    The upper bound of the ablations: the bank holds every chunk of the stream, so
+    memory and retrieval work grow linearly with its length. The capacity is bypassed by
+    `bounded = False`: `LongTermMemory` then never makes room (no merge, no eviction, no
+    `select` call), whatever `ltm_capacity` says.
+    """
+
+    name = "store_all"
+    bounded = False
+
+    def decide(self, features: ChunkFeatures) -> ChunkDecision:
+        return uniform_decision(features, Action.STORE, retrieve=True)
+
+    def select(self, features: LevelFeatures) -> torch.Tensor:
+        raise RuntimeError("the 'store_all' controller is unbounded, so no level fills")
 
 
 class NoMemoryController(MemoryController):
@@ -240,20 +308,25 @@ class NoMemoryController(MemoryController):
     enabled = False
 
     def decide(self, features: ChunkFeatures) -> ChunkDecision:
-        B, P = features.score.shape
-        return ChunkDecision(
-            action=torch.full((B, P), int(Action.DISCARD), dtype=torch.int64),
-            retrieve=torch.zeros(B, dtype=torch.bool),
-        )
+        return uniform_decision(features, Action.DISCARD, retrieve=False)
 
     def select(self, features: LevelFeatures) -> torch.Tensor:
         raise RuntimeError("the 'none' controller keeps no entries, so no level fills")
 
 
-# name -> factory(config): every entry is a MemoryController subclass taking the config.
+def _qlearning(config: Optional[Any] = None) -> MemoryController:
+    from .rl import QLearningController  # rl imports this module: look it up when built
+
+    return QLearningController(config)
+
+
+# name -> factory(config): every entry returns a MemoryController built from the config.
 CONTROLLERS: Dict[str, Callable[..., MemoryController]] = {
     "none": NoMemoryController,
     "fifo": FifoController,
+    "importance": ImportanceController,
+    "store_all": StoreAllController,
+    "qlearning": _qlearning,
 }
 
 

@@ -20,7 +20,8 @@ Streaming. The tokens of an unfinished chunk are carried in `LTMState.pending_k/
 compressed when a later segment completes the chunk; the live bank and its metadata
 travel in `LayerState.ltm`. Segments of any lengths give the same outputs as one call
 (the controller's `usage` feature aside, see `memmodel.controller`), and the carried
-state never exceeds the capacity: a 1M-token stream runs in constant memory.
+state never exceeds the capacity: a 1M-token stream runs in constant memory (except under
+an unbounded controller, `store_all`, which keeps every entry).
 
 A drop-in `(B, T, D) -> (B, T, D)` module; `Block` adds it when
 `config.ltm_controller != "none"`.
@@ -306,7 +307,10 @@ class LongTermMemory(nn.Module):
     def _make_room(self, bank: _Bank, level: int, need: torch.Tensor, position: int,
                    ctrl_state):
         """Free level `level` until each row has room for need [B] more entries: merge r of
-        its entries into the next level (making room there first), or evict at the top."""
+        its entries into the next level (making room there first), or evict at the top.
+        An unbounded controller (`bounded = False`, store_all) never makes room."""
+        if not self.controller.bounded:
+            return
         top = level == len(self.capacity) - 1
         n = 1 if top else self.config.ltm_merge
         while True:

@@ -304,7 +304,9 @@ def test_none_adds_nothing():
 @pytest.mark.parametrize(
     "kwargs,pattern",
     [
-        (dict(ltm_controller="lru"), r"ltm_controller: expected one of \['fifo', 'none'\]"),
+        (dict(ltm_controller="lru"),
+         r"ltm_controller: expected one of \['fifo', 'importance', 'none', 'qlearning', "
+         r"'store_all'\]"),
         (dict(ltm_heads=3), r"ltm_heads: expected a divisor of d_model=16"),
         (dict(ltm_head_dim=0), r"ltm_head_dim: expected a positive int or None"),
         (dict(ltm_chunk_size=0), r"ltm_chunk_size: expected a positive int"),

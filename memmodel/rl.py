@@ -1,0 +1,602 @@
+"""Q-learning for the memory controller: the learner, and the `qlearning` controller.
+
+The MDP. One episode is one stream (a batch row) of one layer's long-term memory. A step
+is a chunk boundary c; its decisions are made one after another, and each is a transition:
+
+    one per new summary        STORE / COMPRESS / DISCARD     (COMPRESS only with >= 2 levels)
+    one per boundary           RETRIEVE or SKIP for the tokens up to the next boundary
+    one per entry given up     MERGE (below the top) or EVICT (top), chosen among the
+                               level's live entries, when a level must make room
+
+The reward of step c is paid for the tokens from boundary c to the next (the "span"):
+
+    R_c = -(memory_cost * live_c + retrieve_cost * read_c) * span_c / C  [+ task reward at the end]
+
+live_c: entries live during the span, read_c: the RETRIEVE decision, span_c / C: the span in
+chunks (1 except for the tail of a stream); the task reward (the change in the task's loss
+or accuracy on the answer tokens, computed by the training loop) is added to the last step.
+Every decision of step c learns from the n-step return to the first decision of step m:
+
+    G_c = sum_{c <= i < m} gamma^(i-c) R_i
+    y   = G_c + gamma^(m-c) Q_target(s_m, argmax_a Q_online(s_m, a))   (Double DQN; 0 if m = K)
+    loss = Huber(Q_online(s, a) - y)
+
+m = min(c + n, the first later step at which a decision explored, K = the end), so a reward
+at the end of K chunks reaches the first decisions after about K / n rounds, not K.
+
+The Q-function takes the action as input, Q(s, a) = head_choice(trunk(phi(s, a))), so one
+small network scores any candidate: a choice of three for a summary, two for retrieval, one
+per live entry for eviction. phi = [one-hot choice, context, item] (docs/architecture.md):
+
+    choice    STORE, COMPRESS, DISCARD, SKIP, RETRIEVE, MERGE, EVICT
+    context   position / horizon, log(1 + chunks left to the horizon), occupancy /
+              capacity per level, highest and lowest normalised score among live entries
+    item      normalised pooling score, similarity (a summary: its novelty, the largest
+              cosine similarity to a live entry; an entry: to another live entry), score
+              rank, age / horizon, usage per token of age, level / (levels - 1)
+
+Scores are normalised by running statistics of the summaries seen while training.
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+import math
+from dataclasses import asdict
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import QLearningConfig
+from .controller import (
+    Action,
+    BankView,
+    ChunkDecision,
+    ChunkFeatures,
+    LevelFeatures,
+    MemoryController,
+)
+
+
+class Transitions(NamedTuple):
+    """A batch of N transitions. x: [N, F], phi of the decision taken; ret: [N], its n-step
+    return G; discount: [N], gamma^(m - c) (0: the stream ended first); next_x: [N, K, F]
+    and next_mask: [N, K] bool, the candidates of the bootstrap state (all False: none)."""
+
+    x: torch.Tensor
+    ret: torch.Tensor
+    discount: torch.Tensor
+    next_x: torch.Tensor
+    next_mask: torch.Tensor
+
+
+class ReplayBuffer:
+    """A ring of at most `capacity` transitions, sampled uniformly with replacement.
+
+    Storage is allocated on the first push. Example:
+        >>> buf = ReplayBuffer(capacity=1000, feature_dim=4, n_next=3)
+        >>> buf.push(Transitions(torch.zeros(5, 4), torch.zeros(5), torch.zeros(5),
+        ...                      torch.zeros(5, 3, 4), torch.zeros(5, 3, dtype=torch.bool)))
+        >>> len(buf), buf.sample(8).x.shape
+        (5, torch.Size([8, 4]))
+    """
+
+    def __init__(self, capacity: int, feature_dim: int, n_next: int):
+        self.capacity, self.feature_dim, self.n_next = capacity, feature_dim, n_next
+        self.data: Optional[Transitions] = None
+        self.size = 0  # transitions held
+        self.cursor = 0  # where the next one goes
+
+    def __len__(self) -> int:
+        return self.size
+
+    def push(self, batch: Transitions):
+        """Append N transitions, overwriting the oldest when full."""
+        n = batch.x.shape[0]
+        if batch.x.shape[1:] != (self.feature_dim,) or batch.next_x.shape[1:] != (
+                self.n_next, self.feature_dim):
+            raise ValueError(f"ReplayBuffer.push: expected x [N, {self.feature_dim}] and next_x "
+                             f"[N, {self.n_next}, {self.feature_dim}], got "
+                             f"{list(batch.x.shape)} and {list(batch.next_x.shape)}")
+        if self.data is None:
+            self.data = Transitions(*(torch.zeros((self.capacity, *t.shape[1:]), dtype=t.dtype)
+                                      for t in batch))
+        if n > self.capacity:  # only the newest `capacity` would survive
+            batch = Transitions(*(t[n - self.capacity:] for t in batch))
+            n = self.capacity
+        idx = (self.cursor + torch.arange(n)) % self.capacity
+        for store, new in zip(self.data, batch):
+            store[idx] = new.to(store.dtype)
+        self.cursor = (self.cursor + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
+
+    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> Transitions:
+        """n transitions drawn uniformly, with replacement, from those held."""
+        if self.size == 0:
+            raise ValueError("ReplayBuffer.sample: the buffer is empty")
+        idx = torch.randint(0, self.size, (n,), generator=generator)
+        return Transitions(*(t[idx] for t in self.data))
+
+    def state_dict(self) -> Dict[str, Any]:
+        data = None if self.data is None else {k: t[: self.size].clone()
+                                               for k, t in self.data._asdict().items()}
+        return {"capacity": self.capacity, "size": self.size, "cursor": self.cursor,
+                "data": data}
+
+    def load_state_dict(self, state: Dict[str, Any]):
+        if state["capacity"] != self.capacity:
+            raise ValueError(f"ReplayBuffer.load_state_dict: expected capacity {self.capacity}, "
+                             f"got {state['capacity']}")
+        self.data, self.size, self.cursor = None, 0, 0
+        if state["data"] is not None:
+            held = Transitions(**state["data"])
+            self.data = Transitions(*(torch.zeros((self.capacity, *t.shape[1:]), dtype=t.dtype)
+                                      for t in held))
+            for store, t in zip(self.data, held):
+                store[: state["size"]] = t
+            self.size, self.cursor = state["size"], state["cursor"]
+
+
+class QNetwork(nn.Module):
+    """Q(s, a) from phi(s, a) = [one-hot choice (n_choices), features]: [..., F] -> [...].
+
+    A trunk of two ReLU layers of width `hidden` reads the features; one linear head per
+    choice reads the trunk, and the one-hot picks the head: Q = head_choice(trunk(features)).
+    Each choice thus has its own readout of shared features, so a decision whose value
+    flips with the position (RETRIEVE near the question, SKIP elsewhere) is easy to fit.
+    """
+
+    def __init__(self, feature_dim: int, hidden: int, n_choices: int):
+        super().__init__()
+        self.n_choices = n_choices
+        self.trunk = nn.Sequential(nn.Linear(feature_dim - n_choices, hidden), nn.ReLU(),
+                                   nn.Linear(hidden, hidden), nn.ReLU())
+        self.heads = nn.Linear(hidden, n_choices)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        choice, features = x[..., : self.n_choices], x[..., self.n_choices:]
+        return (self.heads(self.trunk(features)) * choice).sum(-1)
+
+
+def nstep_returns(rewards: torch.Tensor, n: int, gamma: float,
+                  cut: Optional[torch.Tensor] = None
+                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """n-step returns of whole episodes, cut short where exploration took over.
+
+    The return of step c sums the rewards of steps c, c + 1, ... up to (not including)
+    its bootstrap step m = the first of: c + n; the first later step that made an
+    exploratory decision (`cut`: a return that ran through it would judge the greedy
+    policy by a random action, as in Watkins's Q(lambda)); the end K (no bootstrap).
+
+    Args:
+        rewards: [B, K] float, the reward of each step.
+        n, gamma: at most n steps summed, discount per step.
+        cut: [B, K] bool or None (no cuts).
+
+    Returns:
+        ret: [B, K], sum_{c <= i < m} gamma^(i - c) rewards[:, i];
+        discount: [B, K], gamma^(m - c), or 0 where m = K;
+        boot: [B, K] int64, m (K: none).
+
+    Example:
+        >>> ret, discount, boot = nstep_returns(torch.tensor([[1.0, 2.0, 4.0]]), 2, 0.5)
+        >>> ret, discount, boot
+        (tensor([[2., 4., 4.]]), tensor([[0.2500, 0.0000, 0.0000]]), tensor([[2, 3, 3]]))
+    """
+    B, K = rewards.shape
+    cut = torch.zeros(B, K, dtype=torch.bool) if cut is None else cut.bool()
+    c = torch.arange(K)
+    ret = torch.zeros(B, K)
+    boot = torch.full((B, K), K, dtype=torch.int64)
+    open_ = torch.ones(B, K, dtype=torch.bool)  # still summing
+    for i in range(min(n, K)):
+        now = c + i  # the step added in this round
+        r = rewards[:, now.clamp(max=K - 1)].float()
+        ret += torch.where(open_ & (now < K), gamma ** i * r, 0.0)
+        nxt = now + 1
+        stop = open_ & ((nxt >= K) | cut[:, nxt.clamp(max=K - 1)] | (i + 1 == n))
+        boot = torch.where(stop, nxt.clamp(max=K), boot)
+        open_ &= ~stop
+    discount = torch.where(boot < K, gamma ** (boot - c).float(), 0.0)
+    return ret, discount, boot
+
+
+@torch.no_grad()
+def double_dqn_targets(online: nn.Module, target: nn.Module, batch: Transitions) -> torch.Tensor:
+    """[N]: y = ret + discount * Q_target(s', argmax_a Q_online(s', a)), over the valid
+    candidates of s'; a transition without any (the stream ended) gets y = ret."""
+    q_online = online(batch.next_x).masked_fill(~batch.next_mask, float("-inf"))
+    best = q_online.argmax(-1, keepdim=True)
+    q_next = target(batch.next_x).gather(-1, best)[..., 0]
+    q_next = torch.where(batch.next_mask.any(-1), q_next, 0.0)
+    return batch.ret + batch.discount * q_next
+
+
+class QLearner:
+    """The online and target Q-networks, their optimiser and the replay buffer.
+
+    Args:
+        feature_dim: F, the width of phi (the one-hot choice first).
+        n_next: K, candidates stored for the bootstrap state.
+        n_choices: the width of the one-hot choice.
+        config: QLearningConfig.
+    """
+
+    def __init__(self, feature_dim: int, n_next: int, n_choices: int, config: QLearningConfig):
+        self.config = config
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.online = QNetwork(feature_dim, config.hidden, n_choices)
+        self.target = copy.deepcopy(self.online).requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.online.parameters(), lr=config.lr)
+        self.buffer = ReplayBuffer(config.buffer_size, feature_dim, n_next)
+        self.generator = torch.Generator().manual_seed(config.seed + 1)
+        self.updates = 0
+
+    @property
+    def epsilon(self) -> float:
+        return self.config.epsilon(self.updates)
+
+    @torch.no_grad()
+    def q(self, x: torch.Tensor) -> torch.Tensor:
+        """[...]: the online Q-values of phi rows x [..., F]."""
+        return self.online(x)
+
+    def update(self, batch: Optional[Transitions] = None) -> Optional[float]:
+        """One Double DQN step on `batch` (default: a uniform sample of the buffer, once it
+        holds min_buffer and batch_size transitions; None before). Returns the loss."""
+        c = self.config
+        if batch is None:
+            if len(self.buffer) < max(c.min_buffer, c.batch_size):
+                return None
+            batch = self.buffer.sample(c.batch_size, self.generator)
+        y = double_dqn_targets(self.online, self.target, batch)
+        loss = F.huber_loss(self.online(batch.x), y, delta=c.huber_delta)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if c.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.online.parameters(), c.grad_clip)
+        self.optimizer.step()
+        self.updates += 1
+        if self.updates % c.target_update == 0:
+            self.target.load_state_dict(self.online.state_dict())
+        return loss.item()
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"online": self.online.state_dict(), "target": self.target.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "buffer": self.buffer.state_dict(),
+                "generator": self.generator.get_state(), "updates": self.updates}
+
+    def load_state_dict(self, state: Dict[str, Any]):
+        self.online.load_state_dict(state["online"])
+        self.target.load_state_dict(state["target"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.buffer.load_state_dict(state["buffer"])
+        self.generator.set_state(state["generator"])
+        self.updates = state["updates"]
+
+
+class Choice(enum.IntEnum):
+    """The one-hot choice in phi: what is done with a summary, a chunk or an entry."""
+
+    STORE = 0
+    COMPRESS = 1
+    DISCARD = 2
+    SKIP = 3
+    RETRIEVE = 4
+    MERGE = 5
+    EVICT = 6
+
+
+ITEM_FEATURES = ("score", "similarity", "rank", "age", "usage_rate", "level")
+SUMMARY_CHOICES = (Choice.STORE, Choice.COMPRESS, Choice.DISCARD)
+SUMMARY_ACTIONS = torch.tensor([int(Action.STORE), int(Action.COMPRESS), int(Action.DISCARD)])
+
+
+class RunningStats:
+    """Running mean and variance (Welford) of the summaries' pooling scores."""
+
+    def __init__(self):
+        self.count, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def update(self, x: torch.Tensor):
+        x = x.double().flatten()
+        n = x.numel()
+        if n == 0:
+            return
+        mean, m2 = x.mean().item(), ((x - x.mean()) ** 2).sum().item()
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += m2 + delta ** 2 * self.count * n / total
+        self.count = total
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """(x - mean) / std, clipped to [-5, 5] (std 1 until two scores were seen)."""
+        std = math.sqrt(self.m2 / self.count) if self.count > 1 else 1.0
+        return ((x - self.mean) / max(std, 1e-6)).clamp(-5.0, 5.0)
+
+
+class Episode:
+    """One stream's record of a layer's decisions, for all B rows at once; a
+    QLearningController's `init_state`, kept in `LTMState.controller`.
+
+    Per boundary: its position, the entries live before its decisions [B], the retrieve
+    decision [B], whether any decision explored [B] and the candidates of its first
+    decision [B, 3, F] (the bootstrap state).
+    Per decision: its boundary, phi of the choice made [B, F] and the rows that made it [B].
+    """
+
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size
+        self.clear()
+
+    def clear(self):
+        self.positions: List[int] = []
+        self.live: List[torch.Tensor] = []
+        self.read: List[torch.Tensor] = []
+        self.explored: List[torch.Tensor] = []
+        self.first_x: List[torch.Tensor] = []
+        self.first_mask: List[torch.Tensor] = []
+        self.step: List[int] = []
+        self.x: List[torch.Tensor] = []
+        self.rows: List[torch.Tensor] = []
+
+    def add(self, x: torch.Tensor, rows: torch.Tensor):
+        self.step.append(len(self.positions) - 1)
+        self.x.append(x)
+        self.rows.append(rows)
+
+
+class QLearningController(MemoryController):
+    """`qlearning`: every decision epsilon-greedy (greedy after `eval()`) on a small
+    Q-network, learnt by Double DQN with n-step returns from a replay buffer.
+
+    Args:
+        config: the MemoryConfig of the long-term memory it drives (levels, capacity, C).
+        rl: QLearningConfig (default: its defaults).
+
+    A plain object: its network is not a parameter of the language model; `state_dict()`
+    holds it with the target, optimiser, buffer, score statistics and random state. While
+    training (the default), every decision is recorded in the stream's `Episode`;
+    `finish(ltm_state, task_reward)` turns an ended stream into transitions and
+    `update()` takes a Q step. See `memmodel.train_memory` for the loop.
+
+    Example:
+        >>> cfg = MemoryConfig(d_model=16, ltm_controller="qlearning", ltm_heads=1,
+        ...                    ltm_chunk_size=4, ltm_summaries=1, ltm_levels=1, ltm_capacity=2)
+        >>> ctrl = QLearningController(cfg, QLearningConfig(min_buffer=1, batch_size=4))
+        >>> ltm, state = LongTermMemory(cfg, controller=ctrl), LayerState()
+        >>> y = ltm(torch.randn(3, 20, 16), state)
+        >>> n = ctrl.finish(state.ltm, task_reward=torch.ones(3))   # transitions stored
+        >>> loss = ctrl.update()
+    """
+
+    name = "qlearning"
+
+    def __init__(self, config: Optional[Any] = None, rl: Optional[QLearningConfig] = None):
+        super().__init__(config)
+        if config is None or not hasattr(config, "ltm_levels"):
+            raise ValueError("QLearningController: expected the MemoryConfig of the long-term "
+                             f"memory (its levels size the features), got {config!r}")
+        self.rl = rl if rl is not None else QLearningConfig()
+        if not isinstance(self.rl, QLearningConfig):
+            raise TypeError(f"QLearningController: expected rl to be a QLearningConfig, got "
+                            f"{type(self.rl).__name__}")
+        self.levels, self.chunk_size = config.ltm_levels, config.ltm_chunk_size
+        self.needs_usage = self.rl.use_usage
+        self.feature_dim = 4 + self.levels + len(Choice) + len(ITEM_FEATURES)
+        self.learner = QLearner(self.feature_dim, len(SUMMARY_CHOICES), len(Choice), self.rl)
+        self.scores = RunningStats()
+        self.generator = torch.Generator().manual_seed(self.rl.seed + 2)
+        self.training = True
+
+    def train(self, mode: bool = True) -> "QLearningController":
+        """Explore and record (True) or act greedily without recording (False)."""
+        self.training = mode
+        return self
+
+    def eval(self) -> "QLearningController":
+        return self.train(False)
+
+    @property
+    def epsilon(self) -> float:
+        return self.learner.epsilon if self.training else 0.0
+
+    def init_state(self, batch_size: int) -> Episode:
+        return Episode(batch_size)
+
+    def decide(self, features: ChunkFeatures) -> ChunkDecision:
+        bank, B, P = features.bank, *features.score.shape
+        score = features.score.detach().float().cpu()
+        if self.training:
+            self.scores.update(score)
+        ctx = self._context(bank)
+        live0 = bank.live & (bank.level == 0)
+        lower = (_host_field(bank, "score")[:, None, :] < score[:, :, None]) & live0[:, None, :]
+        item = torch.zeros(B, P, len(ITEM_FEATURES))
+        item[..., 0] = self.scores.normalise(score)
+        item[..., 1] = features.max_similarity.float().cpu()
+        item[..., 2] = lower.sum(-1) / live0.sum(1, keepdim=True).clamp_min(1)
+        x = self._phi(ctx[:, None, None], SUMMARY_CHOICES, item[:, :, None])  # [B, P, 3, F]
+        mask = torch.tensor([True, self.levels > 1, True]).expand(B, P, 3)
+        pick, explored = self._choose(x.flatten(0, 1), mask.flatten(0, 1))
+        pick, explored = pick.view(B, P), explored.view(B, P).any(1)
+        xr = self._phi(ctx[:, None], (Choice.SKIP, Choice.RETRIEVE),
+                       torch.zeros(B, 1, len(ITEM_FEATURES)))  # [B, 2, F]
+        read, explored_read = self._choose(xr, torch.ones(B, 2, dtype=torch.bool))
+        read = read == 1
+        episode = features.controller_state
+        if self.training and isinstance(episode, Episode):
+            episode.positions.append(features.position)
+            episode.live.append(bank.live.sum(1))
+            episode.read.append(read)
+            episode.explored.append(explored | explored_read)
+            episode.first_x.append(x[:, 0])
+            episode.first_mask.append(mask[:, 0])
+            rows, every = torch.arange(B), torch.ones(B, dtype=torch.bool)
+            for p in range(P):
+                episode.add(x[rows, p, pick[:, p]], every)
+            episode.add(xr[rows, read.long()], every)
+        return ChunkDecision(action=SUMMARY_ACTIONS[pick], retrieve=read)
+
+    def select(self, features: LevelFeatures) -> torch.Tensor:
+        bank, level = features.bank, features.level
+        B, M = bank.live.shape
+        candidate = bank.live & (bank.level == level) & features.rows[:, None]
+        score = _host_field(bank, "score")
+        keys = F.normalize(bank.keys.float().cpu(), dim=-1)
+        sim = keys @ keys.transpose(1, 2)
+        others = bank.live[:, None, :] & ~torch.eye(M, dtype=torch.bool)
+        peers = candidate[:, None, :] & ~torch.eye(M, dtype=torch.bool)
+        lower = ((score[:, None, :] < score[:, :, None]) & peers).sum(-1)
+        age = bank.age.float()
+        item = torch.zeros(B, M, len(ITEM_FEATURES))
+        item[..., 0] = self.scores.normalise(score)
+        item[..., 1] = sim.masked_fill(~others, -1.0).amax(-1) if M > 1 else -1.0
+        item[..., 2] = lower / (candidate.sum(1, keepdim=True) - 1).clamp_min(1)
+        item[..., 3] = age / self.rl.horizon
+        if self.rl.use_usage:
+            item[..., 4] = _host_field(bank, "usage") / age.clamp_min(1)
+        item[..., 5] = bank.level.float() / max(self.levels - 1, 1)
+        choice = Choice.EVICT if features.top else Choice.MERGE
+        x = self._phi(self._context(bank)[:, None, None], (choice,), item[:, :, None])[:, :, 0]
+        episode, rows = features.controller_state, torch.arange(B)
+        picks = []
+        for _ in range(features.count):
+            idx, explored = self._choose(x, candidate)
+            picks.append(idx)
+            if self.training and isinstance(episode, Episode):
+                episode.add(x[rows, idx], features.rows.clone())
+                episode.explored[-1] = episode.explored[-1] | (explored & features.rows)
+            candidate = candidate.clone()
+            candidate[rows, idx] = False
+        return torch.stack(picks, 1)
+
+    def finish(self, state, task_reward) -> int:
+        """End the episodes of a finished stream: price its spans, add the task reward to
+        its last step, store the n-step transitions in the replay buffer and clear the
+        record (a stream that goes on starts a new episode).
+
+        Args:
+            state: the layer's LTMState after the stream's last segment.
+            task_reward: [B] (or a number), the task reward of each row.
+
+        Returns:
+            The number of transitions stored.
+        """
+        episode = state.controller
+        if not isinstance(episode, Episode):
+            raise ValueError(f"QLearningController.finish: expected an LTMState whose "
+                             f"controller state is an Episode, got {type(episode).__name__}")
+        B, K = episode.batch_size, len(episode.positions)
+        task_reward = torch.as_tensor(task_reward, dtype=torch.float32).detach().cpu()
+        task_reward = task_reward.expand(B) if task_reward.dim() == 0 else task_reward
+        if task_reward.shape != (B,):
+            raise ValueError(f"QLearningController.finish: expected task_reward [B={B}], got "
+                             f"{list(task_reward.shape)}")
+        if K == 0 or not episode.step:
+            episode.clear()
+            return 0
+        c = self.rl
+        live_after = torch.stack(episode.live[1:] + [state.live.sum(1)], 1).float()  # [B, K]
+        ends = torch.tensor(episode.positions[1:] + [state.position], dtype=torch.float32)
+        span = (ends - torch.tensor(episode.positions, dtype=torch.float32)) / self.chunk_size
+        read = torch.stack(episode.read, 1).float()
+        rewards = -(c.memory_cost * live_after + c.retrieve_cost * read) * span
+        rewards[:, -1] += task_reward
+        ret, discount, boot = nstep_returns(rewards, c.n_step, c.gamma,
+                                            torch.stack(episode.explored, 1))
+
+        rows, j = torch.stack(episode.rows, 1).nonzero(as_tuple=True)
+        step = torch.tensor(episode.step)[j]
+        at = boot[rows, step]
+        has_next = at < K
+        at = at.clamp(max=K - 1)
+        first_x = torch.stack(episode.first_x, 1)  # [B, K, 3, F]
+        first_mask = torch.stack(episode.first_mask, 1)
+        next_x = torch.where(has_next[:, None, None], first_x[rows, at], 0.0)
+        next_mask = first_mask[rows, at] & has_next[:, None]
+        self.learner.buffer.push(Transitions(
+            torch.stack(episode.x, 1)[rows, j], ret[rows, step], discount[rows, step], next_x,
+            next_mask))
+        episode.clear()
+        return int(rows.numel())
+
+    def update(self, steps: int = 1) -> Optional[float]:
+        """`steps` Q updates; the mean loss, or None while the buffer is still filling."""
+        losses = [loss for loss in (self.learner.update() for _ in range(steps))
+                  if loss is not None]
+        return sum(losses) / len(losses) if losses else None
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Everything needed to go on learning: networks, optimiser, buffer, statistics,
+        random state, the exploration step (epsilon follows from it) and the configs."""
+        return {"rl": asdict(self.rl), "feature_dim": self.feature_dim,
+                "learner": self.learner.state_dict(),
+                "scores": (self.scores.count, self.scores.mean, self.scores.m2),
+                "generator": self.generator.get_state(), "training": self.training}
+
+    def load_state_dict(self, state: Dict[str, Any]):
+        if state["feature_dim"] != self.feature_dim:
+            raise ValueError(f"QLearningController.load_state_dict: expected features of width "
+                             f"{self.feature_dim} (ltm_levels={self.levels}), got "
+                             f"{state['feature_dim']}")
+        self.rl = QLearningConfig(**state["rl"])
+        self.learner.config = self.rl
+        self.learner.load_state_dict(state["learner"])
+        self.scores.count, self.scores.mean, self.scores.m2 = state["scores"]
+        self.generator.set_state(state["generator"])
+        self.training = state["training"]
+
+    def __repr__(self) -> str:
+        return (f"QLearningController(levels={self.levels}, epsilon={self.epsilon:.3f}, "
+                f"updates={self.learner.updates}, buffer={len(self.learner.buffer)})")
+
+    def _context(self, bank: BankView) -> torch.Tensor:
+        """[B, 4 + levels]: position / horizon, log(1 + chunks left to the horizon),
+        occupancy / capacity per level, highest and lowest normalised live score (0 for an
+        empty bank)."""
+        z = self.scores.normalise(_host_field(bank, "score"))
+        live = bank.live
+        z = torch.cat([z, torch.zeros(z.shape[0], 1)], 1)  # an empty bank reads 0
+        live = torch.cat([live, ~live.any(1, keepdim=True)], 1)
+        hi = z.masked_fill(~live, float("-inf")).amax(1)
+        lo = z.masked_fill(~live, float("inf")).amin(1)
+        position = min(max(bank.position / self.rl.horizon, 0.0), 1.0)
+        left = math.log1p(max(self.rl.horizon - bank.position, 0) / self.chunk_size)
+        occupancy = bank.occupancy.float() / torch.tensor(bank.capacity, dtype=torch.float32)
+        return torch.cat([torch.tensor([[position, left]]).expand(z.shape[0], 2), occupancy,
+                          hi[:, None], lo[:, None]], 1)
+
+    def _phi(self, ctx: torch.Tensor, choices, item: torch.Tensor) -> torch.Tensor:
+        """[..., len(choices), F] = [one-hot choice, ctx, item] from ctx [..., 1, Fc] and
+        item [..., 1, Fi] (broadcast over the choices)."""
+        onehot = F.one_hot(torch.tensor([int(c) for c in choices]), len(Choice)).float()
+        shape = torch.broadcast_shapes(ctx.shape[:-1], item.shape[:-1], onehot.shape[:-1])
+        return torch.cat([onehot.expand(*shape, -1), ctx.expand(*shape, -1),
+                          item.expand(*shape, -1)], -1)
+
+    def _choose(self, x: torch.Tensor, mask: torch.Tensor
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Epsilon-greedy over the masked candidates x [N, K, F]: the picks [N] (0 where
+        none is valid) and [N] bool, whether a pick is a random one other than the greedy."""
+        q = self.learner.q(x).masked_fill(~mask, float("-inf"))
+        pick = q.argmax(-1)
+        explored = torch.zeros(pick.shape, dtype=torch.bool)
+        eps = self.epsilon
+        if eps > 0:
+            explore = torch.rand(pick.shape, generator=self.generator) < eps
+            weights = torch.where(mask.any(-1, keepdim=True), mask.float(), 1.0)
+            random = torch.multinomial(weights, 1, generator=self.generator)[:, 0]
+            explored = explore & (random != pick) & mask.any(-1)
+            pick = torch.where(explore, random, pick)
+        return torch.where(mask.any(-1), pick, 0), explored
+
+
+def _host_field(bank: BankView, name: str) -> torch.Tensor:
+    """A device field of the bank on the host, float32 (0 where an entry has none)."""
+    return getattr(bank, name).detach().float().cpu()

@@ -1,0 +1,494 @@
+"""Train a MemoryLM and its memory controller together on the passkey task.
+
+    python -m memmodel.train_memory --controller qlearning --steps 300
+    python -m memmodel.train_memory --warmup-steps 300 --steps 300 \
+        --ablation fifo,importance,store_all,qlearning,none
+
+One loop alternates the two learners. Each step samples a batch of passkey sequences and:
+  1. (a learning controller only) runs the model with the long-term memory switched off,
+     without gradients: the reference the task reward is measured against;
+  2. runs the model with its memory (the controller exploring and recording its
+     decisions) and takes a gradient step on the answer tokens' loss (unless lr = 0);
+  3. (a learning controller only) gives every layer's episode its task reward, the change
+     the memory made on the answer tokens (`reward="loss"`: loss without - loss with;
+     `"accuracy"`: accuracy with - without), which `finish` adds to the memory and
+     retrieval costs, and takes `q_updates` Q steps.
+One controller is shared by every layer (each layer's banks are separate episodes).
+Checkpoints hold the model, its optimiser, and the controller's state (network, target,
+buffer, exploration step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from typing import Dict, List, Optional
+
+import torch
+
+from .config import MemoryConfig
+from .controller import Action, MemoryController, NoMemoryController, build_controller
+from .model import MemoryLM
+from .rl import QLearningConfig, QLearningController
+from .tasks import PasskeyTask, answer_metrics, key_kept
+
+log = logging.getLogger("memmodel.train_memory")
+
+
+@dataclass
+class MemoryTrainConfig:
+    """Settings of the joint loop; validated on construction.
+
+    Args:
+        steps: training steps (each: one model step and q_updates controller steps).
+        seconds: stop earlier once this much time has passed (None: no limit).
+        batch_size: sequences per step.
+        lr: AdamW learning rate of the model (0 freezes the model: controller only).
+        weight_decay, grad_clip: of the model's optimiser.
+        q_updates: controller Q updates per step.
+        reward: "loss" (the memory's reduction of the answer loss) or "accuracy" (its gain
+            in answer accuracy).
+        eval_batches: batches in an evaluation (a fixed generator: the same every time).
+        log_every: steps between progress lines.
+        checkpoint: a path; the final state is saved there (None: not saved).
+        seed: seeds the batches (the model and controller take their own seeds).
+    """
+
+    steps: int = 300
+    seconds: Optional[float] = None
+    batch_size: int = 16
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    q_updates: int = 4
+    reward: str = "loss"
+    eval_batches: int = 4
+    log_every: int = 25
+    checkpoint: Optional[str] = None
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "eval_batches", "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"MemoryTrainConfig.{name}: expected a positive int, got "
+                                 f"{value!r}")
+        if not isinstance(self.q_updates, int) or self.q_updates < 0:
+            raise ValueError(f"MemoryTrainConfig.q_updates: expected an int >= 0, got "
+                             f"{self.q_updates!r}")
+        for name in ("lr", "weight_decay"):
+            if not isinstance(getattr(self, name), (int, float)) or getattr(self, name) < 0:
+                raise ValueError(f"MemoryTrainConfig.{name}: expected a number >= 0, got "
+                                 f"{getattr(self, name)!r}")
+        if not self.grad_clip > 0:
+            raise ValueError(f"MemoryTrainConfig.grad_clip: expected a positive number, got "
+                             f"{self.grad_clip!r}")
+        if self.seconds is not None and not self.seconds > 0:
+            raise ValueError(f"MemoryTrainConfig.seconds: expected a positive number or None, "
+                             f"got {self.seconds!r}")
+        if self.reward not in ("loss", "accuracy"):
+            raise ValueError(f"MemoryTrainConfig.reward: expected 'loss' or 'accuracy', got "
+                             f"{self.reward!r}")
+
+
+@dataclass
+class MemoryTrainResult:
+    """history: one dict per log line (step, answer loss, reward, epsilon, Q loss);
+    final: `evaluate_memory` after training."""
+
+    steps: int = 0
+    history: List[Dict[str, float]] = field(default_factory=list)
+    final: Dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def memory_modules(model: MemoryLM) -> list:
+    return [layer.long_term_memory for layer in model.layers
+            if layer.long_term_memory is not None]
+
+
+def attach_controller(model: MemoryLM, controller: MemoryController):
+    """Make every layer's long-term memory use `controller` (one object, shared)."""
+    modules = memory_modules(model)
+    if not modules:
+        raise ValueError("attach_controller: the model has no long-term memory "
+                         "(config.ltm_controller is 'none')")
+    for ltm in modules:
+        ltm.controller = controller
+
+
+@contextmanager
+def swap_controllers(model: MemoryLM, make):
+    """Temporarily give each layer's long-term memory `make(its controller)`."""
+    modules = memory_modules(model)
+    saved = [ltm.controller for ltm in modules]
+    try:
+        for ltm, ctrl in zip(modules, saved):
+            ltm.controller = make(ctrl)
+        yield
+    finally:
+        for ltm, ctrl in zip(modules, saved):
+            ltm.controller = ctrl
+
+
+class Tally(MemoryController):
+    """Wraps a controller and counts its decisions: summaries kept (stored or compressed)
+    and chunks read, out of those decided."""
+
+    def __init__(self, inner: MemoryController):
+        super().__init__(inner.config)
+        self.inner, self.name = inner, inner.name
+        self.enabled, self.needs_usage = inner.enabled, inner.needs_usage
+        self.bounded = inner.bounded
+        self.summaries = self.kept = self.chunks = self.reads = 0
+
+    def init_state(self, batch_size):
+        return self.inner.init_state(batch_size)
+
+    def decide(self, features):
+        decision = self.inner.decide(features)
+        action = torch.as_tensor(decision.action)
+        self.summaries += action.numel()
+        self.kept += int((action != int(Action.DISCARD)).sum())
+        self.chunks += action.shape[0]
+        self.reads += int(torch.as_tensor(decision.retrieve).sum())
+        return decision
+
+    def select(self, features):
+        return self.inner.select(features)
+
+
+def _learning(controller) -> bool:
+    return isinstance(controller, QLearningController)
+
+
+@torch.no_grad()
+def evaluate_memory(model: MemoryLM, task: PasskeyTask, batches: int = 4, batch_size: int = 16,
+                    seed: int = 1234) -> Dict[str, float]:
+    """Greedy controllers on fixed batches (the same for every call with this seed).
+
+    Returns:
+        answer_loss, answer_accuracy: on the answer tokens; key_kept: the fraction of
+        (row, layer) banks still holding the key chunk's summary at the end; entries: live
+        entries per bank at the end; kept: the fraction of summaries stored or compressed;
+        reads: the fraction of chunks that read the bank.
+    """
+    g = torch.Generator().manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    learners = {id(m.controller): m.controller for m in memory_modules(model)
+                if _learning(m.controller)}
+    modes = {k: c.training for k, c in learners.items()}
+    for c in learners.values():
+        c.eval()
+    tallies = []
+
+    def tally(ctrl):
+        tallies.append(Tally(ctrl))
+        return tallies[-1]
+
+    sums = dict(answer_loss=0.0, answer_accuracy=0.0, key_kept=0.0, entries=0.0)
+    banks = 0
+    try:
+        with swap_controllers(model, tally):
+            for _ in range(batches):
+                batch = task.sample(batch_size, g)
+                out = model(batch.input_ids)
+                loss, acc = answer_metrics(out.logits, batch.labels)
+                sums["answer_loss"] += loss.mean().item() / batches
+                sums["answer_accuracy"] += acc.mean().item() / batches
+                for layer in out.state.layers:
+                    if layer.ltm is not None:
+                        sums["key_kept"] += key_kept(layer.ltm, batch.key_chunk,
+                                                     task.chunk_size).float().sum().item()
+                        sums["entries"] += layer.ltm.live.sum().item()
+                        banks += batch_size
+    finally:
+        for k, c in learners.items():
+            c.train(modes[k])
+        model.train(was_training)
+    sums["key_kept"] /= max(banks, 1)
+    sums["entries"] /= max(banks, 1)
+    summaries, chunks = sum(t.summaries for t in tallies), sum(t.chunks for t in tallies)
+    sums["kept"] = sum(t.kept for t in tallies) / summaries if summaries else 0.0
+    sums["reads"] = sum(t.reads for t in tallies) / chunks if chunks else 0.0
+    return sums
+
+
+def train_memory(model: MemoryLM, task: PasskeyTask, tc: MemoryTrainConfig,
+                 controller: Optional[MemoryController] = None) -> MemoryTrainResult:
+    """Train `model` (unless tc.lr == 0) and, when it learns, `controller` on `task`.
+
+    Args:
+        model: a MemoryLM; its long-term memory's chunk size must be task.chunk_size.
+        task: the passkey task.
+        tc: MemoryTrainConfig.
+        controller: attached to every layer first (None: keep the model's controllers).
+    """
+    if controller is not None:
+        attach_controller(model, controller)
+    if model.config.ltm_controller != "none" and model.config.ltm_chunk_size != task.chunk_size:
+        raise ValueError(f"train_memory: expected task.chunk_size == config.ltm_chunk_size = "
+                         f"{model.config.ltm_chunk_size}, got {task.chunk_size}")
+    learners = list({id(m.controller): m.controller for m in memory_modules(model)
+                     if _learning(m.controller)}.values())
+    for ctrl in learners:
+        ctrl.train()  # explore and record
+    opt = None
+    if tc.lr > 0:
+        opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
+                                betas=(0.9, 0.95))
+    gen = torch.Generator().manual_seed(tc.seed)
+    result, recent = MemoryTrainResult(), []
+    t0 = time.perf_counter()
+    model.train()
+    for step in range(1, tc.steps + 1):
+        batch = task.sample(tc.batch_size, gen)
+        if learners:
+            with torch.no_grad(), swap_controllers(model, lambda c: NoMemoryController()):
+                base = answer_metrics(model(batch.input_ids).logits, batch.labels)
+        with torch.set_grad_enabled(opt is not None):
+            out = model(batch.input_ids, labels=batch.labels)
+        if opt is not None:
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            opt.step()
+        record = {"answer_loss": out.loss.item()}
+        if learners:
+            loss, acc = answer_metrics(out.logits.detach(), batch.labels)
+            reward = base[0] - loss if tc.reward == "loss" else acc - base[1]
+            for layer, state in zip(model.layers, out.state.layers):
+                ltm = layer.long_term_memory
+                if ltm is not None and _learning(ltm.controller) and state.ltm is not None:
+                    ltm.controller.finish(state.ltm, reward)
+            q_losses = [q for q in (c.update(tc.q_updates) for c in learners if tc.q_updates)
+                        if q is not None]
+            record.update(reward=reward.mean().item(), epsilon=learners[0].epsilon,
+                          q_loss=sum(q_losses) / len(q_losses) if q_losses else math.nan)
+        recent.append(record)
+        result.steps = step
+        if step % tc.log_every == 0 or step == tc.steps:
+            mean = {k: sum(r[k] for r in recent) / len(recent) for k in recent[0]}
+            result.history.append({"step": step, **mean})
+            log.info("step %5d  " + "  ".join(f"{k} {v:.3f}" for k, v in mean.items()), step)
+            recent = []
+        if tc.seconds is not None and time.perf_counter() - t0 > tc.seconds:
+            break
+    result.seconds = time.perf_counter() - t0
+    result.final = evaluate_memory(model, task, tc.eval_batches, tc.batch_size)
+    log.info("final: " + "  ".join(f"{k} {v:.3f}" for k, v in result.final.items()))
+    if tc.checkpoint:
+        save_checkpoint(tc.checkpoint, model, task, tc, result.steps, opt)
+    return result
+
+
+def save_checkpoint(path: str, model: MemoryLM, task: PasskeyTask, tc: MemoryTrainConfig,
+                    step: int, optimizer: Optional[torch.optim.Optimizer] = None):
+    """Save the model, its config and optimiser, and the controller with its state."""
+    modules = memory_modules(model)
+    controller = modules[0].controller if modules else None
+    torch.save({
+        "config": model.config.to_dict(), "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "controller": None if controller is None else {
+            "name": controller.name,
+            "state": controller.state_dict() if hasattr(controller, "state_dict") else None},
+        "task": asdict(task), "train": asdict(tc), "step": step,
+    }, path)
+
+
+def load_checkpoint(path: str):
+    """(model, controller, payload) from `save_checkpoint`: the model with its weights and
+    the controller (attached to every layer) with its state; payload is the saved dict
+    (optimizer state, task, train settings, step)."""
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    config = MemoryConfig(**payload["config"])
+    model = MemoryLM(config)
+    model.load_state_dict(payload["model"])
+    saved, controller = payload["controller"], None
+    if saved is not None and config.ltm_controller != "none":
+        if saved["name"] == "qlearning":
+            controller = QLearningController(config, QLearningConfig(**saved["state"]["rl"]))
+        else:
+            controller = build_controller(config, saved["name"])
+        if saved["state"] is not None:
+            controller.load_state_dict(saved["state"])
+        attach_controller(model, controller)
+    return model, controller, payload
+
+
+def passkey_reader(task: PasskeyTask, controller: str, capacity=2, merge: int = 2,
+                   backend: str = "auto") -> MemoryLM:
+    """A frozen one-layer MemoryLM set by hand to answer a one-byte passkey exactly when its
+    long-term memory still holds the key's chunk and reads it at the question: the SSM's
+    output is zeroed, so the memory is the only way to the answer. For controller
+    experiments without model training (the tests, `--reader`).
+
+    d_model 32. Embeddings: digit i -> e_i, the marker -> e_10, the query -> e_11, filler
+    bytes -> random unit vectors on dims 12..31 (the output head is tied). The memory's keys
+    mark digits (k = 4 f, f = head dim 0), its values are the digit's one-hot, the pooling,
+    merging and every query look for f, and the output adds 10 x the retrieved digit, which
+    the tied head then predicts.
+
+    Args:
+        task: a PasskeyTask with key_len 1 and the default 10-digit key alphabet.
+        controller: the config's `ltm_controller`.
+        capacity: `ltm_capacity` (its length sets the levels); merge: `ltm_merge`.
+    """
+    if task.key_len != 1 or len(task.key_alphabet) > 10:
+        raise ValueError(f"passkey_reader: expected key_len 1 and at most 10 key bytes, got "
+                         f"key_len {task.key_len} and {task.key_alphabet!r}")
+    D = 32
+    capacity = [capacity] if isinstance(capacity, int) else list(capacity)
+    config = MemoryConfig(d_model=D, n_layers=1, d_state=4, ltm_controller=controller,
+                          ltm_heads=1, ltm_chunk_size=task.chunk_size, ltm_summaries=1,
+                          ltm_levels=len(capacity), ltm_capacity=capacity, ltm_merge=merge,
+                          backend=backend)
+    model = MemoryLM(config)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        emb = model.embedding.weight
+        emb.zero_()
+        for i, ch in enumerate(task.key_alphabet):
+            emb[ord(ch), i] = 1.0
+        emb[ord(task.marker), 10] = 1.0
+        emb[ord(task.query), 11] = 1.0
+        for ch in task.filler:
+            emb[ord(ch), 12:] = torch.nn.functional.normalize(
+                torch.randn(D - 12, generator=g), dim=0)
+        model.layers[0].mixer.out_proj.weight.zero_()
+        ltm = model.layers[0].long_term_memory
+        w, b = ltm.in_proj.weight, ltm.in_proj.bias  # rows: q, k, v, output gate (D each)
+        w.zero_()
+        b.zero_()
+        b[0] = 5.0  # q = 5 f
+        w[D, :10] = 4.0  # k = 4 f on digits
+        w[2 * D: 2 * D + 10, :10] = torch.eye(10)  # v = the digit's one-hot
+        b[3 * D:] = 30.0  # output gate open
+        ltm.out_proj.weight.zero_()
+        ltm.out_proj.weight[:10, :10] = 10 * torch.eye(10)
+        ltm.q_pool.zero_()
+        ltm.q_pool[..., 0] = 5.0
+        ltm.merge_q.zero_()
+        ltm.merge_q[..., 0] = 5.0
+    return model.requires_grad_(False)
+
+
+def build_model(args, controller: str) -> MemoryLM:
+    """A fresh model of the CLI's sizes whose config names `controller`."""
+    torch.manual_seed(args.seed)
+    return MemoryLM(MemoryConfig(
+        d_model=args.d_model, n_layers=args.n_layers, d_state=args.d_state,
+        ltm_controller=controller, ltm_heads=args.heads, ltm_chunk_size=args.chunk_size,
+        ltm_summaries=args.summaries, ltm_levels=len(args.capacity),
+        ltm_capacity=args.capacity, ltm_merge=args.merge, backend=args.backend))
+
+
+def make_controller(args, name: str, config: MemoryConfig) -> MemoryController:
+    """The controller `name` with the CLI's costs and schedule (Q-learning)."""
+    if name != "qlearning":
+        return build_controller(config, name)
+    rl = QLearningConfig(memory_cost=args.memory_cost, retrieve_cost=args.retrieve_cost,
+                         horizon=args.seq_len, n_step=args.n_step,
+                         epsilon_decay=args.epsilon_decay, seed=args.seed)
+    return QLearningController(config, rl)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Train MemoryLM and its memory controller on the "
+                                            "passkey task.")
+    p.add_argument("--controller", default="qlearning",
+                   help="fifo, importance, store_all, qlearning or none")
+    p.add_argument("--ablation", default=None,
+                   help="comma-separated controllers, each trained from the same seed; "
+                        "prints a markdown table")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--warmup-steps", type=int, default=0,
+                   help="first train the model this many steps with store_all; every "
+                        "controller then starts from that model")
+    p.add_argument("--seconds", type=float, default=None)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--q-updates", type=int, default=4)
+    p.add_argument("--reward", default="loss", choices=["loss", "accuracy"])
+    p.add_argument("--seq-len", type=int, default=255,
+                   help="tokens per sequence; n * chunk - 1 ends with an unfinished chunk, "
+                        "so the bank at the end is the bank the question reads")
+    p.add_argument("--key-len", type=int, default=1)
+    p.add_argument("--chunk-size", type=int, default=16)
+    p.add_argument("--summaries", type=int, default=1)
+    p.add_argument("--capacity", type=int, nargs="+", default=[2],
+                   help="entries per level (one int per level)")
+    p.add_argument("--merge", type=int, default=2)
+    p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--d-model", type=int, default=64)
+    p.add_argument("--n-layers", type=int, default=2)
+    p.add_argument("--d-state", type=int, default=16)
+    p.add_argument("--memory-cost", type=float, default=0.01)
+    p.add_argument("--retrieve-cost", type=float, default=0.01)
+    p.add_argument("--n-step", type=int, default=4)
+    p.add_argument("--epsilon-decay", type=int, default=600)
+    p.add_argument("--eval-batches", type=int, default=8)
+    p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--backend", default="auto", choices=["auto", "triton", "torch"])
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--reader", action="store_true",
+                   help="use the frozen hand-set passkey_reader (key_len 1; lr and warm-up "
+                        "ignored): compares the controllers alone")
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tc = MemoryTrainConfig(steps=args.steps, seconds=args.seconds, batch_size=args.batch_size,
+                           lr=args.lr, q_updates=args.q_updates, reward=args.reward,
+                           eval_batches=args.eval_batches, log_every=args.log_every,
+                           checkpoint=args.checkpoint,
+                           seed=args.seed)
+    names = args.ablation.split(",") if args.ablation else [args.controller]
+    task = PasskeyTask(seq_len=args.seq_len, chunk_size=args.chunk_size, key_len=args.key_len)
+    warm = None
+    if args.reader:
+        tc = replace(tc, lr=0.0)
+    elif args.warmup_steps:
+        # The memory pathway is learnt with everything in memory; each controller then
+        # starts from the same model and goes on training it.
+        log.info("== warm-up: %d steps with store_all", args.warmup_steps)
+        model = build_model(args, "store_all")
+        train_memory(model, task, replace(tc, steps=args.warmup_steps, checkpoint=None))
+        warm = model.state_dict()
+    rows = []
+    for name in names:
+        if args.reader:
+            model = passkey_reader(task, "store_all", args.capacity, args.merge, args.backend)
+            controller = make_controller(args, name, model.config)
+        elif warm is None:
+            model = build_model(args, name)
+            controller = make_controller(args, name, model.config) if name == "qlearning" \
+                else None
+        else:
+            model = build_model(args, "store_all")
+            model.load_state_dict(warm)
+            controller = make_controller(args, name, model.config)
+        log.info("== %s: %d chunks of %d tokens, capacity %s, %d steps", name,
+                 task.seq_len // task.chunk_size, task.chunk_size, args.capacity, tc.steps)
+        run_tc = replace(tc, checkpoint=f"{args.checkpoint}.{name}" if args.checkpoint and
+                         len(names) > 1 else tc.checkpoint)
+        rows.append((name, train_memory(model, task, run_tc, controller)))
+    cols = ["answer_accuracy", "answer_loss", "key_kept", "entries", "kept", "reads"]
+    lines = ["| controller | " + " | ".join(cols) + " | train s |",
+             "| --- |" + " --- |" * (len(cols) + 1)]
+    for name, res in rows:
+        lines.append(f"| {name} | " + " | ".join(f"{res.final.get(c, 0.0):.3f}" for c in cols)
+                     + f" | {res.seconds:.0f} |")
+    log.info("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
