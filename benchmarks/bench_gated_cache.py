@@ -20,6 +20,8 @@ inductor cache, as the first call's time minus the steady-state time.
 
     python benchmarks/bench_gated_cache.py                      # picks gpu or cpu
     python benchmarks/bench_gated_cache.py --mode cpu --T 1024 --json results/gc_cpu.json
+    python benchmarks/dry_run.py benchmarks/bench_gated_cache.py --mode gpu --tiny
+                                                           # the GPU path itself, on a CPU
 """
 
 from __future__ import annotations
@@ -141,7 +143,7 @@ def run_gpu(args):
     res = {"device": torch.cuda.get_device_name(dev), "torch": torch.__version__,
            "triton": triton.__version__, "dtype": args.dtype}
     cs = dict(chunk_size=args.chunk_size)
-    small = make_inputs(2, 1000, 2, args.S, args.DK, args.DV, dtype, dev)
+    small = make_inputs(2, args.check_T, 2, args.S, args.DK, args.DV, dtype, dev)
     oracle = fp32_copy(small)
     res["check_chunk_vs_oracle"] = compare(chunk_gated_cache, small, gated_cache_write_ref,
                                            oracle, kw_a=cs)
@@ -164,7 +166,7 @@ def run_gpu(args):
     assert res["check_chunk_vs_fused_full_size"] < bound
     del r_c, r_f
 
-    bw = copy_bandwidth(dev)
+    bw = copy_bandwidth(dev, 2**26 if args.tiny else 2**30)
     B, T, H, S, DK, DV = args.B, args.T, args.H, args.S, args.DK, args.DV
     esz = torch.finfo(dtype).bits // 8
     fwd_bytes = B * T * H * (2 * DK + DV + S + DV) * esz  # read q, k, v, w; write r
@@ -292,8 +294,17 @@ def main():
                    help="GPU paths timed forward only (e.g. fused_recurrent)")
     p.add_argument("--repeats", type=int, default=3, help="CPU only")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU only")
+    p.add_argument("--check-T", type=int, default=1000,
+                   help="GPU only: T of the check against the oracle")
+    p.add_argument("--tiny", action="store_true",
+                   help="toy sizes that run in seconds under Triton's interpreter "
+                        "(benchmarks/dry_run.py)")
     p.add_argument("--json", help="also write the results to this file")
     args = p.parse_args()
+    if args.tiny:
+        args.check_T, args.S, args.DK, args.DV = 40, 8, 16, 16
+        args.B, args.T, args.H = args.B or 1, args.T or 48, args.H or 1
+        args.chunk_size = args.chunk_size or 16
     gpu = args.mode == "gpu" or (args.mode == "auto" and torch.cuda.is_available())
     defaults = dict(B=4, T=131072, H=8, chunk_size=64) if gpu else dict(B=2, T=4096, H=4)
     for key, val in defaults.items():

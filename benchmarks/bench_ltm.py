@@ -23,6 +23,7 @@ Without CUDA it runs a small correctness and timing smoke of the PyTorch path.
 
     python benchmarks/bench_ltm.py                       # the sizes above (CUDA)
     python benchmarks/bench_ltm.py --T 32768 --json results/ltm.json
+    python benchmarks/dry_run.py benchmarks/bench_ltm.py --tiny   # the CUDA path, on a CPU
 """
 
 from __future__ import annotations
@@ -90,9 +91,9 @@ def fwd_bwd(fn, inputs, grads):
 
 # ---- correctness -----------------------------------------------------------------------
 
-def check_cuda(dtype, device):
+def check_cuda(dtype, device, tiny=False):
     """The Triton kernels against the float32 reference, values and gradients."""
-    B, T, H, D, C, P = 2, 3000, 4, 64, 256, 4
+    B, T, H, D, C, P = (1, 70, 2, 16, 32, 2) if tiny else (2, 3000, 4, 64, 256, 4)
     k, v = (torch.randn(B, T, H, D, device=device, dtype=dtype) for _ in range(2))
     q_pool = torch.randn(H, P, D, device=device)
     errs = {}
@@ -105,7 +106,7 @@ def check_cuda(dtype, device):
     for n, a, e in zip(("dk", "dv", "dq_pool"), grads_of(out, x), grads_of(ref, x32)):
         errs[f"chunk_compress {n}"] = check(f"chunk_compress {n}", a, e, dtype)
 
-    T, cap, Cm = 4096, 128, 16
+    T, cap, Cm = (64, 4, 16) if tiny else (4096, 128, 16)
     start, end = fifo_bank(B, T, Cm, cap, device)
     M = start.shape[1]
     q = torch.randn(B, T, H, D, device=device, dtype=dtype)
@@ -145,7 +146,7 @@ def check_cpu():
 
 # ---- timing ------------------------------------------------------------------------------
 
-def copy_bandwidth(device, nbytes=1 << 30):
+def copy_bandwidth(device, nbytes):
     """Device-to-device copy bandwidth in bytes/s (read + write), do_bench median."""
     import triton.testing
 
@@ -252,8 +253,14 @@ def main():
                    default=[16384, 32768, 65536, 131072], help="T values of the scaling run")
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
     p.add_argument("--repeats", type=int, default=5, help="CPU smoke repeats")
+    p.add_argument("--tiny", action="store_true",
+                   help="toy sizes that run in seconds under Triton's interpreter "
+                        "(benchmarks/dry_run.py)")
     p.add_argument("--json", help="also write the results to this file")
     args = p.parse_args()
+    if args.tiny:
+        args.B, args.T, args.H, args.D, args.C, args.P = 1, 96, 1, 16, 32, 2
+        args.capacity, args.mem_chunk, args.scaling_T = 4, 16, [64, 128]
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     results = {"args": vars(args)}
 
@@ -267,11 +274,11 @@ def main():
         device = torch.device("cuda")
         torch.manual_seed(0)
         results["device"] = torch.cuda.get_device_name()
-        results["correctness_rel_rms"] = check_cuda(dtype, device)
+        results["correctness_rel_rms"] = check_cuda(dtype, device, args.tiny)
         print(f"{results['device']}: correctness (relative RMS error vs fp32 reference)")
         for name, err in results["correctness_rel_rms"].items():
             print(f"  {name:28s} {err:.2e}")
-        bw = copy_bandwidth(device)
+        bw = copy_bandwidth(device, 1 << 26 if args.tiny else 1 << 30)
         results["copy_GBps"] = bw / 1e9
         print(f"copy bandwidth: {bw / 1e9:.0f} GB/s")
 

@@ -13,6 +13,8 @@
 
     python benchmarks/bench_selective_scan.py --json $OUT/scan.jsonl
     python benchmarks/bench_selective_scan.py --quick      # smaller sizes, a smoke run
+    python benchmarks/dry_run.py benchmarks/bench_selective_scan.py --tiny
+                                                           # the script itself, on a CPU
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import subprocess
 import sys
 
 import torch
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def log(rec, sink):
@@ -47,11 +51,11 @@ def make_inputs(B, T, E, N, dtype, seed=0, grad=True):
     return x
 
 
-def copy_bandwidth():
+def copy_bandwidth(n_bytes=2 * 1024**3):
     """Device-to-device copy rate in bytes/s, counting bytes read and written."""
     import triton.testing
 
-    src = torch.empty(2 * 1024**3 // 4, dtype=torch.float32, device="cuda").uniform_()
+    src = torch.empty(n_bytes // 4, dtype=torch.float32, device="cuda").uniform_()
     dst = torch.empty_like(src)
     ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=50, rep=300,
                                  return_mode="median")
@@ -167,7 +171,7 @@ def time_mamba_cuda(B, T, E, N, dtype, sink):
     return rec
 
 
-def time_decode(batch, E, N, sink):
+def time_decode(batch, E, N, dtype, sink):
     import triton.testing
 
     from memmodel.kernels.selective_scan import fused_selective_state_update
@@ -175,8 +179,8 @@ def time_decode(batch, E, N, sink):
     g = torch.Generator(device="cuda").manual_seed(3)
     r = lambda *s: torch.randn(*s, device="cuda", generator=g)
     state = r(batch, E, N)
-    args = (r(batch, E).bfloat16(), r(batch, E).bfloat16(), -torch.exp(r(E, N)),
-            r(batch, 1, N).bfloat16(), r(batch, 1, N).bfloat16(), r(E), r(batch, E).bfloat16(),
+    args = (r(batch, E).to(dtype), r(batch, E).to(dtype), -torch.exp(r(E, N)),
+            r(batch, 1, N).to(dtype), r(batch, 1, N).to(dtype), r(E), r(batch, E).to(dtype),
             r(E))
     ms = triton.testing.do_bench(lambda: fused_selective_state_update(state, *args, True),
                                  warmup=25, rep=200, return_mode="median")
@@ -194,26 +198,26 @@ def time_decode(batch, E, N, sink):
     log({"name": "mamba_triton_decode_step", "batch": batch, "E": E, "N": N, "ms": ms}, sink)
 
 
-def time_torch_loop(sink, B=1, T=2048, E=4096, N=16):
+def time_torch_loop(sink, dtype, B=1, T=2048, E=4096, N=16):
     import triton.testing
 
     from memmodel.kernels.selective_scan import selective_scan_ref
 
-    x = make_inputs(B, T, E, N, torch.bfloat16, grad=False)
+    x = make_inputs(B, T, E, N, dtype, grad=False)
     with torch.no_grad():
         ms = triton.testing.do_bench(lambda: selective_scan_ref(**x, delta_softplus=True),
                                      warmup=1, rep=1, return_mode="median")
     log({"name": "torch_loop_reference", "B": B, "T": T, "E": E, "N": N, "fwd_ms": ms}, sink)
 
 
-def long_sequence(T, sink, E=2048, N=16):
+def long_sequence(T, dtype, sink, E=2048, N=16):
     from memmodel.kernels.selective_scan import chunk_selective_scan
 
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     rec = {"name": "memmodel_triton_scan_long", "B": 1, "T": T, "E": E, "N": N}
     try:
-        x = make_inputs(1, T, E, N, torch.bfloat16)
+        x = make_inputs(1, T, E, N, dtype)
         start = torch.cuda.Event(enable_timing=True)
         end = torch.cuda.Event(enable_timing=True)
         start.record()
@@ -232,27 +236,39 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", help="append JSON lines here")
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    p.add_argument("--tiny", action="store_true",
+                   help="toy sizes that run in seconds under Triton's interpreter "
+                        "(benchmarks/dry_run.py)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     args = p.parse_args()
+    dtype = DTYPES[args.dtype]
     if not torch.cuda.is_available():
         sys.exit("bench_selective_scan.py needs a CUDA GPU; on a CPU use "
                  "benchmarks/bench_selective_scan_cpu.py")
     import triton
 
     sink = open(args.json, "a") if args.json else None
-    bw = copy_bandwidth()
+    bw = copy_bandwidth(2**26 if args.tiny else 2 * 1024**3)
     rate, sms, mhz = exp_rate()
     log({"name": "device", "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
          "triton": triton.__version__, "copy_TBps": bw / 1e12, "sms": sms, "sm_mhz": mhz,
          "exp_rate_per_s": rate}, sink)
-    T_main = 16384 if args.quick else 131072
-    check_correctness(4, T_main, 2048, 16, torch.bfloat16, 4096, sink)
-    shapes = [(4, T_main, 2048, 16), (1, T_main, 4096, 16), (1, 2048, 4096, 16)]
+    if args.tiny:  # (B, T, E, N) of the check and of each timing; decode; loop; long T
+        check, shapes = (1, 96, 32, 4, 80), [(1, 40, 16, 4), (1, 24, 24, 4)]
+        decode, loop, long = (2, 32, 4), dict(T=16, E=32, N=4), dict(T=160, E=16, N=4)
+    else:
+        T_main = 16384 if args.quick else 131072
+        check = (4, T_main, 2048, 16, 4096)
+        shapes = [(4, T_main, 2048, 16), (1, T_main, 4096, 16), (1, 2048, 4096, 16)]
+        decode, loop, long = (64, 4096, 16), {}, dict(T=65536 if args.quick else 1 << 20)
+    B, T, E, N, T_bwd = check
+    check_correctness(B, T, E, N, dtype, T_bwd, sink)
     for B, T, E, N in shapes:
-        time_ours(B, T, E, N, torch.bfloat16, bw, rate, sink)
-        time_mamba_cuda(B, T, E, N, torch.bfloat16, sink)
-    time_decode(64, 4096, 16, sink)
-    time_torch_loop(sink)
-    long_sequence(65536 if args.quick else 1 << 20, sink)
+        time_ours(B, T, E, N, dtype, bw, rate, sink)
+        time_mamba_cuda(B, T, E, N, dtype, sink)
+    time_decode(*decode, dtype, sink)
+    time_torch_loop(sink, dtype, **loop)
+    long_sequence(dtype=dtype, sink=sink, **long)
     if sink:
         sink.close()
 

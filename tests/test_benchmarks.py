@@ -1,0 +1,67 @@
+"""The GPU benchmark scripts run end to end on a CPU (benchmarks/dry_run.py: Triton's
+interpreter, CUDA stood in for by the CPU, toy sizes), their correctness checks included,
+so that a script error never costs GPU time. The timings are not looked at."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def dry_run(script, *args, timeout=600):
+    proc = subprocess.run([sys.executable, "benchmarks/dry_run.py", f"benchmarks/{script}",
+                           "--tiny", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def finite(x):
+    return isinstance(x, float) and math.isfinite(x)
+
+
+@pytest.mark.slow
+def test_bench_selective_scan_dry_run(tmp_path):
+    path = tmp_path / "scan.jsonl"
+    dry_run("bench_selective_scan.py", "--json", str(path))
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    by_name = {}
+    for rec in recs:
+        by_name.setdefault(rec["name"], []).append(rec)
+    assert by_name["check_fwd"][0]["rel_y"] < 1e-2
+    assert len(by_name["memmodel_triton_scan"]) == 2
+    assert all(finite(r["fwd_ms"]) and finite(r["fwdbwd_x_floor"])
+               for r in by_name["memmodel_triton_scan"])
+    assert by_name["memmodel_triton_scan_long"][0]["ok"] is True
+    assert finite(by_name["memmodel_triton_decode_step"][0]["ms"])
+    table = subprocess.run([sys.executable, "benchmarks/summarize.py", str(path)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0 and "memmodel_triton_scan_long" in table.stdout, table.stderr
+
+
+@pytest.mark.slow
+def test_bench_gated_cache_dry_run(tmp_path):
+    path = tmp_path / "gc.json"
+    dry_run("bench_gated_cache.py", "--mode", "gpu", "--json", str(path))
+    res = json.loads(path.read_text())
+    assert res["check_chunk_vs_oracle"] < 2e-2 and res["check_fused_vs_oracle"] < 2e-2
+    for name in ("chunk", "fused_recurrent"):
+        for mode in ("fwd", "fwdbwd"):
+            assert finite(res[f"{name}_{mode}_ms"]), (name, mode)
+
+
+@pytest.mark.slow
+def test_bench_ltm_dry_run(tmp_path):
+    path = tmp_path / "ltm.json"
+    dry_run("bench_ltm.py", "--dtype", "fp16", "--json", str(path))
+    res = json.loads(path.read_text())
+    assert len(res["correctness_rel_rms"]) == 11
+    assert all(err < 2e-3 for err in res["correctness_rel_rms"].values())
+    assert finite(res["chunk_compress"]["frac_fwd"])
+    assert finite(res["memory_retrieve"]["speedup_fwd_bwd"])
+    assert [r["T"] for r in res["retrieve_scaling"]] == [64, 128]
