@@ -87,6 +87,24 @@ def test_model_with_long_term_memory_streams_and_detaches():
                    for layer in out.state.layers)
 
 
+@pytest.mark.parametrize("controller", ["fifo", "importance", "store_all", "qlearning"])
+def test_model_with_long_term_memory_is_causal(controller):
+    """Within one call too: the tokens after t change no logit up to t (a greedy learned
+    controller included; its features at a boundary see only the past)."""
+    model = MemoryLM(MemoryConfig(**{**LTM, "ltm_controller": controller}))
+    for layer in model.layers:
+        if hasattr(layer.long_term_memory.controller, "eval"):  # qlearning: greedy
+            layer.long_term_memory.controller.eval()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 256, (3, 41), generator=g)
+    with torch.no_grad():
+        ref = model(ids).logits
+        for t in (3, 4, 5, 17, 30):
+            other = ids.clone()
+            other[:, t + 1:] = torch.randint(0, 256, (3, 40 - t), generator=g)
+            assert torch.equal(model(other).logits[:, : t + 1], ref[:, : t + 1]), t
+
+
 def test_triton_backend_matches_torch():
     cfg = dict(LTM, ltm_capacity=[3, 2, 1], ltm_summaries=1, ltm_chunk_size=5)
     ltm_t = LongTermMemory(MemoryConfig(**cfg))
