@@ -11,6 +11,8 @@ On CUDA, with triton.testing.do_bench medians:
                    against torch SDPA on the equivalent dense non-causal shape (T queries x
                    1024 keys, no mask), forward and forward+backward, in the same run;
                    then its cost as T grows at the fixed capacity (it should be linear).
+  the module       LongTermMemory (fifo, float32) on a segment of T tokens with its bank
+                   full: the kernels plus the host-side bookkeeping of each chunk boundary.
 
 The bank layout (--mem-chunk C_m, --capacity L): one entry per chunk of C_m tokens (the
 chunk's summary), made at the end of its chunk and evicted L chunks later, as a FIFO bank
@@ -213,6 +215,44 @@ def bench_retrieve(B, T, H, D, cap, chunk, dtype, device, with_sdpa):
     return res
 
 
+def bench_module(args, device):
+    """The LongTermMemory module (fifo, two levels of capacity/2, merges of 2, float32) on a
+    segment of T tokens whose bank is already full: kernels plus the host-side bookkeeping
+    of every chunk boundary (controller calls, merges, intervals)."""
+    import triton.testing
+
+    from memmodel.config import MemoryConfig
+    from memmodel.long_term_memory import LongTermMemory
+    from memmodel.state import LayerState
+
+    B, T, H, D, C, P = args.B, args.T, args.H, args.D, args.C, args.P
+    half = max(args.capacity // 2, P + 2)  # level 0 takes P at once and merges 2
+    cfg = MemoryConfig(d_model=H * D, ltm_controller="fifo", ltm_heads=H, ltm_chunk_size=C,
+                       ltm_summaries=P, ltm_levels=2, ltm_capacity=[half, half], ltm_merge=2,
+                       backend="triton")
+    ltm = LongTermMemory(cfg).to(device)
+    x = torch.randn(B, T, H * D, device=device)
+    warm = LayerState()
+    with torch.no_grad():
+        ltm(torch.randn(B, T, H * D, device=device), warm)  # fills the bank
+    x_grad = x.clone().requires_grad_()
+    g = torch.randn_like(x)
+
+    def fwd():
+        with torch.no_grad():
+            ltm(x, LayerState(ltm=warm.ltm))
+
+    def fwd_bwd():
+        ltm(x_grad, LayerState(ltm=warm.ltm)).backward(g)
+
+    ms_fwd = triton.testing.do_bench(fwd)
+    ms_all = triton.testing.do_bench(fwd_bwd, grad_to_none=[x_grad, *ltm.parameters()])
+    boundaries = T // C
+    return dict(T=T, boundaries=boundaries, live=int(warm.ltm.live.sum(1).max()),
+                ms_fwd=ms_fwd, ms_fwd_bwd=ms_all, ms_fwd_per_boundary=ms_fwd / boundaries,
+                Mtok_s_fwd=B * T / ms_fwd / 1e3, Mtok_s_fwd_bwd=B * T / ms_all / 1e3)
+
+
 def cpu_timer(fn, repeats):
     fn()
     times = []
@@ -298,6 +338,14 @@ def main():
         for part in ("fwd", "fwd_bwd"):
             print(f"  {part:8s} {mr['ms_' + part]:8.3f} ms  {mr['tflops_' + part]:6.1f} TFLOP/s"
                   f"  SDPA {mr['sdpa_ms_' + part]:8.3f} ms  SDPA/ours {mr['speedup_' + part]:.2f}")
+
+        mod = bench_module(args, device)
+        results["module"] = mod
+        print(f"LongTermMemory module, fifo, float32, B={args.B} T={args.T} C={args.C} "
+              f"P={args.P}, {mod['live']} live entries: {mod['boundaries']} chunk boundaries")
+        print(f"  fwd      {mod['ms_fwd']:8.3f} ms  ({mod['ms_fwd_per_boundary']:.3f} ms per "
+              f"boundary, {mod['Mtok_s_fwd']:.2f} Mtok/s)")
+        print(f"  fwd_bwd  {mod['ms_fwd_bwd']:8.3f} ms  ({mod['Mtok_s_fwd_bwd']:.2f} Mtok/s)")
 
         rows = [bench_retrieve(args.B, T, args.H, args.D, args.capacity, args.mem_chunk,
                                dtype, device, with_sdpa=False) for T in args.scaling_T]

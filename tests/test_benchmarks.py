@@ -65,3 +65,4 @@ def test_bench_ltm_dry_run(tmp_path):
     assert finite(res["chunk_compress"]["frac_fwd"])
     assert finite(res["memory_retrieve"]["speedup_fwd_bwd"])
     assert [r["T"] for r in res["retrieve_scaling"]] == [64, 128]
+    assert res["module"]["boundaries"] == 3 and finite(res["module"]["ms_fwd_bwd"])
