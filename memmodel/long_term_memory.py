@@ -81,21 +81,39 @@ class Recall(NamedTuple):
 
 class _Bank:
     """A segment's bank as it evolves: columns are only appended, never removed, so an
-    index names one entry for the whole segment. Device data is kept as a list of
-    [B, m, ...] blocks, concatenated when read; bookkeeping is on the host."""
+    index names one entry for the whole segment. Bookkeeping is on the host.
 
-    def __init__(self, st: LTMState, capacity):
-        self.capacity = capacity
-        self.parts = {"k": [st.k], "v": [st.v], "score": [st.score], "usage": [st.usage]}
+    Device data (k, v, score, usage) is kept as a list of [B, m, ...] blocks, concatenated
+    when read. An entry merged from others is only recorded when it is made (its column,
+    level and source columns); merges are pooled when the data is next read, all merges
+    into one level in one `merge` call, so a controller that reads no device field (fifo)
+    costs no device work at a chunk boundary.
+
+    Args:
+        st: the LTMState the segment starts from.
+        capacity: entries per level.
+        merge: merge(k, v [B, n * r, H, Dh], level) -> (k, v [B, n, H, Dh], score [B, n]),
+            pooling each run of r entries into one entry of `level`.
+        r: entries per merge.
+    """
+
+    FIELDS = ("k", "v", "score", "usage")
+
+    def __init__(self, st: LTMState, capacity, merge, r: int):
+        self.capacity, self.merge, self.r = capacity, merge, r
+        self.parts = {name: [getattr(st, name)] for name in self.FIELDS}
+        self.concrete = list(range(st.k.shape[1]))  # columns held in parts, in order
+        self.merges = []  # (column, level, source columns [B, r] host), in making order
         self.level = st.level
         self.start = st.start
         self.end = torch.where(st.live, OPEN, st.start)  # empty slots: empty intervals
+        # the segment's grad mode: merges pooled while a controller looks (under no_grad)
+        # must still be differentiable
+        self.grad = torch.is_grad_enabled()
 
     def cat(self, name: str) -> torch.Tensor:
-        parts = self.parts[name]
-        if len(parts) > 1:
-            parts[:] = [torch.cat(parts, 1)]
-        return parts[0]
+        self._resolve()
+        return self.parts[name][0]
 
     def live(self) -> torch.Tensor:
         return self.end == OPEN
@@ -105,13 +123,52 @@ class _Bank:
 
     def add(self, k, v, score, usage, level: int, start: int, live: torch.Tensor):
         """Append entries k, v [B, n, H, Dh], score, usage [B, n]; live: [B, n] host bool."""
+        col = self.level.shape[1]
+        self.concrete.extend(range(col, col + live.shape[1]))
         self.parts["k"].append(k.float())
         self.parts["v"].append(v.float())
         self.parts["score"].append(score.detach().float())
         self.parts["usage"].append(usage.detach().float())
+        self._append_meta(live, level, start)
+
+    def add_merge(self, idx: torch.Tensor, level: int, start: int, rows: torch.Tensor):
+        """Append one entry of `level` per row, pooled from the columns idx [B, r] (host) in
+        the rows [B] (host bool) that merge; pooled when the data is next read."""
+        self.merges.append((self.level.shape[1], level, idx))
+        self._append_meta(rows[:, None], level, start)
+
+    def _append_meta(self, live: torch.Tensor, level: int, start: int):
         self.level = torch.cat([self.level, torch.where(live, level, -1)], 1)
         self.start = torch.cat([self.start, torch.full(live.shape, start)], 1)
         self.end = torch.cat([self.end, torch.where(live, OPEN, start)], 1)
+
+    def _resolve(self):
+        """Concatenate the blocks and pool the recorded merges, level by level (a merge's
+        sources are one level below it, so they are ready when its level comes)."""
+        if len(self.parts["k"]) == 1 and not self.merges:
+            return
+        with torch.set_grad_enabled(self.grad):
+            self.parts = self._pooled()
+
+    def _pooled(self):
+        """{field: [one [B, M, ...] tensor]}: the blocks concatenated, merges pooled."""
+        data = {name: torch.cat(self.parts[name], 1) for name in self.FIELDS}
+        if self.merges:
+            B, M, dev = self.level.shape[0], self.level.shape[1], data["k"].device
+            cols = torch.tensor(self.concrete, device=dev)
+            data = {name: t.new_zeros((B, M, *t.shape[2:])).index_copy(1, cols, t)
+                    for name, t in data.items()}
+            for level in sorted({lv for _, lv, _ in self.merges}):
+                group = [(col, idx) for col, lv, idx in self.merges if lv == level]
+                target = torch.tensor([col for col, _ in group], device=dev)
+                src = torch.cat([idx for _, idx in group], 1).to(dev)  # [B, n * r]
+                k, v, score = self.merge(_take(data["k"], src), _take(data["v"], src), level)
+                usage = _take(data["usage"], src).view(B, len(group), self.r).sum(2)
+                for name, t in (("k", k), ("v", v), ("score", score.detach().float()),
+                                ("usage", usage)):
+                    data[name] = data[name].index_copy(1, target, t.to(data[name].dtype))
+            self.concrete, self.merges = list(range(M)), []
+        return {name: [t] for name, t in data.items()}
 
     def close(self, idx: torch.Tensor, rows: torch.Tensor, position: int):
         """End the intervals of entries idx [B, n] in the rows [B] at `position`."""
@@ -119,11 +176,7 @@ class _Bank:
         self.end[b[:, None], idx[b]] = position
 
     def gather(self, name: str, idx: torch.Tensor) -> torch.Tensor:
-        t = self.cat(name)
-        i = idx.to(t.device)
-        if t.dim() > 2:
-            i = i[..., None, None].expand(-1, -1, *t.shape[2:])
-        return t.gather(1, i)
+        return _take(self.cat(name), idx.to(self.parts[name][0].device))
 
     def view(self, position: int) -> BankView:
         M = self.level.shape[1]
@@ -135,6 +188,13 @@ class _Bank:
 
         return BankView(position, self.capacity, self.live(), self.level, self.start,
                         device_field)
+
+
+def _take(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """t [B, M, ...] gathered along the columns idx [B, n] -> [B, n, ...]."""
+    if t.dim() > 2:
+        idx = idx[..., None, None].expand(-1, -1, *t.shape[2:])
+    return t.gather(1, idx)
 
 
 class LongTermMemory(nn.Module):
@@ -243,17 +303,22 @@ class LongTermMemory(nn.Module):
         kk = torch.cat([st.pending_k.to(k.dtype), k], 1)
         vv = torch.cat([st.pending_v.to(v.dtype), v], 1)
         n_chunks = (n_pend + T) // C
-        bank = _Bank(st, self.capacity)
+        bank = _Bank(st, self.capacity, self._merge, c.ltm_merge)
         spans, flags = [0], [st.retrieve]  # token spans [spans[i], spans[i+1]) read if flags[i]
         if n_chunks:
             s_k, s_v, score = chunk_compress(kk[:, : n_chunks * C], vv[:, : n_chunks * C],
                                              self.q_pool, C, backend=c.backend)
+            # once for all chunks, so that a boundary itself launches no device work
+            s_k, s_v = s_k.transpose(2, 3).float(), s_v.transpose(2, 3).float()  # [B, n, P, H, Dh]
+            score = score.mean(2)  # [B, n, P]: mean over heads
+            keys = s_k.detach().flatten(3)  # [B, n, P, H * Dh], what the controller sees
+            usage = torch.zeros_like(score)
             first = (pos0 - n_pend) // C
             for i in range(n_chunks):
                 boundary = pos0 - n_pend + (i + 1) * C
                 flags.append(self._boundary(
-                    bank, first + i, boundary, s_k[:, i].transpose(1, 2),
-                    s_v[:, i].transpose(1, 2), score[:, i].mean(1), st.controller))
+                    bank, first + i, boundary, s_k[:, i], s_v[:, i], score[:, i], keys[:, i],
+                    usage[:, i], st.controller))
                 spans.append(boundary - pos0)
         spans.append(T)
         read = torch.cat([f[:, None].expand(B, spans[i + 1] - spans[i])
@@ -273,14 +338,14 @@ class LongTermMemory(nn.Module):
         return Recall(o, lse, seg)
 
     def _boundary(self, bank: _Bank, chunk_index: int, position: int, new_k, new_v, score,
-                  ctrl_state) -> torch.Tensor:
+                  keys, usage, ctrl_state) -> torch.Tensor:
         """Ask the controller about one chunk's summaries (new_k, new_v: [B, P, H, Dh];
-        score: [B, P]) and apply its answer; returns the [B] retrieve flags."""
+        score, usage: [B, P]; keys: [B, P, H * Dh] detached) and apply its answer; returns
+        the [B] retrieve flags."""
         B, P = score.shape
         with torch.no_grad():
             features = ChunkFeatures(bank.view(position), chunk_index, position,
-                                     score.detach(), new_k.detach().float().flatten(2),
-                                     ctrl_state)
+                                     score.detach(), keys, ctrl_state)
             decision = self.controller.decide(features)
         action = torch.as_tensor(decision.action).cpu()
         retrieve = torch.as_tensor(decision.retrieve).cpu()
@@ -293,7 +358,7 @@ class LongTermMemory(nn.Module):
         store = action == Action.STORE
         if store.any():
             self._make_room(bank, 0, store.sum(1), position, ctrl_state)
-            bank.add(new_k, new_v, score, torch.zeros_like(score), 0, position, store)
+            bank.add(new_k, new_v, score, usage, 0, position, store)
         compress = action == Action.COMPRESS
         if compress.any():
             if len(self.capacity) == 1:
@@ -324,14 +389,16 @@ class LongTermMemory(nn.Module):
             if top:
                 bank.close(idx, rows, position)
                 continue
-            k_m, v_m, usage = bank.gather("k", idx), bank.gather("v", idx), \
-                bank.gather("usage", idx)
             bank.close(idx, rows, position)
             self._make_room(bank, level + 1, rows.long(), position, ctrl_state)
-            s_k, s_v, score = chunk_compress(k_m, v_m, self.merge_q[level], n,
-                                             backend=self.config.backend)
-            bank.add(s_k[:, :, :, 0], s_v[:, :, :, 0], score[..., 0].mean(2),
-                     usage.sum(1, keepdim=True), level + 1, position, rows[:, None])
+            bank.add_merge(idx, level + 1, position, rows)
+
+    def _merge(self, k: torch.Tensor, v: torch.Tensor, level: int):
+        """Pool each run of r entries of k, v [B, n * r, H, Dh] into one entry of `level`
+        with that level's merge query: k, v [B, n, H, Dh] and score [B, n]."""
+        s_k, s_v, score = chunk_compress(k, v, self.merge_q[level - 1], self.config.ltm_merge,
+                                         backend=self.config.backend)
+        return s_k[:, :, :, 0], s_v[:, :, :, 0], score[..., 0].mean(2)
 
     def _check_selection(self, idx, bank: _Bank, level: int, n: int, rows) -> torch.Tensor:
         idx = torch.as_tensor(idx).cpu()

@@ -7,7 +7,9 @@ fact kept or lost by capacity, and config validation.
 
 import pytest
 import torch
+import torch.utils._pytree
 from helpers import assert_close
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from memmodel.config import MemoryConfig
 from memmodel.controller import (
@@ -231,6 +233,78 @@ class RowwiseController(MemoryController):
 
     def select(self, features):
         return oldest(features)
+
+
+class LookingFifo(FifoController):
+    """fifo's decisions, after reading every device field of the bank (as learned
+    controllers do, under no_grad)."""
+
+    def _look(self, bank):
+        return bank.keys.sum() + bank.score.sum() + bank.usage.sum()
+
+    def decide(self, features):
+        self._look(features.bank)
+        features.max_similarity.sum()
+        return super().decide(features)
+
+    def select(self, features):
+        self._look(features.bank)
+        return super().select(features)
+
+
+def test_a_controller_reading_the_bank_leaves_values_and_gradients_alone():
+    """Merges are pooled when the bank is read; a read under the controller's no_grad
+    must neither change the values nor cut the gradients of the entries."""
+    cfg = MemoryConfig(**LTM)
+    torch.manual_seed(0)
+    ltm = LongTermMemory(cfg)
+    x = torch.randn(2, 45, 16)
+    results = []
+    for ctrl in (FifoController(), LookingFifo()):
+        ltm.controller = ctrl
+        ltm.zero_grad()
+        xi = x.clone().requires_grad_()
+        st = LayerState()
+        y = torch.cat([ltm(xi[:, :21], st), ltm(xi[:, 21:], st)], 1)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        results.append([y, xi.grad, ltm.q_pool.grad, ltm.merge_q.grad, st.ltm.k])
+    assert (st.ltm.level == 2).any(), "merges reached the top level"
+    for name, a, b in zip(("y", "dx", "dq_pool", "dmerge_q", "bank keys"), *results):
+        assert_close(b, a, name, rtol=1e-6)
+
+
+class FloatKernels(TorchDispatchMode):
+    """Counts the ops that write a new floating-point tensor (views excluded): the device
+    work, as opposed to the host bookkeeping on int and bool tensors."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in
+                  torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        self.count += any(isinstance(t, torch.Tensor) and t.dtype.is_floating_point
+                          and t.untyped_storage().data_ptr() not in inputs
+                          for t in torch.utils._pytree.tree_leaves(out))
+        return out
+
+
+def test_fifo_boundaries_launch_no_device_work():
+    """Under fifo, merges are pooled once per segment, level by level: a segment of 16
+    chunk boundaries does the same device work as one of 8 (both merge into every level)."""
+    cfg = MemoryConfig(**{**LTM, "ltm_capacity": [4, 3, 2]})
+    ltm = LongTermMemory(cfg)
+    warm = LayerState()
+    with torch.no_grad():
+        ltm(torch.randn(2, 64, 16), warm)  # the bank is full: every boundary merges
+        counts = []
+        for T in (32, 64):
+            with FloatKernels() as k:
+                ltm(torch.randn(2, T, 16), LayerState(ltm=warm.ltm))
+            counts.append(k.count)
+    assert counts[1] <= counts[0] + 2, counts  # not ~10 more per extra boundary
 
 
 def test_per_row_decisions_compress_skip_and_usage():
