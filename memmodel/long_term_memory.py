@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple, Optional
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -81,7 +82,9 @@ class Recall(NamedTuple):
 
 class _Bank:
     """A segment's bank as it evolves: columns are only appended, never removed, so an
-    index names one entry for the whole segment. Bookkeeping is on the host.
+    index names one entry for the whole segment. Bookkeeping (level, start, end: [B, M]
+    int64) is on the host, in NumPy arrays: a chunk boundary does a few dozen operations on
+    them, and a NumPy operation on a small array costs a fraction of a torch one.
 
     Device data (k, v, score, usage) is kept as a list of [B, m, ...] blocks, concatenated
     when read. An entry merged from others is only recorded when it is made (its column,
@@ -104,9 +107,9 @@ class _Bank:
         self.parts = {name: [getattr(st, name)] for name in self.FIELDS}
         self.concrete = list(range(st.k.shape[1]))  # columns held in parts, in order
         self.merges = []  # (column, level, source columns [B, r] host), in making order
-        self.level = st.level
-        self.start = st.start
-        self.end = torch.where(st.live, OPEN, st.start)  # empty slots: empty intervals
+        self.level = st.level.numpy()
+        self.start = st.start.numpy()
+        self.end = np.where(st.live.numpy(), OPEN, self.start)  # empty slots: empty intervals
         # the segment's grad mode: merges pooled while a controller looks (under no_grad)
         # must still be differentiable
         self.grad = torch.is_grad_enabled()
@@ -115,14 +118,14 @@ class _Bank:
         self._resolve()
         return self.parts[name][0]
 
-    def live(self) -> torch.Tensor:
+    def live(self) -> np.ndarray:
         return self.end == OPEN
 
-    def count(self, level: int) -> torch.Tensor:
+    def count(self, level: int) -> np.ndarray:
         return ((self.level == level) & self.live()).sum(1)
 
     def add(self, k, v, score, usage, level: int, start: int, live: torch.Tensor):
-        """Append entries k, v [B, n, H, Dh], score, usage [B, n]; live: [B, n] host bool."""
+        """Append entries k, v [B, n, H, Dh], score, usage [B, n]; live: [B, n] bool array."""
         col = self.level.shape[1]
         self.concrete.extend(range(col, col + live.shape[1]))
         self.parts["k"].append(k.float())
@@ -131,16 +134,16 @@ class _Bank:
         self.parts["usage"].append(usage.detach().float())
         self._append_meta(live, level, start)
 
-    def add_merge(self, idx: torch.Tensor, level: int, start: int, rows: torch.Tensor):
-        """Append one entry of `level` per row, pooled from the columns idx [B, r] (host) in
-        the rows [B] (host bool) that merge; pooled when the data is next read."""
+    def add_merge(self, idx: np.ndarray, level: int, start: int, rows: np.ndarray):
+        """Append one entry of `level` per row, pooled from the columns idx [B, r] in the
+        rows [B] (bool) that merge; pooled when the data is next read."""
         self.merges.append((self.level.shape[1], level, idx))
         self._append_meta(rows[:, None], level, start)
 
-    def _append_meta(self, live: torch.Tensor, level: int, start: int):
-        self.level = torch.cat([self.level, torch.where(live, level, -1)], 1)
-        self.start = torch.cat([self.start, torch.full(live.shape, start)], 1)
-        self.end = torch.cat([self.end, torch.where(live, OPEN, start)], 1)
+    def _append_meta(self, live: np.ndarray, level: int, start: int):
+        self.level = np.concatenate([self.level, np.where(live, level, -1)], 1)
+        self.start = np.concatenate([self.start, np.full(live.shape, start, np.int64)], 1)
+        self.end = np.concatenate([self.end, np.where(live, OPEN, start)], 1)
 
     def _resolve(self):
         """Concatenate the blocks and pool the recorded merges, level by level (a merge's
@@ -161,7 +164,7 @@ class _Bank:
             for level in sorted({lv for _, lv, _ in self.merges}):
                 group = [(col, idx) for col, lv, idx in self.merges if lv == level]
                 target = torch.tensor([col for col, _ in group], device=dev)
-                src = torch.cat([idx for _, idx in group], 1).to(dev)  # [B, n * r]
+                src = torch.from_numpy(np.concatenate([idx for _, idx in group], 1)).to(dev)
                 k, v, score = self.merge(_take(data["k"], src), _take(data["v"], src), level)
                 usage = _take(data["usage"], src).view(B, len(group), self.r).sum(2)
                 for name, t in (("k", k), ("v", v), ("score", score.detach().float()),
@@ -170,9 +173,9 @@ class _Bank:
             self.concrete, self.merges = list(range(M)), []
         return {name: [t] for name, t in data.items()}
 
-    def close(self, idx: torch.Tensor, rows: torch.Tensor, position: int):
+    def close(self, idx: np.ndarray, rows: np.ndarray, position: int):
         """End the intervals of entries idx [B, n] in the rows [B] at `position`."""
-        b = rows.nonzero()[:, 0]
+        b = np.nonzero(rows)[0]
         self.end[b[:, None], idx[b]] = position
 
     def gather(self, name: str, idx: torch.Tensor) -> torch.Tensor:
@@ -186,8 +189,8 @@ class _Bank:
                 return self.cat("k")[:, :M].detach().flatten(2)
             return self.cat(name)[:, :M]
 
-        return BankView(position, self.capacity, self.live(), self.level, self.start,
-                        device_field)
+        return BankView(position, self.capacity, torch.from_numpy(self.live()),
+                        torch.from_numpy(self.level), torch.from_numpy(self.start), device_field)
 
 
 def _take(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -325,8 +328,10 @@ class LongTermMemory(nn.Module):
                           for i, f in enumerate(flags)], 1)  # [B, T] host
 
         mem_k, mem_v = bank.cat("k"), bank.cat("v")
-        start = (bank.start - pos0).clamp(INT32_MIN, T)
-        end = (bank.end.clamp(max=pos0 + T) - pos0).clamp(INT32_MIN, T)
+        level, start, end = (torch.from_numpy(a) for a in (bank.level, bank.start, bank.end))
+        seg = SegmentBank(mem_k, mem_v, level, start, end, pos0)
+        start = (start - pos0).clamp(INT32_MIN, T)
+        end = (end.clamp(max=pos0 + T) - pos0).clamp(INT32_MIN, T)
         o, lse = self._retrieve(q, mem_k, mem_v, start, end, read)
         if self.controller.needs_usage:
             mass = attention_mass(q, mem_k, start.to(q.device), end.to(q.device), lse)
@@ -334,7 +339,6 @@ class LongTermMemory(nn.Module):
         if state is not None:
             state.ltm = self._carry(bank, kk[:, n_chunks * C:], vv[:, n_chunks * C:],
                                     flags[-1], pos0 + T, st.controller)
-        seg = SegmentBank(mem_k, mem_v, bank.level, bank.start, bank.end, pos0)
         return Recall(o, lse, seg)
 
     def _boundary(self, bank: _Bank, chunk_index: int, position: int, new_k, new_v, score,
@@ -347,13 +351,14 @@ class LongTermMemory(nn.Module):
             features = ChunkFeatures(bank.view(position), chunk_index, position,
                                      score.detach(), keys, ctrl_state)
             decision = self.controller.decide(features)
-        action = torch.as_tensor(decision.action).cpu()
+        action_t = torch.as_tensor(decision.action).cpu()
         retrieve = torch.as_tensor(decision.retrieve).cpu()
-        if (action.shape != (B, P) or action.dtype.is_floating_point or retrieve.shape != (B,)
-                or not ((action >= 0) & (action <= max(Action))).all()):
+        action = action_t.numpy()
+        if (action.shape != (B, P) or action_t.dtype.is_floating_point
+                or retrieve.shape != (B,) or not ((action >= 0) & (action <= max(Action))).all()):
             raise ValueError(
                 f"{self.controller!r}.decide: expected action [B={B}, P={P}] of Action values "
-                f"and retrieve [B={B}], got action {list(action.shape)} {action.dtype} and "
+                f"and retrieve [B={B}], got action {list(action.shape)} {action_t.dtype} and "
                 f"retrieve {list(retrieve.shape)}")
         store = action == Action.STORE
         if store.any():
@@ -364,12 +369,12 @@ class LongTermMemory(nn.Module):
             if len(self.capacity) == 1:
                 raise ValueError(f"{self.controller!r}.decide: COMPRESS needs ltm_levels >= 2")
             rows = compress.any(1)
-            self._make_room(bank, 1, rows.long(), position, ctrl_state)
-            k1, v1, score1 = self._merge_selected(new_k, new_v, compress)
+            self._make_room(bank, 1, rows.astype(np.int64), position, ctrl_state)
+            k1, v1, score1 = self._merge_selected(new_k, new_v, torch.from_numpy(compress))
             bank.add(k1, v1, score1, torch.zeros_like(score1), 1, position, rows[:, None])
         return retrieve.bool()
 
-    def _make_room(self, bank: _Bank, level: int, need: torch.Tensor, position: int,
+    def _make_room(self, bank: _Bank, level: int, need: np.ndarray, position: int,
                    ctrl_state):
         """Free level `level` until each row has room for need [B] more entries: merge r of
         its entries into the next level (making room there first), or evict at the top.
@@ -384,13 +389,13 @@ class LongTermMemory(nn.Module):
                 return
             with torch.no_grad():
                 idx = self.controller.select(LevelFeatures(
-                    bank.view(position), level, n, rows, top, ctrl_state))
+                    bank.view(position), level, n, torch.from_numpy(rows), top, ctrl_state))
             idx = self._check_selection(idx, bank, level, n, rows)
             if top:
                 bank.close(idx, rows, position)
                 continue
             bank.close(idx, rows, position)
-            self._make_room(bank, level + 1, rows.long(), position, ctrl_state)
+            self._make_room(bank, level + 1, rows.astype(np.int64), position, ctrl_state)
             bank.add_merge(idx, level + 1, position, rows)
 
     def _merge(self, k: torch.Tensor, v: torch.Tensor, level: int):
@@ -400,19 +405,19 @@ class LongTermMemory(nn.Module):
                                          backend=self.config.backend)
         return s_k[:, :, :, 0], s_v[:, :, :, 0], score[..., 0].mean(2)
 
-    def _check_selection(self, idx, bank: _Bank, level: int, n: int, rows) -> torch.Tensor:
-        idx = torch.as_tensor(idx).cpu()
+    def _check_selection(self, idx, bank: _Bank, level: int, n: int, rows) -> np.ndarray:
+        idx_t = torch.as_tensor(idx).cpu()
         M = bank.level.shape[1]
-        if idx.shape != (rows.shape[0], n) or idx.dtype.is_floating_point:
+        if idx_t.shape != (rows.shape[0], n) or idx_t.dtype.is_floating_point:
             raise ValueError(f"{self.controller!r}.select: expected [B={rows.shape[0]}, {n}] "
-                             f"int indices, got {list(idx.shape)} {idx.dtype}")
-        idx = torch.where(rows[:, None], idx.long(), 0)
-        ok = ((idx >= 0) & (idx < M)).all()
-        if ok:
-            chosen = idx[rows]
-            ok = ((bank.level[rows].gather(1, chosen) == level)
-                  & bank.live()[rows].gather(1, chosen)).all()
-            ok = ok and bool((chosen.sort(1).values.diff(dim=1) != 0).all())
+                             f"int indices, got {list(idx_t.shape)} {idx_t.dtype}")
+        idx = np.where(rows[:, None], idx_t.numpy().astype(np.int64), 0)
+        r = np.nonzero(rows)[0][:, None]
+        chosen = idx[r[:, 0]]
+        ok = chosen.size == 0 or (chosen.min() >= 0 and chosen.max() < M)
+        if ok:  # each of the level, live, and distinct
+            ok = (bank.level[r, chosen] == level).all() and (bank.end[r, chosen] == OPEN).all()
+            ok = ok and (n == 1 or bool((np.diff(np.sort(chosen, 1), axis=1) != 0).all()))
         if not ok:
             raise ValueError(f"{self.controller!r}.select: expected {n} distinct live entries "
                              f"of level {level} per row, got {idx[rows].tolist()}")
@@ -467,7 +472,7 @@ class LongTermMemory(nn.Module):
                ) -> LTMState:
         """The state after a segment: the live entries, compacted to the front of each row
         (bank order kept), and the unfinished chunk."""
-        live = bank.live()
+        live = torch.from_numpy(bank.live())
         count = live.sum(1)
         M = int(count.max()) if live.numel() else 0
         order = torch.sort((~live).long(), dim=1, stable=True).indices[:, :M]
@@ -477,8 +482,8 @@ class LongTermMemory(nn.Module):
         k = torch.where(used_dev[..., None, None], take("k"), 0.0)
         v = torch.where(used_dev[..., None, None], take("v"), 0.0)
         return LTMState(
-            k=k, v=v, level=torch.where(used, bank.level.gather(1, order), -1),
-            start=torch.where(used, bank.start.gather(1, order), 0),
+            k=k, v=v, level=torch.where(used, torch.from_numpy(bank.level).gather(1, order), -1),
+            start=torch.where(used, torch.from_numpy(bank.start).gather(1, order), 0),
             score=torch.where(used_dev, take("score"), 0.0),
             usage=torch.where(used_dev, take("usage"), 0.0),
             pending_k=pending_k.float(), pending_v=pending_v.float(), retrieve=retrieve,
