@@ -42,6 +42,7 @@ from .controller import (
     Action,
     BankView,
     ChunkFeatures,
+    FifoController,
     LevelFeatures,
     MemoryController,
     build_controller,
@@ -139,6 +140,24 @@ class _Bank:
         rows [B] (bool) that merge; pooled when the data is next read."""
         self.merges.append((self.level.shape[1], level, idx))
         self._append_meta(rows[:, None], level, start)
+
+    def rows_agree(self) -> bool:
+        """Whether every row's bookkeeping equals the first row's."""
+        return all((a == a[:1]).all() for a in (self.level, self.start, self.end))
+
+    def replay(self, level, start, end, merges, summaries, k, v, score, usage):
+        """Take one row's bookkeeping for every row (see `_fifo_boundaries`): the lists
+        level, start, end over all columns, the merges [(column, level, source columns)],
+        the columns of the summaries and their data k, v [B, n, H, Dh], score, usage [B, n]."""
+        B = self.level.shape[0]
+        self.level, self.start, self.end = (np.array([a], np.int64).repeat(B, 0)
+                                            for a in (level, start, end))
+        self.merges += [(col, lv, np.array([src], np.int64).repeat(B, 0))
+                        for col, lv, src in merges]
+        self.concrete.extend(summaries)
+        for name, t in (("k", k), ("v", v), ("score", score.detach()),
+                        ("usage", usage.detach())):
+            self.parts[name].append(t.float())
 
     def _append_meta(self, live: np.ndarray, level: int, start: int):
         self.level = np.concatenate([self.level, np.where(live, level, -1)], 1)
@@ -317,12 +336,15 @@ class LongTermMemory(nn.Module):
             keys = s_k.detach().flatten(3)  # [B, n, P, H * Dh], what the controller sees
             usage = torch.zeros_like(score)
             first = (pos0 - n_pend) // C
-            for i in range(n_chunks):
-                boundary = pos0 - n_pend + (i + 1) * C
-                flags.append(self._boundary(
-                    bank, first + i, boundary, s_k[:, i], s_v[:, i], score[:, i], keys[:, i],
-                    usage[:, i], st.controller))
-                spans.append(boundary - pos0)
+            positions = [pos0 - n_pend + (i + 1) * C for i in range(n_chunks)]
+            if self._fifo_boundaries(bank, positions, s_k, s_v, score, usage):
+                flags += [torch.ones(B, dtype=torch.bool)] * n_chunks
+            else:
+                for i, boundary in enumerate(positions):
+                    flags.append(self._boundary(
+                        bank, first + i, boundary, s_k[:, i], s_v[:, i], score[:, i],
+                        keys[:, i], usage[:, i], st.controller))
+            spans += [boundary - pos0 for boundary in positions]
         spans.append(T)
         read = torch.cat([f[:, None].expand(B, spans[i + 1] - spans[i])
                           for i, f in enumerate(flags)], 1)  # [B, T] host
@@ -340,6 +362,59 @@ class LongTermMemory(nn.Module):
             state.ltm = self._carry(bank, kk[:, n_chunks * C:], vv[:, n_chunks * C:],
                                     flags[-1], pos0 + T, st.controller)
         return Recall(o, lse, seg)
+
+    def _fifo_boundaries(self, bank: _Bank, positions, new_k, new_v, score, usage) -> bool:
+        """All of a segment's boundaries under `fifo` at once, without controller calls.
+
+        fifo stores every summary and gives up a level's oldest entries, the same in every
+        row; so when the rows' banks agree (they do unless the stream began under another
+        controller), one row's bookkeeping, in plain Python with a queue of live entries
+        per level, stands for all. Exactly the decisions `_boundary` would apply (a test
+        compares the two). Returns False, having done nothing, for any other controller
+        (a subclass of FifoController included) or when the rows differ.
+
+        Args:
+            positions: the boundaries' stream positions; new_k, new_v: [B, n, P, H, Dh];
+            score, usage: [B, n, P].
+        """
+        if type(self.controller) is not FifoController or not bank.rows_agree():
+            return False
+        B, n, P = score.shape
+        cap, r, top = self.capacity, self.config.ltm_merge, len(self.capacity) - 1
+        level, start, end = (a[0].tolist() for a in (bank.level, bank.start, bank.end))
+        queues = [[] for _ in cap]  # live columns per level, oldest first
+        for col in sorted((c for c in range(len(level)) if end[c] == OPEN),
+                          key=lambda c: (start[c], c)):
+            queues[level[col]].append(col)
+        heads = [0] * len(cap)  # queues[l][heads[l]:] are live
+        merges, summaries = [], []
+
+        def append(lv, pos):
+            level.append(lv)
+            start.append(pos)
+            end.append(OPEN)
+            queues[lv].append(len(level) - 1)
+
+        def make_room(lv, need, pos):
+            while len(queues[lv]) - heads[lv] + need > cap[lv]:
+                take = 1 if lv == top else r
+                gone = queues[lv][heads[lv]: heads[lv] + take]
+                heads[lv] += take
+                for col in gone:
+                    end[col] = pos
+                if lv < top:
+                    make_room(lv + 1, 1, pos)
+                    merges.append((len(level), lv + 1, gone))
+                    append(lv + 1, pos)
+
+        for pos in positions:
+            make_room(0, P, pos)
+            for _ in range(P):
+                summaries.append(len(level))
+                append(0, pos)
+        bank.replay(level, start, end, merges, summaries, new_k.flatten(1, 2),
+                    new_v.flatten(1, 2), score.flatten(1), usage.flatten(1))
+        return True
 
     def _boundary(self, bank: _Bank, chunk_index: int, position: int, new_k, new_v, score,
                   keys, usage, ctrl_state) -> torch.Tensor:

@@ -273,6 +273,75 @@ def test_a_controller_reading_the_bank_leaves_values_and_gradients_alone():
         assert_close(b, a, name, rtol=1e-6)
 
 
+class PlainFifo(FifoController):
+    """fifo through the general path: a controller call at every boundary."""
+
+
+@pytest.mark.parametrize("kw,segments", [
+    (dict(), (21, 24)),
+    (dict(ltm_levels=1, ltm_capacity=[3], ltm_merge=2), (9, 30, 6)),
+    (dict(ltm_levels=2, ltm_capacity=[7, 4], ltm_merge=3, ltm_summaries=3,
+          ltm_chunk_size=5), (50, 3, 40)),
+], ids=["3-levels", "1-level", "r3-P3"])
+def test_fifo_fast_path_equals_the_general_path(kw, segments):
+    """fifo's boundaries replayed from one row's bookkeeping give the same outputs,
+    gradients, segment banks and carried state as asking the controller at each one."""
+    cfg = MemoryConfig(**{**LTM, **kw})
+    torch.manual_seed(0)
+    ltm = LongTermMemory(cfg)
+    x = torch.randn(3, sum(segments), 16)
+    fast = ltm._fifo_boundaries
+    taken = []
+    ltm._fifo_boundaries = lambda *args: taken.append(fast(*args)) or taken[-1]
+    runs = []
+    for ctrl in (FifoController(), PlainFifo()):
+        taken.clear()
+        ltm.controller = ctrl
+        ltm.zero_grad()
+        xi = x.clone().requires_grad_()
+        st, ys, banks, t0 = LayerState(), [], [], 0
+        for T in segments:
+            ys.append(ltm(xi[:, t0:t0 + T], st))
+            torch.manual_seed(t0)  # the same probe of the bank in both runs
+            banks.append(ltm.remember(*qkv(3, 4, cfg.ltm_heads, cfg.ltm_head_dim),
+                                      LayerState(ltm=st.ltm)).bank)
+            t0 += T
+        y = torch.cat(ys, 1)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        runs.append((y, xi.grad, ltm.q_pool.grad, st.ltm, banks))
+        if isinstance(ctrl, PlainFifo):
+            assert not any(taken), "a subclass goes through the controller calls"
+        else:
+            assert taken and all(taken), "fifo takes the fast path"
+    (y, dx, dq, ltm_a, banks_a), (y2, dx2, dq2, ltm_b, banks_b) = runs
+    assert torch.equal(y, y2) and torch.equal(dx, dx2) and torch.equal(dq, dq2)
+    for a, b in zip(banks_a, banks_b):
+        for name in ("level", "start", "end", "k", "v"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+    for name in ("k", "v", "level", "start", "score", "usage"):
+        assert torch.equal(getattr(ltm_a, name), getattr(ltm_b, name)), name
+    assert (ltm_a.level == cfg.ltm_levels - 1).any(), "merges reached the top level"
+
+
+def test_fifo_fast_path_steps_aside_when_rows_differ():
+    """A stream begun under another controller (rows' banks differ) goes through the
+    controller calls, with the same result as the general path."""
+    cfg = MemoryConfig(**LTM)
+    ltm = LongTermMemory(cfg, controller=build_controller(name="importance"))
+    st = LayerState()
+    with torch.no_grad():
+        ltm(torch.randn(3, 33, 16), st)
+        assert not (st.ltm.start == st.ltm.start[:1]).all(), "rows differ"
+        x = torch.randn(3, 30, 16)
+        outs = []
+        for ctrl in (FifoController(), PlainFifo()):
+            ltm.controller = ctrl
+            other = LayerState(ltm=st.ltm)
+            outs.append((ltm(x, other), other.ltm))
+    assert torch.equal(outs[0][0], outs[1][0])
+    assert torch.equal(outs[0][1].start, outs[1][1].start)
+
+
 class FloatKernels(TorchDispatchMode):
     """Counts the ops that write a new floating-point tensor (views excluded): the device
     work, as opposed to the host bookkeeping on int and bool tensors."""
