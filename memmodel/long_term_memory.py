@@ -37,10 +37,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .bank import OPEN, Bank
 from .config import MemoryConfig
 from .controller import (
     Action,
-    BankView,
     ChunkFeatures,
     FifoController,
     LevelFeatures,
@@ -52,7 +52,6 @@ from .kernels.memory_retrieve import memory_retrieve
 from .kernels.utils import check_same_dtype, check_tensor
 from .state import LayerState, LTMState
 
-OPEN = torch.iinfo(torch.int64).max  # the end of a live entry's interval
 INT32_MIN = -(2**31) + 1
 
 
@@ -79,144 +78,6 @@ class Recall(NamedTuple):
     o: torch.Tensor
     lse: torch.Tensor
     bank: SegmentBank
-
-
-class _Bank:
-    """A segment's bank as it evolves: columns are only appended, never removed, so an
-    index names one entry for the whole segment. Bookkeeping (level, start, end: [B, M]
-    int64) is on the host, in NumPy arrays: a chunk boundary does a few dozen operations on
-    them, and a NumPy operation on a small array costs a fraction of a torch one.
-
-    Device data (k, v, score, usage) is kept as a list of [B, m, ...] blocks, concatenated
-    when read. An entry merged from others is only recorded when it is made (its column,
-    level and source columns); merges are pooled when the data is next read, all merges
-    into one level in one `merge` call, so a controller that reads no device field (fifo)
-    costs no device work at a chunk boundary.
-
-    Args:
-        st: the LTMState the segment starts from.
-        capacity: entries per level.
-        merge: merge(k, v [B, n * r, H, Dh], level) -> (k, v [B, n, H, Dh], score [B, n]),
-            pooling each run of r entries into one entry of `level`.
-        r: entries per merge.
-    """
-
-    FIELDS = ("k", "v", "score", "usage")
-
-    def __init__(self, st: LTMState, capacity, merge, r: int):
-        self.capacity, self.merge, self.r = capacity, merge, r
-        self.parts = {name: [getattr(st, name)] for name in self.FIELDS}
-        self.concrete = list(range(st.k.shape[1]))  # columns held in parts, in order
-        self.merges = []  # (column, level, source columns [B, r] host), in making order
-        self.level = st.level.numpy()
-        self.start = st.start.numpy()
-        self.end = np.where(st.live.numpy(), OPEN, self.start)  # empty slots: empty intervals
-        # the segment's grad mode: merges pooled while a controller looks (under no_grad)
-        # must still be differentiable
-        self.grad = torch.is_grad_enabled()
-
-    def cat(self, name: str) -> torch.Tensor:
-        self._resolve()
-        return self.parts[name][0]
-
-    def live(self) -> np.ndarray:
-        return self.end == OPEN
-
-    def count(self, level: int) -> np.ndarray:
-        return ((self.level == level) & self.live()).sum(1)
-
-    def add(self, k, v, score, usage, level: int, start: int, live: torch.Tensor):
-        """Append entries k, v [B, n, H, Dh], score, usage [B, n]; live: [B, n] bool array."""
-        col = self.level.shape[1]
-        self.concrete.extend(range(col, col + live.shape[1]))
-        self.parts["k"].append(k.float())
-        self.parts["v"].append(v.float())
-        self.parts["score"].append(score.detach().float())
-        self.parts["usage"].append(usage.detach().float())
-        self._append_meta(live, level, start)
-
-    def add_merge(self, idx: np.ndarray, level: int, start: int, rows: np.ndarray):
-        """Append one entry of `level` per row, pooled from the columns idx [B, r] in the
-        rows [B] (bool) that merge; pooled when the data is next read."""
-        self.merges.append((self.level.shape[1], level, idx))
-        self._append_meta(rows[:, None], level, start)
-
-    def rows_agree(self) -> bool:
-        """Whether every row's bookkeeping equals the first row's."""
-        return all((a == a[:1]).all() for a in (self.level, self.start, self.end))
-
-    def replay(self, level, start, end, merges, summaries, k, v, score, usage):
-        """Take one row's bookkeeping for every row (see `_fifo_boundaries`): the lists
-        level, start, end over all columns, the merges [(column, level, source columns)],
-        the columns of the summaries and their data k, v [B, n, H, Dh], score, usage [B, n]."""
-        B = self.level.shape[0]
-        self.level, self.start, self.end = (np.array([a], np.int64).repeat(B, 0)
-                                            for a in (level, start, end))
-        self.merges += [(col, lv, np.array([src], np.int64).repeat(B, 0))
-                        for col, lv, src in merges]
-        self.concrete.extend(summaries)
-        for name, t in (("k", k), ("v", v), ("score", score.detach()),
-                        ("usage", usage.detach())):
-            self.parts[name].append(t.float())
-
-    def _append_meta(self, live: np.ndarray, level: int, start: int):
-        self.level = np.concatenate([self.level, np.where(live, level, -1)], 1)
-        self.start = np.concatenate([self.start, np.full(live.shape, start, np.int64)], 1)
-        self.end = np.concatenate([self.end, np.where(live, OPEN, start)], 1)
-
-    def _resolve(self):
-        """Concatenate the blocks and pool the recorded merges, level by level (a merge's
-        sources are one level below it, so they are ready when its level comes)."""
-        if len(self.parts["k"]) == 1 and not self.merges:
-            return
-        with torch.set_grad_enabled(self.grad):
-            self.parts = self._pooled()
-
-    def _pooled(self):
-        """{field: [one [B, M, ...] tensor]}: the blocks concatenated, merges pooled."""
-        data = {name: torch.cat(self.parts[name], 1) for name in self.FIELDS}
-        if self.merges:
-            B, M, dev = self.level.shape[0], self.level.shape[1], data["k"].device
-            cols = torch.tensor(self.concrete, device=dev)
-            data = {name: t.new_zeros((B, M, *t.shape[2:])).index_copy(1, cols, t)
-                    for name, t in data.items()}
-            for level in sorted({lv for _, lv, _ in self.merges}):
-                group = [(col, idx) for col, lv, idx in self.merges if lv == level]
-                target = torch.tensor([col for col, _ in group], device=dev)
-                src = torch.from_numpy(np.concatenate([idx for _, idx in group], 1)).to(dev)
-                k, v, score = self.merge(_take(data["k"], src), _take(data["v"], src), level)
-                usage = _take(data["usage"], src).view(B, len(group), self.r).sum(2)
-                for name, t in (("k", k), ("v", v), ("score", score.detach().float()),
-                                ("usage", usage)):
-                    data[name] = data[name].index_copy(1, target, t.to(data[name].dtype))
-            self.concrete, self.merges = list(range(M)), []
-        return {name: [t] for name, t in data.items()}
-
-    def close(self, idx: np.ndarray, rows: np.ndarray, position: int):
-        """End the intervals of entries idx [B, n] in the rows [B] at `position`."""
-        b = np.nonzero(rows)[0]
-        self.end[b[:, None], idx[b]] = position
-
-    def gather(self, name: str, idx: torch.Tensor) -> torch.Tensor:
-        return _take(self.cat(name), idx.to(self.parts[name][0].device))
-
-    def view(self, position: int) -> BankView:
-        M = self.level.shape[1]
-
-        def device_field(name):
-            if name == "keys":
-                return self.cat("k")[:, :M].detach().flatten(2)
-            return self.cat(name)[:, :M]
-
-        return BankView(position, self.capacity, torch.from_numpy(self.live()),
-                        torch.from_numpy(self.level), torch.from_numpy(self.start), device_field)
-
-
-def _take(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """t [B, M, ...] gathered along the columns idx [B, n] -> [B, n, ...]."""
-    if t.dim() > 2:
-        idx = idx[..., None, None].expand(-1, -1, *t.shape[2:])
-    return t.gather(1, idx)
 
 
 class LongTermMemory(nn.Module):
@@ -325,7 +186,7 @@ class LongTermMemory(nn.Module):
         kk = torch.cat([st.pending_k.to(k.dtype), k], 1)
         vv = torch.cat([st.pending_v.to(v.dtype), v], 1)
         n_chunks = (n_pend + T) // C
-        bank = _Bank(st, self.capacity, self._merge, c.ltm_merge)
+        bank = Bank(st, self.capacity, self._merge, c.ltm_merge)
         spans, flags = [0], [st.retrieve]  # token spans [spans[i], spans[i+1]) read if flags[i]
         if n_chunks:
             s_k, s_v, score = chunk_compress(kk[:, : n_chunks * C], vv[:, : n_chunks * C],
@@ -363,7 +224,7 @@ class LongTermMemory(nn.Module):
                                     flags[-1], pos0 + T, st.controller)
         return Recall(o, lse, seg)
 
-    def _fifo_boundaries(self, bank: _Bank, positions, new_k, new_v, score, usage) -> bool:
+    def _fifo_boundaries(self, bank: Bank, positions, new_k, new_v, score, usage) -> bool:
         """All of a segment's boundaries under `fifo` at once, without controller calls.
 
         fifo stores every summary and gives up a level's oldest entries, the same in every
@@ -416,7 +277,7 @@ class LongTermMemory(nn.Module):
                     new_v.flatten(1, 2), score.flatten(1), usage.flatten(1))
         return True
 
-    def _boundary(self, bank: _Bank, chunk_index: int, position: int, new_k, new_v, score,
+    def _boundary(self, bank: Bank, chunk_index: int, position: int, new_k, new_v, score,
                   keys, usage, ctrl_state) -> torch.Tensor:
         """Ask the controller about one chunk's summaries (new_k, new_v: [B, P, H, Dh];
         score, usage: [B, P]; keys: [B, P, H * Dh] detached) and apply its answer; returns
@@ -449,7 +310,7 @@ class LongTermMemory(nn.Module):
             bank.add(k1, v1, score1, torch.zeros_like(score1), 1, position, rows[:, None])
         return retrieve.bool()
 
-    def _make_room(self, bank: _Bank, level: int, need: np.ndarray, position: int,
+    def _make_room(self, bank: Bank, level: int, need: np.ndarray, position: int,
                    ctrl_state):
         """Free level `level` until each row has room for need [B] more entries: merge r of
         its entries into the next level (making room there first), or evict at the top.
@@ -480,7 +341,7 @@ class LongTermMemory(nn.Module):
                                          backend=self.config.backend)
         return s_k[:, :, :, 0], s_v[:, :, :, 0], score[..., 0].mean(2)
 
-    def _check_selection(self, idx, bank: _Bank, level: int, n: int, rows) -> np.ndarray:
+    def _check_selection(self, idx, bank: Bank, level: int, n: int, rows) -> np.ndarray:
         idx_t = torch.as_tensor(idx).cpu()
         M = bank.level.shape[1]
         if idx_t.shape != (rows.shape[0], n) or idx_t.dtype.is_floating_point:
@@ -543,7 +404,7 @@ class LongTermMemory(nn.Module):
         read = read.to(dev)[..., None]
         return torch.where(read[..., None], o, 0.0), lse.masked_fill(~read, float("-inf"))
 
-    def _carry(self, bank: _Bank, pending_k, pending_v, retrieve, position, controller
+    def _carry(self, bank: Bank, pending_k, pending_v, retrieve, position, controller
                ) -> LTMState:
         """The state after a segment: the live entries, compacted to the front of each row
         (bank order kept), and the unfinished chunk."""
