@@ -80,9 +80,10 @@ class Bank:
         return all((a == a[:1]).all() for a in (self.level, self.start, self.end))
 
     def replay(self, level, start, end, merges, summaries, k, v, score, usage):
-        """Take one row's bookkeeping for every row (see `_fifo_boundaries`): the lists
-        level, start, end over all columns, the merges [(column, level, source columns)],
-        the columns of the summaries and their data k, v [B, n, H, Dh], score, usage [B, n]."""
+        """Take one row's bookkeeping for every row (`LongTermMemory._replay_boundaries`):
+        the lists level, start, end over all columns, the merges [(column, level, source
+        columns)], the columns of the summaries and their data k, v [B, n, H, Dh], score,
+        usage [B, n]."""
         B = self.level.shape[0]
         self.level, self.start, self.end = (np.array([a], np.int64).repeat(B, 0)
                                             for a in (level, start, end))

@@ -45,6 +45,7 @@ from .controller import (
     FifoController,
     LevelFeatures,
     MemoryController,
+    StoreAllController,
     build_controller,
 )
 from .kernels.chunk_compress import chunk_compress
@@ -198,7 +199,7 @@ class LongTermMemory(nn.Module):
             usage = torch.zeros_like(score)
             first = (pos0 - n_pend) // C
             positions = [pos0 - n_pend + (i + 1) * C for i in range(n_chunks)]
-            if self._fifo_boundaries(bank, positions, s_k, s_v, score, usage):
+            if self._replay_boundaries(bank, positions, s_k, s_v, score, usage):
                 flags += [torch.ones(B, dtype=torch.bool)] * n_chunks
             else:
                 for i, boundary in enumerate(positions):
@@ -224,22 +225,26 @@ class LongTermMemory(nn.Module):
                                     flags[-1], pos0 + T, st.controller)
         return Recall(o, lse, seg)
 
-    def _fifo_boundaries(self, bank: Bank, positions, new_k, new_v, score, usage) -> bool:
-        """All of a segment's boundaries under `fifo` at once, without controller calls.
+    def _replay_boundaries(self, bank: Bank, positions, new_k, new_v, score, usage) -> bool:
+        """All of a segment's boundaries under `fifo` or `store_all` at once, without
+        controller calls.
 
-        fifo stores every summary and gives up a level's oldest entries, the same in every
-        row; so when the rows' banks agree (they do unless the stream began under another
-        controller), one row's bookkeeping, in plain Python with a queue of live entries
-        per level, stands for all. Exactly the decisions `_boundary` would apply (a test
-        compares the two). Returns False, having done nothing, for any other controller
-        (a subclass of FifoController included) or when the rows differ.
+        Both store every summary and read every chunk; fifo gives up a level's oldest
+        entries, store_all nothing; the same in every row. So when the rows' banks agree
+        (they do unless the stream began under another controller), one row's
+        bookkeeping, in plain Python with a queue of live entries per level, stands for
+        all. Exactly the decisions `_boundary` would apply (a test compares the two).
+        Returns False, having done nothing, for any other controller (a subclass of these
+        included) or when the rows differ.
 
         Args:
             positions: the boundaries' stream positions; new_k, new_v: [B, n, P, H, Dh];
             score, usage: [B, n, P].
         """
-        if type(self.controller) is not FifoController or not bank.rows_agree():
+        if type(self.controller) not in (FifoController, StoreAllController) \
+                or not bank.rows_agree():
             return False
+        bounded = self.controller.bounded
         B, n, P = score.shape
         cap, r, top = self.capacity, self.config.ltm_merge, len(self.capacity) - 1
         level, start, end = (a[0].tolist() for a in (bank.level, bank.start, bank.end))
@@ -269,7 +274,8 @@ class LongTermMemory(nn.Module):
                     append(lv + 1, pos)
 
         for pos in positions:
-            make_room(0, P, pos)
+            if bounded:
+                make_room(0, P, pos)
             for _ in range(P):
                 summaries.append(len(level))
                 append(0, pos)

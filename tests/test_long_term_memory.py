@@ -17,6 +17,7 @@ from memmodel.controller import (
     ChunkDecision,
     FifoController,
     MemoryController,
+    StoreAllController,
     build_controller,
     oldest,
 )
@@ -277,24 +278,30 @@ class PlainFifo(FifoController):
     """fifo through the general path: a controller call at every boundary."""
 
 
-@pytest.mark.parametrize("kw,segments", [
-    (dict(), (21, 24)),
-    (dict(ltm_levels=1, ltm_capacity=[3], ltm_merge=2), (9, 30, 6)),
+class PlainStoreAll(StoreAllController):
+    """store_all through the general path."""
+
+
+@pytest.mark.parametrize("kw,segments,pair", [
+    (dict(), (21, 24), (FifoController, PlainFifo)),
+    (dict(ltm_levels=1, ltm_capacity=[3], ltm_merge=2), (9, 30, 6), (FifoController, PlainFifo)),
     (dict(ltm_levels=2, ltm_capacity=[7, 4], ltm_merge=3, ltm_summaries=3,
-          ltm_chunk_size=5), (50, 3, 40)),
-], ids=["3-levels", "1-level", "r3-P3"])
-def test_fifo_fast_path_equals_the_general_path(kw, segments):
-    """fifo's boundaries replayed from one row's bookkeeping give the same outputs,
-    gradients, segment banks and carried state as asking the controller at each one."""
+          ltm_chunk_size=5), (50, 3, 40), (FifoController, PlainFifo)),
+    (dict(), (21, 24), (StoreAllController, PlainStoreAll)),
+], ids=["3-levels", "1-level", "r3-P3", "store_all"])
+def test_replayed_boundaries_equal_the_controller_calls(kw, segments, pair):
+    """fifo's (and store_all's) boundaries replayed from one row's bookkeeping give the
+    same outputs, gradients, segment banks and carried state as asking the controller at
+    each one."""
     cfg = MemoryConfig(**{**LTM, **kw})
     torch.manual_seed(0)
     ltm = LongTermMemory(cfg)
     x = torch.randn(3, sum(segments), 16)
-    fast = ltm._fifo_boundaries
+    fast = ltm._replay_boundaries
     taken = []
-    ltm._fifo_boundaries = lambda *args: taken.append(fast(*args)) or taken[-1]
+    ltm._replay_boundaries = lambda *args: taken.append(fast(*args)) or taken[-1]
     runs = []
-    for ctrl in (FifoController(), PlainFifo()):
+    for ctrl in (pair[0](), pair[1]()):
         taken.clear()
         ltm.controller = ctrl
         ltm.zero_grad()
@@ -309,10 +316,10 @@ def test_fifo_fast_path_equals_the_general_path(kw, segments):
         y = torch.cat(ys, 1)
         (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
         runs.append((y, xi.grad, ltm.q_pool.grad, st.ltm, banks))
-        if isinstance(ctrl, PlainFifo):
+        if isinstance(ctrl, (PlainFifo, PlainStoreAll)):
             assert not any(taken), "a subclass goes through the controller calls"
         else:
-            assert taken and all(taken), "fifo takes the fast path"
+            assert taken and all(taken), "the replay is taken"
     (y, dx, dq, ltm_a, banks_a), (y2, dx2, dq2, ltm_b, banks_b) = runs
     assert torch.equal(y, y2) and torch.equal(dx, dx2) and torch.equal(dq, dq2)
     for a, b in zip(banks_a, banks_b):
@@ -320,10 +327,13 @@ def test_fifo_fast_path_equals_the_general_path(kw, segments):
             assert torch.equal(getattr(a, name), getattr(b, name)), name
     for name in ("k", "v", "level", "start", "score", "usage"):
         assert torch.equal(getattr(ltm_a, name), getattr(ltm_b, name)), name
-    assert (ltm_a.level == cfg.ltm_levels - 1).any(), "merges reached the top level"
+    if pair[0] is FifoController:
+        assert (ltm_a.level == cfg.ltm_levels - 1).any(), "merges reached the top level"
+    else:
+        assert ltm_a.live.all() and ltm_a.level.shape[1] == sum(segments) // 4 * 2
 
 
-def test_fifo_fast_path_steps_aside_when_rows_differ():
+def test_replay_steps_aside_when_rows_differ():
     """A stream begun under another controller (rows' banks differ) goes through the
     controller calls, with the same result as the general path."""
     cfg = MemoryConfig(**LTM)
