@@ -217,6 +217,12 @@ def uniform_decision(features: ChunkFeatures, action: Action, retrieve: bool) ->
                          retrieve=torch.full((B,), retrieve, dtype=torch.bool))
 
 
+def on_host(t: torch.Tensor) -> torch.Tensor:
+    """A device field (score, usage, keys) as a controller computes with it: detached,
+    float32, on the host."""
+    return t.detach().float().cpu()
+
+
 def oldest(features: LevelFeatures) -> torch.Tensor:
     """[B, count] int64: per row, the live entries of the level that became visible first
     (ties, the summaries of one chunk, in bank order)."""
@@ -244,7 +250,7 @@ def lowest_scores(features: LevelFeatures) -> torch.Tensor:
     scores (ties: the older first)."""
     bank = features.bank
     candidate = bank.live & (bank.level == features.level)
-    score = bank.score.detach().float().cpu()
+    score = on_host(bank.score)
     key = torch.where(candidate, score, float("inf"))
     return torch.sort(key, dim=1, stable=True).indices[:, : features.count]
 
@@ -269,8 +275,8 @@ class ImportanceController(MemoryController):
         bank = features.bank
         if len(bank.capacity) == 1:
             live = bank.live & (bank.level == 0)
-            old = torch.where(live, bank.score.detach().float().cpu(), float("-inf"))
-            both = torch.cat([features.score.detach().float().cpu(), old], 1)  # new first
+            old = torch.where(live, on_host(bank.score), float("-inf"))
+            both = torch.cat([on_host(features.score), old], 1)  # new first
             keep = min(bank.capacity[0], both.shape[1])
             top = torch.sort(both, dim=1, descending=True, stable=True).indices[:, :keep]
             kept = torch.zeros_like(both, dtype=torch.bool).scatter_(1, top, True)[:, :P]

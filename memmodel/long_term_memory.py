@@ -195,13 +195,13 @@ class LongTermMemory(nn.Module):
             # once for all chunks, so that a boundary itself launches no device work
             s_k, s_v = s_k.transpose(2, 3).float(), s_v.transpose(2, 3).float()  # [B, n, P, H, Dh]
             score = score.mean(2)  # [B, n, P]: mean over heads
-            keys = s_k.detach().flatten(3)  # [B, n, P, H * Dh], what the controller sees
             usage = torch.zeros_like(score)
             first = (pos0 - n_pend) // C
             positions = [pos0 - n_pend + (i + 1) * C for i in range(n_chunks)]
             if self._replay_boundaries(bank, positions, s_k, s_v, score, usage):
                 flags += [torch.ones(B, dtype=torch.bool)] * n_chunks
             else:
+                keys = s_k.detach().flatten(3)  # [B, n, P, H * Dh], what the controller sees
                 for i, boundary in enumerate(positions):
                     flags.append(self._boundary(
                         bank, first + i, boundary, s_k[:, i], s_v[:, i], score[:, i],

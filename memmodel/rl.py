@@ -58,6 +58,7 @@ from .controller import (
     ChunkFeatures,
     LevelFeatures,
     MemoryController,
+    on_host,
 )
 
 
@@ -411,12 +412,12 @@ class QLearningController(MemoryController):
 
     def decide(self, features: ChunkFeatures) -> ChunkDecision:
         bank, B, P = features.bank, *features.score.shape
-        score = features.score.detach().float().cpu()
+        score = on_host(features.score)
         if self.training:
             self.scores.update(score)
         ctx = self._context(bank)
         live0 = bank.live & (bank.level == 0)
-        lower = (_host_field(bank, "score")[:, None, :] < score[:, :, None]) & live0[:, None, :]
+        lower = (on_host(bank.score)[:, None, :] < score[:, :, None]) & live0[:, None, :]
         item = torch.zeros(B, P, len(ITEM_FEATURES))
         item[..., 0] = self.scores.normalise(score)
         item[..., 1] = features.max_similarity.float().cpu()
@@ -447,8 +448,8 @@ class QLearningController(MemoryController):
         bank, level = features.bank, features.level
         B, M = bank.live.shape
         candidate = bank.live & (bank.level == level) & features.rows[:, None]
-        score = _host_field(bank, "score")
-        keys = F.normalize(bank.keys.float().cpu(), dim=-1)
+        score = on_host(bank.score)
+        keys = F.normalize(on_host(bank.keys), dim=-1)
         sim = keys @ keys.transpose(1, 2)
         others = bank.live[:, None, :] & ~torch.eye(M, dtype=torch.bool)
         peers = candidate[:, None, :] & ~torch.eye(M, dtype=torch.bool)
@@ -460,7 +461,7 @@ class QLearningController(MemoryController):
         item[..., 2] = lower / (candidate.sum(1, keepdim=True) - 1).clamp_min(1)
         item[..., 3] = age / self.rl.horizon
         if self.rl.use_usage:
-            item[..., 4] = _host_field(bank, "usage") / age.clamp_min(1)
+            item[..., 4] = on_host(bank.usage) / age.clamp_min(1)
         item[..., 5] = bank.level.float() / max(self.levels - 1, 1)
         choice = Choice.EVICT if features.top else Choice.MERGE
         x = self._phi(self._context(bank)[:, None, None], (choice,), item[:, :, None])[:, :, 0]
@@ -560,7 +561,7 @@ class QLearningController(MemoryController):
         """[B, 4 + levels]: position / horizon, log(1 + chunks left to the horizon),
         occupancy / capacity per level, highest and lowest normalised live score (0 for an
         empty bank)."""
-        z = self.scores.normalise(_host_field(bank, "score"))
+        z = self.scores.normalise(on_host(bank.score))
         live = bank.live
         z = torch.cat([z, torch.zeros(z.shape[0], 1)], 1)  # an empty bank reads 0
         live = torch.cat([live, ~live.any(1, keepdim=True)], 1)
@@ -595,8 +596,3 @@ class QLearningController(MemoryController):
             explored = explore & (random != pick) & mask.any(-1)
             pick = torch.where(explore, random, pick)
         return torch.where(mask.any(-1), pick, 0), explored
-
-
-def _host_field(bank: BankView, name: str) -> torch.Tensor:
-    """A device field of the bank on the host, float32 (0 where an entry has none)."""
-    return getattr(bank, name).detach().float().cpu()

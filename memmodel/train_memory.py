@@ -166,6 +166,12 @@ def _learning(controller) -> bool:
     return isinstance(controller, QLearningController)
 
 
+def learning_controllers(model: MemoryLM) -> list:
+    """The distinct learning controllers of the model's layers (one, when shared)."""
+    return list({id(m.controller): m.controller for m in memory_modules(model)
+                 if _learning(m.controller)}.values())
+
+
 @torch.no_grad()
 def evaluate_memory(model: MemoryLM, task: PasskeyTask, batches: int = 4, batch_size: int = 16,
                     seed: int = 1234) -> Dict[str, float]:
@@ -180,10 +186,9 @@ def evaluate_memory(model: MemoryLM, task: PasskeyTask, batches: int = 4, batch_
     g = torch.Generator().manual_seed(seed)
     was_training = model.training
     model.eval()
-    learners = {id(m.controller): m.controller for m in memory_modules(model)
-                if _learning(m.controller)}
-    modes = {k: c.training for k, c in learners.items()}
-    for c in learners.values():
+    learners = learning_controllers(model)
+    modes = [c.training for c in learners]
+    for c in learners:
         c.eval()
     tallies = []
 
@@ -208,8 +213,8 @@ def evaluate_memory(model: MemoryLM, task: PasskeyTask, batches: int = 4, batch_
                         sums["entries"] += layer.ltm.live.sum().item()
                         banks += batch_size
     finally:
-        for k, c in learners.items():
-            c.train(modes[k])
+        for c, mode in zip(learners, modes):
+            c.train(mode)
         model.train(was_training)
     sums["key_kept"] /= max(banks, 1)
     sums["entries"] /= max(banks, 1)
@@ -234,8 +239,7 @@ def train_memory(model: MemoryLM, task: PasskeyTask, tc: MemoryTrainConfig,
     if model.config.ltm_controller != "none" and model.config.ltm_chunk_size != task.chunk_size:
         raise ValueError(f"train_memory: expected task.chunk_size == config.ltm_chunk_size = "
                          f"{model.config.ltm_chunk_size}, got {task.chunk_size}")
-    learners = list({id(m.controller): m.controller for m in memory_modules(model)
-                     if _learning(m.controller)}.values())
+    learners = learning_controllers(model)
     for ctrl in learners:
         ctrl.train()  # explore and record
     opt = None
