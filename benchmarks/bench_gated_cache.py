@@ -30,11 +30,11 @@ import argparse
 import json
 import math
 import os
-import statistics
 import tempfile
 import time
 
 import torch
+from harness import add_tiny_flag, median_seconds
 
 from memmodel.kernels.gated_cache import (
     chunk_gated_cache,
@@ -215,12 +215,7 @@ def run_gpu(args):
 
 
 def timed(fn, x, backward, repeats, **kw):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fwd_bwd(fn, x, backward, **kw)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return median_seconds(lambda: fwd_bwd(fn, x, backward, **kw), repeats)
 
 
 def run_cpu(args):
@@ -296,9 +291,7 @@ def main():
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU only")
     p.add_argument("--check-T", type=int, default=1000,
                    help="GPU only: T of the check against the oracle")
-    p.add_argument("--tiny", action="store_true",
-                   help="toy sizes that run in seconds under Triton's interpreter "
-                        "(benchmarks/dry_run.py)")
+    add_tiny_flag(p)
     p.add_argument("--json", help="also write the results to this file")
     args = p.parse_args()
     if args.tiny:

@@ -33,11 +33,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+from harness import add_tiny_flag, median_seconds
 
 from memmodel.kernels.chunk_compress import chunk_compress, chunk_compress_ref
 from memmodel.kernels.memory_retrieve import (
@@ -254,13 +253,9 @@ def bench_module(args, device):
 
 
 def cpu_timer(fn, repeats):
+    """ms: the median of `repeats` calls after one warm-up call."""
     fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    return median_seconds(fn, repeats) * 1e3
 
 
 def smoke_cpu(args):
@@ -293,9 +288,7 @@ def main():
                    default=[16384, 32768, 65536, 131072], help="T values of the scaling run")
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
     p.add_argument("--repeats", type=int, default=5, help="CPU smoke repeats")
-    p.add_argument("--tiny", action="store_true",
-                   help="toy sizes that run in seconds under Triton's interpreter "
-                        "(benchmarks/dry_run.py)")
+    add_tiny_flag(p)
     p.add_argument("--json", help="also write the results to this file")
     args = p.parse_args()
     if args.tiny:

@@ -26,6 +26,7 @@ import subprocess
 import sys
 
 import torch
+from harness import add_tiny_flag
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -236,9 +237,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", help="append JSON lines here")
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
-    p.add_argument("--tiny", action="store_true",
-                   help="toy sizes that run in seconds under Triton's interpreter "
-                        "(benchmarks/dry_run.py)")
+    add_tiny_flag(p)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     args = p.parse_args()
     dtype = DTYPES[args.dtype]

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
 import time
 
@@ -25,6 +24,7 @@ import time
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="memmodel-inductor-"))
 
 import torch  # noqa: E402
+from harness import median_seconds  # noqa: E402
 
 from memmodel.kernels.selective_scan import selective_scan_chunked, selective_scan_ref  # noqa: E402
 
@@ -52,12 +52,7 @@ def run(fn, inputs, backward, **kw):
 
 
 def timed(fn, inputs, backward, repeats, **kw):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run(fn, inputs, backward, **kw)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return median_seconds(lambda: run(fn, inputs, backward, **kw), repeats)
 
 
 def main():
