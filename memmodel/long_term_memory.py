@@ -245,7 +245,7 @@ class LongTermMemory(nn.Module):
                 or not bank.rows_agree():
             return False
         bounded = self.controller.bounded
-        B, n, P = score.shape
+        P = score.shape[2]
         cap, r, top = self.capacity, self.config.ltm_merge, len(self.capacity) - 1
         level, start, end = (a[0].tolist() for a in (bank.level, bank.start, bank.end))
         queues = [[] for _ in cap]  # live columns per level, oldest first

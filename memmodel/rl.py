@@ -415,9 +415,10 @@ class QLearningController(MemoryController):
         score = on_host(features.score)
         if self.training:
             self.scores.update(score)
-        ctx = self._context(bank)
+        bank_score = on_host(bank.score)
+        ctx = self._context(bank, bank_score)
         live0 = bank.live & (bank.level == 0)
-        lower = (on_host(bank.score)[:, None, :] < score[:, :, None]) & live0[:, None, :]
+        lower = (bank_score[:, None, :] < score[:, :, None]) & live0[:, None, :]
         item = torch.zeros(B, P, len(ITEM_FEATURES))
         item[..., 0] = self.scores.normalise(score)
         item[..., 1] = features.max_similarity.float().cpu()
@@ -464,7 +465,8 @@ class QLearningController(MemoryController):
             item[..., 4] = on_host(bank.usage) / age.clamp_min(1)
         item[..., 5] = bank.level.float() / max(self.levels - 1, 1)
         choice = Choice.EVICT if features.top else Choice.MERGE
-        x = self._phi(self._context(bank)[:, None, None], (choice,), item[:, :, None])[:, :, 0]
+        x = self._phi(self._context(bank, score)[:, None, None], (choice,),
+                      item[:, :, None])[:, :, 0]
         episode, rows = features.controller_state, torch.arange(B)
         picks = []
         for _ in range(features.count):
@@ -557,11 +559,11 @@ class QLearningController(MemoryController):
         return (f"QLearningController(levels={self.levels}, epsilon={self.epsilon:.3f}, "
                 f"updates={self.learner.updates}, buffer={len(self.learner.buffer)})")
 
-    def _context(self, bank: BankView) -> torch.Tensor:
+    def _context(self, bank: BankView, bank_score: torch.Tensor) -> torch.Tensor:
         """[B, 4 + levels]: position / horizon, log(1 + chunks left to the horizon),
         occupancy / capacity per level, highest and lowest normalised live score (0 for an
-        empty bank)."""
-        z = self.scores.normalise(on_host(bank.score))
+        empty bank). bank_score: the bank's scores on the host."""
+        z = self.scores.normalise(bank_score)
         live = bank.live
         z = torch.cat([z, torch.zeros(z.shape[0], 1)], 1)  # an empty bank reads 0
         live = torch.cat([live, ~live.any(1, keepdim=True)], 1)
