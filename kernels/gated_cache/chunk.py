@@ -18,7 +18,8 @@ over heads and feature blocks) and stores the slots at every chunk start;
 `_chunk_fwd_kernel` then runs every chunk in parallel from its stored slots.
 Backward: `_chunk_dq_bwd_kernel` (per chunk) recomputes p, gets the score gradients dA and
 dq; `_state_bwd_kernel` carries the slot gradients back across chunks;
-`_chunk_dkvw_bwd_kernel` (per chunk) gives dk, dv and dw. dw = d(write) - d(decay), with
+`_chunk_dkv_bwd_kernel` (per chunk) gives dk and dv; `_chunk_dw_bwd_kernel` (per chunk and
+block of BSW_DW slots: every term of dw is per slot) gives dw = d(write) - d(decay), with
 the decay part sum_d G_t[s, d] M_{t-1}[s, d] expanded into four chunk-local terms (T1-T4
 below) instead of the usual reverse cumsum of dlog(1 - w), which would divide by 1 - w.
 """
@@ -45,6 +46,7 @@ from .fused_recurrent import _apply
 GMIN = 32.0  # floor of -log(1 - w)
 EPS = math.exp(-GMIN)  # ~1.3e-14, the floor of 1 - w
 BC = 16  # tokens per sub-chunk (the smallest tl.dot operand)
+BSW_DW = 16  # slots per dw program: [BC, BC, S] tiles for all S slots would spill registers
 
 
 @triton.jit
@@ -288,26 +290,20 @@ def _state_bwd_kernel(
         tl.store(dh0 + i_nh.to(tl.int64) * S * D + o_sd, b_dh, mask=m_sd)
 
 
-@triton.jit(do_not_specialize=["scale"])
-def _chunk_dkvw_bwd_kernel(
+@triton.jit
+def _chunk_dkv_bwd_kernel(
     q,  # [T_all, H, DK] queries, strides (sq_t, sq_h, 1)
-    k,  # [T_all, H, DK] keys, strides (sk_t, sk_h, 1)
-    v,  # [T_all, H, DV] values, strides (sv_t, sv_h, 1)
     w,  # [T_all, H, S] write weights, strides (sw_t, sw_h, 1)
     dr,  # [T_all, H, DV] gradient of the reads, strides (sd_t, sd_h, 1)
     pb,  # [T_all, H, BS] float32 read weights p
     dab,  # [T_all, H, BS] float32 score gradients dA
-    hk,  # [NT, H, S, DK] float32 slot keys at every chunk start
-    hv,  # [NT, H, S, DV] float32 slot values at every chunk start
     dhk,  # [NT, H, S, DK] float32 gradient of the slot keys at every chunk end
     dhv,  # [NT, H, S, DV] float32 gradient of the slot values at every chunk end
     dk,  # [T_all, H, DK] output, contiguous
     dv,  # [T_all, H, DV] output, contiguous
-    dw,  # [T_all, H, S] output, contiguous
     cu_seqlens,  # [N + 1] offsets of the sequences along T_all
     chunk_indices,  # [NT, 2] (sequence, chunk within it) of every global chunk
-    scale,
-    sq_t, sq_h, sk_t, sk_h, sv_t, sv_h, sw_t, sw_h, sd_t, sd_h,
+    sq_t, sq_h, sw_t, sw_h, sd_t, sd_h,
     H: tl.constexpr, S: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
     BS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
     BC: tl.constexpr, EPS: tl.constexpr, PREC: tl.constexpr,
@@ -320,21 +316,86 @@ def _chunk_dkvw_bwd_kernel(
     o_c, o_s = tl.arange(0, BC), tl.arange(0, BS)
     o_k, o_v = tl.arange(0, BK), tl.arange(0, BV)
     m_s, m_k, m_v = o_s < S, o_k < DK, o_v < DV
+    i_ch = i_c.to(tl.int64) * H + i_h
+    p_gk = dhk + i_ch * S * DK + o_s[:, None] * DK + o_k[None, :]
+    p_gv = dhv + i_ch * S * DV + o_s[:, None] * DV + o_v[None, :]
+    b_gk = tl.load(p_gk, mask=m_s[:, None] & m_k[None, :], other=0.0)  # [BS, BK] at chunk end
+    b_gv = tl.load(p_gv, mask=m_s[:, None] & m_v[None, :], other=0.0)  # [BS, BV]
+    for i_sr in range(0, BT // BC):
+        t0 = bos + j_c * BT + (BT // BC - 1 - i_sr) * BC
+        if t0 < eos:
+            b_w, b_g, b_gc, b_gl = _gates(w, t0, eos, i_h, sw_t, sw_h, o_c, o_s, m_s, EPS)
+            b_q = _rows(q, t0, eos, i_h, sq_t, sq_h, o_c, o_k, m_k)  # [BC, BK]
+            b_dr = _rows(dr, t0, eos, i_h, sd_t, sd_h, o_c, o_v, m_v)  # [BC, BV]
+            b_p = _rows(pb, t0, eos, i_h, H * BS, BS, o_c, o_s, m_s)  # [BC, BS]
+            b_da = _rows(dab, t0, eos, i_h, H * BS, BS, o_c, o_s, m_s)  # [BC, BS]
+            b_WE = b_w[None, :, :] * _pair_decay(b_gc, o_c)  # [BC, BC, BS]
+            b_P = tl.sum(b_p[:, None, :] * b_WE, axis=2)  # [BC, BC]
+            b_Pq = tl.sum(b_da[:, None, :] * b_WE, axis=2)  # [BC, BC]
+            b_wd = b_w * tl.exp(b_gl[None, :] - b_gc)  # [BC, BS] w_i exp(gl - gc_i)
+            b_dk = tl.dot(tl.trans(b_Pq), b_q, input_precision=PREC)
+            b_dk += tl.dot(b_wd, b_gk, input_precision=PREC)  # [BC, BK]
+            b_dv = tl.dot(tl.trans(b_P), b_dr, input_precision=PREC)
+            b_dv += tl.dot(b_wd, b_gv, input_precision=PREC)  # [BC, BV]
+            o_t = t0 + o_c
+            m_t = o_t < eos
+            p_dk = dk + (o_t[:, None] * H + i_h) * DK + o_k[None, :]
+            p_dv = dv + (o_t[:, None] * H + i_h) * DV + o_v[None, :]
+            tl.store(p_dk, b_dk.to(dk.dtype.element_ty), mask=m_t[:, None] & m_k[None, :])
+            tl.store(p_dv, b_dv.to(dv.dtype.element_ty), mask=m_t[:, None] & m_v[None, :])
+            # gradient of the slots at the sub-chunk start
+            b_gk = tl.exp(b_gl)[:, None] * b_gk + tl.dot(
+                tl.trans(b_da * tl.exp(b_gc)), b_q, input_precision=PREC)
+            b_gv = tl.exp(b_gl)[:, None] * b_gv + tl.dot(
+                tl.trans(b_p * tl.exp(b_gc)), b_dr, input_precision=PREC)
+
+
+@triton.jit
+def _chunk_dw_bwd_kernel(
+    q,  # [T_all, H, DK] queries, strides (sq_t, sq_h, 1)
+    k,  # [T_all, H, DK] keys, strides (sk_t, sk_h, 1)
+    v,  # [T_all, H, DV] values, strides (sv_t, sv_h, 1)
+    w,  # [T_all, H, S] write weights, strides (sw_t, sw_h, 1)
+    dr,  # [T_all, H, DV] gradient of the reads, strides (sd_t, sd_h, 1)
+    pb,  # [T_all, H, BS] float32 read weights p
+    dab,  # [T_all, H, BS] float32 score gradients dA
+    hk,  # [NT, H, S, DK] float32 slot keys at every chunk start
+    hv,  # [NT, H, S, DV] float32 slot values at every chunk start
+    dhk,  # [NT, H, S, DK] float32 gradient of the slot keys at every chunk end
+    dhv,  # [NT, H, S, DV] float32 gradient of the slot values at every chunk end
+    dw,  # [T_all, H, S] output, contiguous
+    cu_seqlens,  # [N + 1] offsets of the sequences along T_all
+    chunk_indices,  # [NT, 2] (sequence, chunk within it) of every global chunk
+    sq_t, sq_h, sk_t, sk_h, sv_t, sv_h, sw_t, sw_h, sd_t, sd_h,
+    H: tl.constexpr, S: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
+    BS: tl.constexpr, BSW: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    BT: tl.constexpr, BC: tl.constexpr, EPS: tl.constexpr, PREC: tl.constexpr,
+):
+    # every term of dw is per slot: a program owns BSW slots of one chunk and head; the
+    # slot blocks of a chunk are neighbouring programs, so they share its rows in L2
+    i_sc, i_h = tl.program_id(0), tl.program_id(1)
+    i_sb, i_c = i_sc % tl.cdiv(S, BSW), i_sc // tl.cdiv(S, BSW)
+    i_n = tl.load(chunk_indices + 2 * i_c).to(tl.int64)
+    j_c = tl.load(chunk_indices + 2 * i_c + 1).to(tl.int64)
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    o_c, o_s = tl.arange(0, BC), i_sb * BSW + tl.arange(0, BSW)
+    o_k, o_v = tl.arange(0, BK), tl.arange(0, BV)
+    m_s, m_k, m_v = o_s < S, o_k < DK, o_v < DV
     m_sk, m_sv = m_s[:, None] & m_k[None, :], m_s[:, None] & m_v[None, :]
     i_ch = i_c.to(tl.int64) * H + i_h
-    o_sk = i_ch * S * DK + o_s[:, None] * DK + o_k[None, :]  # [BS, BK]
-    o_sv = i_ch * S * DV + o_s[:, None] * DV + o_v[None, :]  # [BS, BV]
-    b_m0k = tl.load(hk + o_sk, mask=m_sk, other=0.0)  # [BS, BK] slots at the chunk start
-    b_m0v = tl.load(hv + o_sv, mask=m_sv, other=0.0)  # [BS, BV]
-    b_gk = tl.load(dhk + o_sk, mask=m_sk, other=0.0)  # [BS, BK] gradient at the chunk end
-    b_gv = tl.load(dhv + o_sv, mask=m_sv, other=0.0)  # [BS, BV]
+    o_sk = i_ch * S * DK + o_s[:, None] * DK + o_k[None, :]  # [BSW, BK]
+    o_sv = i_ch * S * DV + o_s[:, None] * DV + o_v[None, :]  # [BSW, BV]
+    b_gk = tl.load(dhk + o_sk, mask=m_sk, other=0.0)  # [BSW, BK] gradient at the chunk end
+    b_gv = tl.load(dhv + o_sv, mask=m_sv, other=0.0)  # [BSW, BV]
     m_gt = (o_c[:, None] > o_c[None, :])[:, :, None]  # [BC, BC, 1] strictly
     for i_sr in range(0, BT // BC):
         i_s = BT // BC - 1 - i_sr
         t0 = bos + j_c * BT + i_s * BC
         if t0 < eos:
             # slots at the start of this sub-chunk, recomputed from the chunk start
-            b_mk, b_mv = b_m0k, b_m0v
+            b_mk = tl.load(hk + o_sk, mask=m_sk, other=0.0)  # [BSW, BK]
+            b_mv = tl.load(hv + o_sv, mask=m_sv, other=0.0)  # [BSW, BV]
             for i_p in range(0, i_s):
                 tp = bos + j_c * BT + i_p * BC
                 b_w, b_g, b_gc, b_gl = _gates(w, tp, eos, i_h, sw_t, sw_h, o_c, o_s, m_s, EPS)
@@ -347,49 +408,36 @@ def _chunk_dkvw_bwd_kernel(
             b_k = _rows(k, t0, eos, i_h, sk_t, sk_h, o_c, o_k, m_k)  # [BC, BK]
             b_v = _rows(v, t0, eos, i_h, sv_t, sv_h, o_c, o_v, m_v)  # [BC, BV]
             b_dr = _rows(dr, t0, eos, i_h, sd_t, sd_h, o_c, o_v, m_v)  # [BC, BV]
-            b_p = _rows(pb, t0, eos, i_h, H * BS, BS, o_c, o_s, m_s)  # [BC, BS]
-            b_da = _rows(dab, t0, eos, i_h, H * BS, BS, o_c, o_s, m_s)  # [BC, BS]
-            b_E = _pair_decay(b_gc, o_c)  # [BC, BC, BS] exp(gc_t - gc_i), i <= t
-            b_WE = b_w[None, :, :] * b_E
+            b_p = _rows(pb, t0, eos, i_h, H * BS, BS, o_c, o_s, m_s)  # [BC, BSW]
+            b_da = _rows(dab, t0, eos, i_h, H * BS, BS, o_c, o_s, m_s)  # [BC, BSW]
+            b_E = _pair_decay(b_gc, o_c)  # [BC, BC, BSW] exp(gc_t - gc_i), i <= t
             b_qk = tl.dot(b_q, tl.trans(b_k), input_precision=PREC)  # [BC, BC] q_t . k_i
             b_rv = tl.dot(b_dr, tl.trans(b_v), input_precision=PREC)  # [BC, BC] dr_t . v_i
-            b_P = tl.sum(b_p[:, None, :] * b_WE, axis=2)  # [BC, BC]
-            b_Pq = tl.sum(b_da[:, None, :] * b_WE, axis=2)  # [BC, BC]
-            b_wd = b_w * tl.exp(b_gl[None, :] - b_gc)  # [BC, BS] w_i exp(gl - gc_i)
-            b_dk = tl.dot(tl.trans(b_Pq), b_q, input_precision=PREC)
-            b_dk += tl.dot(b_wd, b_gk, input_precision=PREC)  # [BC, BK]
-            b_dv = tl.dot(tl.trans(b_P), b_dr, input_precision=PREC)
-            b_dv += tl.dot(b_wd, b_gv, input_precision=PREC)  # [BC, BV]
             # d(write)_i[s] = G_i[s] . x_i: the chunk-end gradient plus later reads
             b_xg = (tl.dot(b_k, tl.trans(b_gk), input_precision=PREC)
-                    + tl.dot(b_v, tl.trans(b_gv), input_precision=PREC))  # [BC, BS]
+                    + tl.dot(b_v, tl.trans(b_gv), input_precision=PREC))  # [BC, BSW]
             b_X = b_da[:, None, :] * b_qk[:, :, None] + b_p[:, None, :] * b_rv[:, :, None]
             b_dbeta = tl.exp(b_gl[None, :] - b_gc) * b_xg + tl.sum(b_E * b_X, axis=0)
             # d(decay)_t[s] = G_t[s] . M_{t-1}[s] = T1 + T2 + T3 + T4
-            b_gcp = b_gc - b_g  # [BC, BS] decay through t - 1
-            b_c1 = tl.sum(b_mk * b_gk, axis=1) + tl.sum(b_mv * b_gv, axis=1)  # [BS]
+            b_gcp = b_gc - b_g  # [BC, BSW] decay through t - 1
+            b_c1 = tl.sum(b_mk * b_gk, axis=1) + tl.sum(b_mv * b_gv, axis=1)  # [BSW]
             b_t1 = tl.exp(b_gcp + b_gl[None, :] - b_gc) * b_c1[None, :]
             b_y = (b_da * tl.dot(b_q, tl.trans(b_mk), input_precision=PREC)
-                   + b_p * tl.dot(b_dr, tl.trans(b_mv), input_precision=PREC))  # [BC, BS]
+                   + b_p * tl.dot(b_dr, tl.trans(b_mv), input_precision=PREC))  # [BC, BSW]
             b_t2 = tl.exp(b_gcp) * tl.sum(b_E * b_y[:, None, :], axis=0)
             b_Es = tl.where(m_gt, b_E, 0.0)  # i < t
             # exp(-g_t) <= exp(GMIN) undoes the factor 1 - w_t inside E: no cancellation
             b_t3 = tl.exp(b_gl[None, :] - b_gc - b_g) * tl.sum(
                 b_Es * (b_w * b_xg)[None, :, :], axis=1)
-            b_V = b_Es * b_w[None, :, :] * b_X  # [BC(u), BC(i), BS], i < u
+            b_V = b_Es * b_w[None, :, :] * b_X  # [BC(u), BC(i), BSW], i < u
             # D[t, i] = sum over u >= t of V[u, i]; for i < t every term carries the factor
             # 1 - w_t, so the scan has no cancellation for exp(-g_t) to amplify
             b_D = tl.cumsum(b_V, axis=0, reverse=True)
             b_t4 = tl.exp(-b_g) * tl.sum(tl.where(m_gt, b_D, 0.0), axis=1)
             b_dw = b_dbeta - (b_t1 + b_t2 + b_t3 + b_t4)
             o_t = t0 + o_c
-            m_t = o_t < eos
-            p_dk = dk + (o_t[:, None] * H + i_h) * DK + o_k[None, :]
-            p_dv = dv + (o_t[:, None] * H + i_h) * DV + o_v[None, :]
             p_dw = dw + (o_t[:, None] * H + i_h) * S + o_s[None, :]
-            tl.store(p_dk, b_dk.to(dk.dtype.element_ty), mask=m_t[:, None] & m_k[None, :])
-            tl.store(p_dv, b_dv.to(dv.dtype.element_ty), mask=m_t[:, None] & m_v[None, :])
-            tl.store(p_dw, b_dw.to(dw.dtype.element_ty), mask=m_t[:, None] & m_s[None, :])
+            tl.store(p_dw, b_dw.to(dw.dtype.element_ty), mask=(o_t < eos)[:, None] & m_s[None, :])
             # gradient of the slots at the sub-chunk start
             b_gk = tl.exp(b_gl)[:, None] * b_gk + tl.dot(
                 tl.trans(b_da * tl.exp(b_gc)), b_q, input_precision=PREC)
@@ -458,9 +506,14 @@ def chunk_bwd(x: FlatInputs, scale: float, hk, hv, layout, dr, dhtk, dhtv, chunk
                       z.shape[-1], BS, N, H, meta)
     dk, dv, dw = x.k.new_empty(T_all, H, DK), x.v.new_empty(T_all, H, DV), x.w.new_empty(
         T_all, H, S)
-    _chunk_dkvw_bwd_kernel[(NT, H)](
-        x.q, x.k, x.v, x.w, dr, pb, dab, hk, hv, dhk, dhv, dk, dv, dw, x.cu_seqlens,
-        chunk_indices, scale, *strides, **consts)
+    _chunk_dkv_bwd_kernel[(NT, H)](
+        x.q, x.w, dr, pb, dab, dhk, dhv, dk, dv, x.cu_seqlens, chunk_indices,
+        *x.q.stride()[:2], *x.w.stride()[:2], *dr.stride()[:2], **consts)
+    BSW = min(BS, BSW_DW)
+    _chunk_dw_bwd_kernel[(triton.cdiv(S, BSW) * NT, H)](
+        x.q, x.k, x.v, x.w, dr, pb, dab, hk, hv, dhk, dhv, dw, x.cu_seqlens,
+        chunk_indices, *strides, BSW=BSW,
+        **dict(consts, num_warps=8))  # ptxas (sm_90): fewest spills of 2, 4, 8, 16 warps
     return dq, dk, dv, dw, dh0k, dh0v
 
 
