@@ -71,6 +71,30 @@ def _rows(x, t0, eos, i_h, s_t, s_h, o_c, o_d, m_d):
 
 
 @triton.jit
+def _store_rows(y, b_y, t0, eos, i_h, o_c, o_d, m_d, H: tl.constexpr, D: tl.constexpr):
+    """Store [BC, BD] rows t0 .. t0 + BC of the contiguous y[:, i_h, :] (up to eos and D)."""
+    o_t = t0 + o_c
+    p_y = y + (o_t[:, None] * H + i_h) * D + o_d[None, :]
+    tl.store(p_y, b_y.to(y.dtype.element_ty), mask=(o_t < eos)[:, None] & m_d[None, :])
+
+
+@triton.jit
+def _chunk_bounds(cu_seqlens, chunk_indices, i_c, BT: tl.constexpr):
+    """(first token of global chunk i_c, end of its sequence)."""
+    i_n = tl.load(chunk_indices + 2 * i_c).to(tl.int64)
+    j_c = tl.load(chunk_indices + 2 * i_c + 1).to(tl.int64)
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    return bos + j_c * BT, tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+
+
+@triton.jit
+def _slots(h, i_ch, o_s, o_d, m_s, m_d, S: tl.constexpr, D: tl.constexpr):
+    """[BS, BD] float32 block of the [S, D] slots (or slot gradients) h[i_ch]."""
+    p_h = h + i_ch * S * D + o_s[:, None] * D + o_d[None, :]
+    return tl.load(p_h, mask=m_s[:, None] & m_d[None, :], other=0.0)
+
+
+@triton.jit
 def _pair_decay(b_gc, o_c):
     """E[t, i, s] = exp(gc_t[s] - gc_i[s]) for i <= t, else 0. [BC, BC, BS]"""
     m_ti = (o_c[:, None] >= o_c[None, :])[:, :, None]  # [BC, BC, 1]
@@ -152,20 +176,15 @@ def _chunk_fwd_kernel(
     BC: tl.constexpr, EPS: tl.constexpr, PREC: tl.constexpr,
 ):
     i_c, i_h = tl.program_id(0), tl.program_id(1)
-    i_n = tl.load(chunk_indices + 2 * i_c).to(tl.int64)
-    j_c = tl.load(chunk_indices + 2 * i_c + 1).to(tl.int64)
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    t_c, eos = _chunk_bounds(cu_seqlens, chunk_indices, i_c, BT)
     o_c, o_s = tl.arange(0, BC), tl.arange(0, BS)
     o_k, o_v = tl.arange(0, BK), tl.arange(0, BV)
     m_s, m_k, m_v = o_s < S, o_k < DK, o_v < DV
     i_ch = i_c.to(tl.int64) * H + i_h
-    p_hk = hk + i_ch * S * DK + o_s[:, None] * DK + o_k[None, :]
-    p_hv = hv + i_ch * S * DV + o_s[:, None] * DV + o_v[None, :]
-    b_mk = tl.load(p_hk, mask=m_s[:, None] & m_k[None, :], other=0.0)  # [BS, BK]
-    b_mv = tl.load(p_hv, mask=m_s[:, None] & m_v[None, :], other=0.0)  # [BS, BV]
+    b_mk = _slots(hk, i_ch, o_s, o_k, m_s, m_k, S, DK)  # [BS, BK]
+    b_mv = _slots(hv, i_ch, o_s, o_v, m_s, m_v, S, DV)  # [BS, BV]
     for i_s in range(0, BT // BC):
-        t0 = bos + j_c * BT + i_s * BC
+        t0 = t_c + i_s * BC
         if t0 < eos:
             b_w, b_g, b_gc, b_gl = _gates(w, t0, eos, i_h, sw_t, sw_h, o_c, o_s, m_s, EPS)
             b_q = _rows(q, t0, eos, i_h, sq_t, sq_h, o_c, o_k, m_k)  # [BC, BK]
@@ -176,9 +195,7 @@ def _chunk_fwd_kernel(
             b_P = tl.sum(b_p[:, None, :] * (b_w[None, :, :] * b_E), axis=2)  # [BC, BC]
             b_r = tl.dot(b_p * tl.exp(b_gc), b_mv, input_precision=PREC)
             b_r += tl.dot(b_P, b_v, input_precision=PREC)  # [BC, BV]
-            o_t = t0 + o_c
-            p_r = r + (o_t[:, None] * H + i_h) * DV + o_v[None, :]
-            tl.store(p_r, b_r.to(r.dtype.element_ty), mask=(o_t < eos)[:, None] & m_v[None, :])
+            _store_rows(r, b_r, t0, eos, i_h, o_c, o_v, m_v, H, DV)
             b_mk = _advance(b_mk, b_w, b_gc, b_gl, b_k, PREC)
             b_mv = _advance(b_mv, b_w, b_gc, b_gl, b_v, PREC)
 
@@ -204,20 +221,15 @@ def _chunk_dq_bwd_kernel(
     BC: tl.constexpr, EPS: tl.constexpr, PREC: tl.constexpr,
 ):
     i_c, i_h = tl.program_id(0), tl.program_id(1)
-    i_n = tl.load(chunk_indices + 2 * i_c).to(tl.int64)
-    j_c = tl.load(chunk_indices + 2 * i_c + 1).to(tl.int64)
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    t_c, eos = _chunk_bounds(cu_seqlens, chunk_indices, i_c, BT)
     o_c, o_s = tl.arange(0, BC), tl.arange(0, BS)
     o_k, o_v = tl.arange(0, BK), tl.arange(0, BV)
     m_s, m_k, m_v = o_s < S, o_k < DK, o_v < DV
     i_ch = i_c.to(tl.int64) * H + i_h
-    p_hk = hk + i_ch * S * DK + o_s[:, None] * DK + o_k[None, :]
-    p_hv = hv + i_ch * S * DV + o_s[:, None] * DV + o_v[None, :]
-    b_mk = tl.load(p_hk, mask=m_s[:, None] & m_k[None, :], other=0.0)  # [BS, BK]
-    b_mv = tl.load(p_hv, mask=m_s[:, None] & m_v[None, :], other=0.0)  # [BS, BV]
+    b_mk = _slots(hk, i_ch, o_s, o_k, m_s, m_k, S, DK)  # [BS, BK]
+    b_mv = _slots(hv, i_ch, o_s, o_v, m_s, m_v, S, DV)  # [BS, BV]
     for i_s in range(0, BT // BC):
-        t0 = bos + j_c * BT + i_s * BC
+        t0 = t_c + i_s * BC
         if t0 < eos:
             b_w, b_g, b_gc, b_gl = _gates(w, t0, eos, i_h, sw_t, sw_h, o_c, o_s, m_s, EPS)
             b_q = _rows(q, t0, eos, i_h, sq_t, sq_h, o_c, o_k, m_k)  # [BC, BK]
@@ -235,13 +247,9 @@ def _chunk_dq_bwd_kernel(
             b_Pq = tl.sum(b_da[:, None, :] * b_WE, axis=2)  # [BC, BC]
             b_dq = tl.dot(b_da * tl.exp(b_gc), b_mk, input_precision=PREC)
             b_dq += tl.dot(b_Pq, b_k, input_precision=PREC)  # [BC, BK]
-            o_t = t0 + o_c
-            m_t = o_t < eos
-            p_dq = dq + (o_t[:, None] * H + i_h) * DK + o_k[None, :]
-            tl.store(p_dq, b_dq.to(dq.dtype.element_ty), mask=m_t[:, None] & m_k[None, :])
-            o_ts = (o_t[:, None] * H + i_h) * BS + o_s[None, :]
-            tl.store(pb + o_ts, b_p, mask=m_t[:, None])
-            tl.store(dab + o_ts, b_da, mask=m_t[:, None])
+            _store_rows(dq, b_dq, t0, eos, i_h, o_c, o_k, m_k, H, DK)
+            _store_rows(pb, b_p, t0, eos, i_h, o_c, o_s, m_s, H, BS)
+            _store_rows(dab, b_da, t0, eos, i_h, o_c, o_s, m_s, H, BS)
             b_mk = _advance(b_mk, b_w, b_gc, b_gl, b_k, PREC)
             b_mv = _advance(b_mv, b_w, b_gc, b_gl, b_v, PREC)
 
@@ -309,20 +317,15 @@ def _chunk_dkv_bwd_kernel(
     BC: tl.constexpr, EPS: tl.constexpr, PREC: tl.constexpr,
 ):
     i_c, i_h = tl.program_id(0), tl.program_id(1)
-    i_n = tl.load(chunk_indices + 2 * i_c).to(tl.int64)
-    j_c = tl.load(chunk_indices + 2 * i_c + 1).to(tl.int64)
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    t_c, eos = _chunk_bounds(cu_seqlens, chunk_indices, i_c, BT)
     o_c, o_s = tl.arange(0, BC), tl.arange(0, BS)
     o_k, o_v = tl.arange(0, BK), tl.arange(0, BV)
     m_s, m_k, m_v = o_s < S, o_k < DK, o_v < DV
     i_ch = i_c.to(tl.int64) * H + i_h
-    p_gk = dhk + i_ch * S * DK + o_s[:, None] * DK + o_k[None, :]
-    p_gv = dhv + i_ch * S * DV + o_s[:, None] * DV + o_v[None, :]
-    b_gk = tl.load(p_gk, mask=m_s[:, None] & m_k[None, :], other=0.0)  # [BS, BK] at chunk end
-    b_gv = tl.load(p_gv, mask=m_s[:, None] & m_v[None, :], other=0.0)  # [BS, BV]
+    b_gk = _slots(dhk, i_ch, o_s, o_k, m_s, m_k, S, DK)  # [BS, BK] at the chunk end
+    b_gv = _slots(dhv, i_ch, o_s, o_v, m_s, m_v, S, DV)  # [BS, BV]
     for i_sr in range(0, BT // BC):
-        t0 = bos + j_c * BT + (BT // BC - 1 - i_sr) * BC
+        t0 = t_c + (BT // BC - 1 - i_sr) * BC
         if t0 < eos:
             b_w, b_g, b_gc, b_gl = _gates(w, t0, eos, i_h, sw_t, sw_h, o_c, o_s, m_s, EPS)
             b_q = _rows(q, t0, eos, i_h, sq_t, sq_h, o_c, o_k, m_k)  # [BC, BK]
@@ -337,12 +340,8 @@ def _chunk_dkv_bwd_kernel(
             b_dk += tl.dot(b_wd, b_gk, input_precision=PREC)  # [BC, BK]
             b_dv = tl.dot(tl.trans(b_P), b_dr, input_precision=PREC)
             b_dv += tl.dot(b_wd, b_gv, input_precision=PREC)  # [BC, BV]
-            o_t = t0 + o_c
-            m_t = o_t < eos
-            p_dk = dk + (o_t[:, None] * H + i_h) * DK + o_k[None, :]
-            p_dv = dv + (o_t[:, None] * H + i_h) * DV + o_v[None, :]
-            tl.store(p_dk, b_dk.to(dk.dtype.element_ty), mask=m_t[:, None] & m_k[None, :])
-            tl.store(p_dv, b_dv.to(dv.dtype.element_ty), mask=m_t[:, None] & m_v[None, :])
+            _store_rows(dk, b_dk, t0, eos, i_h, o_c, o_k, m_k, H, DK)
+            _store_rows(dv, b_dv, t0, eos, i_h, o_c, o_v, m_v, H, DV)
             # gradient of the slots at the sub-chunk start
             b_gk = tl.exp(b_gl)[:, None] * b_gk + tl.dot(
                 tl.trans(b_da * tl.exp(b_gc)), b_q, input_precision=PREC)
@@ -375,29 +374,23 @@ def _chunk_dw_bwd_kernel(
     # slot blocks of a chunk are neighbouring programs, so they share its rows in L2
     i_sc, i_h = tl.program_id(0), tl.program_id(1)
     i_sb, i_c = i_sc % tl.cdiv(S, BSW), i_sc // tl.cdiv(S, BSW)
-    i_n = tl.load(chunk_indices + 2 * i_c).to(tl.int64)
-    j_c = tl.load(chunk_indices + 2 * i_c + 1).to(tl.int64)
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    t_c, eos = _chunk_bounds(cu_seqlens, chunk_indices, i_c, BT)
     o_c, o_s = tl.arange(0, BC), i_sb * BSW + tl.arange(0, BSW)
     o_k, o_v = tl.arange(0, BK), tl.arange(0, BV)
     m_s, m_k, m_v = o_s < S, o_k < DK, o_v < DV
-    m_sk, m_sv = m_s[:, None] & m_k[None, :], m_s[:, None] & m_v[None, :]
     i_ch = i_c.to(tl.int64) * H + i_h
-    o_sk = i_ch * S * DK + o_s[:, None] * DK + o_k[None, :]  # [BSW, BK]
-    o_sv = i_ch * S * DV + o_s[:, None] * DV + o_v[None, :]  # [BSW, BV]
-    b_gk = tl.load(dhk + o_sk, mask=m_sk, other=0.0)  # [BSW, BK] gradient at the chunk end
-    b_gv = tl.load(dhv + o_sv, mask=m_sv, other=0.0)  # [BSW, BV]
+    b_gk = _slots(dhk, i_ch, o_s, o_k, m_s, m_k, S, DK)  # [BSW, BK] at the chunk end
+    b_gv = _slots(dhv, i_ch, o_s, o_v, m_s, m_v, S, DV)  # [BSW, BV]
     m_gt = (o_c[:, None] > o_c[None, :])[:, :, None]  # [BC, BC, 1] strictly
     for i_sr in range(0, BT // BC):
         i_s = BT // BC - 1 - i_sr
-        t0 = bos + j_c * BT + i_s * BC
+        t0 = t_c + i_s * BC
         if t0 < eos:
             # slots at the start of this sub-chunk, recomputed from the chunk start
-            b_mk = tl.load(hk + o_sk, mask=m_sk, other=0.0)  # [BSW, BK]
-            b_mv = tl.load(hv + o_sv, mask=m_sv, other=0.0)  # [BSW, BV]
+            b_mk = _slots(hk, i_ch, o_s, o_k, m_s, m_k, S, DK)  # [BSW, BK]
+            b_mv = _slots(hv, i_ch, o_s, o_v, m_s, m_v, S, DV)  # [BSW, BV]
             for i_p in range(0, i_s):
-                tp = bos + j_c * BT + i_p * BC
+                tp = t_c + i_p * BC
                 b_w, b_g, b_gc, b_gl = _gates(w, tp, eos, i_h, sw_t, sw_h, o_c, o_s, m_s, EPS)
                 b_mk = _advance(b_mk, b_w, b_gc, b_gl,
                                 _rows(k, tp, eos, i_h, sk_t, sk_h, o_c, o_k, m_k), PREC)
@@ -435,9 +428,7 @@ def _chunk_dw_bwd_kernel(
             b_D = tl.cumsum(b_V, axis=0, reverse=True)
             b_t4 = tl.exp(-b_g) * tl.sum(tl.where(m_gt, b_D, 0.0), axis=1)
             b_dw = b_dbeta - (b_t1 + b_t2 + b_t3 + b_t4)
-            o_t = t0 + o_c
-            p_dw = dw + (o_t[:, None] * H + i_h) * S + o_s[None, :]
-            tl.store(p_dw, b_dw.to(dw.dtype.element_ty), mask=(o_t < eos)[:, None] & m_s[None, :])
+            _store_rows(dw, b_dw, t0, eos, i_h, o_c, o_s, m_s, H, S)
             # gradient of the slots at the sub-chunk start
             b_gk = tl.exp(b_gl)[:, None] * b_gk + tl.dot(
                 tl.trans(b_da * tl.exp(b_gc)), b_q, input_precision=PREC)
