@@ -27,6 +27,42 @@ import triton.language as tl
 from .common import FlatInputs, block_sizes, flatten_inputs, num_warps, state_grads
 
 
+@triton.jit
+def _token(x, t, i_h, s_t, s_h, o_d, m_d):
+    """Row t of x[:, i_h, :] as float32, zero past its width."""
+    return tl.load(x + t * s_t + i_h * s_h + o_d, mask=m_d, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _store_token(y, b_y, t, i_h, o_d, m_d, H: tl.constexpr, D: tl.constexpr):
+    """Store b_y as row t of the contiguous y[:, i_h, :], in y's dtype."""
+    tl.store(y + (t * H + i_h) * D + o_d, b_y.to(y.dtype.element_ty), mask=m_d)
+
+
+@triton.jit
+def _write(b_m, b_w, b_x):
+    """(1 - w) M + w x per slot: keeps w = 0 and w = 1 exact. [BS, BD]"""
+    return (1.0 - b_w)[:, None] * b_m + b_w[:, None] * b_x[None, :]
+
+
+@triton.jit
+def _read_weights(b_mk, b_q, scale, m_s):
+    """p = softmax over the real slots of scale * Mk q. [BS]"""
+    b_a = tl.where(m_s, tl.sum(b_mk * b_q[None, :], axis=1) * scale, float("-inf"))
+    b_p = tl.exp(b_a - tl.max(b_a, axis=0))
+    return b_p / tl.sum(b_p, axis=0)
+
+
+@triton.jit
+def _slots_or_zeros(h, p_h, m_h, BS: tl.constexpr, BD: tl.constexpr, LOAD: tl.constexpr):
+    """[BS, BD] float32 slots at offsets p_h of h if LOAD, else zeros."""
+    if LOAD:
+        b_h = tl.load(h + p_h, mask=m_h, other=0.0).to(tl.float32)
+    else:
+        b_h = tl.zeros([BS, BD], dtype=tl.float32)
+    return b_h
+
+
 @triton.jit(do_not_specialize=["scale"])
 def _fwd_kernel(
     q,  # [T_all, H, DK] queries, strides (sq_t, sq_h, 1)
@@ -60,26 +96,18 @@ def _fwd_kernel(
     i_nh = (i_n * H + i_h).to(tl.int64)
     p_hk = i_nh * S * DK + o_s[:, None] * DK + o_k[None, :]  # [BS, BK] offsets in a state
     p_hv = i_nh * S * DV + o_s[:, None] * DV + o_v[None, :]  # [BS, BV]
-    if USE_H0:
-        b_mk = tl.load(h0k + p_hk, mask=m_sk, other=0.0).to(tl.float32)  # [BS, BK]
-        b_mv = tl.load(h0v + p_hv, mask=m_sv, other=0.0).to(tl.float32)  # [BS, BV]
-    else:
-        b_mk = tl.zeros([BS, BK], dtype=tl.float32)
-        b_mv = tl.zeros([BS, BV], dtype=tl.float32)
+    b_mk = _slots_or_zeros(h0k, p_hk, m_sk, BS, BK, USE_H0)  # [BS, BK]
+    b_mv = _slots_or_zeros(h0v, p_hv, m_sv, BS, BV, USE_H0)  # [BS, BV]
     for t in range(bos, eos):
-        b_q = tl.load(q + t * sq_t + i_h * sq_h + o_k, mask=m_k, other=0.0).to(tl.float32)
-        b_k = tl.load(k + t * sk_t + i_h * sk_h + o_k, mask=m_k, other=0.0).to(tl.float32)
-        b_v = tl.load(v + t * sv_t + i_h * sv_h + o_v, mask=m_v, other=0.0).to(tl.float32)
-        b_w = tl.load(w + t * sw_t + i_h * sw_h + o_s, mask=m_s, other=0.0).to(tl.float32)
-        # (1 - w) M + w x keeps w = 0 and w = 1 exact
-        b_mk = (1.0 - b_w)[:, None] * b_mk + b_w[:, None] * b_k[None, :]
-        b_mv = (1.0 - b_w)[:, None] * b_mv + b_w[:, None] * b_v[None, :]
-        b_a = tl.sum(b_mk * b_q[None, :], axis=1) * scale  # [BS]
-        b_a = tl.where(m_s, b_a, float("-inf"))
-        b_p = tl.exp(b_a - tl.max(b_a, axis=0))
-        b_p = b_p / tl.sum(b_p, axis=0)
+        b_q = _token(q, t, i_h, sq_t, sq_h, o_k, m_k)
+        b_k = _token(k, t, i_h, sk_t, sk_h, o_k, m_k)
+        b_v = _token(v, t, i_h, sv_t, sv_h, o_v, m_v)
+        b_w = _token(w, t, i_h, sw_t, sw_h, o_s, m_s)
+        b_mk = _write(b_mk, b_w, b_k)
+        b_mv = _write(b_mv, b_w, b_v)
+        b_p = _read_weights(b_mk, b_q, scale, m_s)  # [BS]
         b_r = tl.sum(b_p[:, None] * b_mv, axis=0)  # [BV]
-        tl.store(r + (t * H + i_h) * DV + o_v, b_r.to(r.dtype.element_ty), mask=m_v)
+        _store_token(r, b_r, t, i_h, o_v, m_v, H, DV)
     if STORE_HT:
         tl.store(htk + p_hk, b_mk, mask=m_sk)
         tl.store(htv + p_hv, b_mv, mask=m_sv)
@@ -138,12 +166,8 @@ def _bwd_kernel(
     p_cv = cv + i_nh * NCK * BS * BV
     p_stk = stk + i_nh * BT * BS * BK
     p_stv = stv + i_nh * BT * BS * BV
-    if USE_H0:
-        b_mk = tl.load(h0k + p_hk, mask=m_sk, other=0.0).to(tl.float32)  # [BS, BK]
-        b_mv = tl.load(h0v + p_hv, mask=m_sv, other=0.0).to(tl.float32)  # [BS, BV]
-    else:
-        b_mk = tl.zeros([BS, BK], dtype=tl.float32)
-        b_mv = tl.zeros([BS, BV], dtype=tl.float32)
+    b_mk = _slots_or_zeros(h0k, p_hk, m_sk, BS, BK, USE_H0)  # [BS, BK]
+    b_mv = _slots_or_zeros(h0v, p_hv, m_sv, BS, BV, USE_H0)  # [BS, BV]
 
     # pass 1, forward: slots, read weights, score gradients, dq; a checkpoint per chunk
     n_chunks = tl.cdiv(seq_len, BT)
@@ -151,33 +175,26 @@ def _bwd_kernel(
         tl.store(p_ck + i_c * BS * BK + o_bk, b_mk)
         tl.store(p_cv + i_c * BS * BV + o_bv, b_mv)
         for t in range(bos + i_c * BT, tl.minimum(bos + (i_c + 1) * BT, eos)):
-            b_q = tl.load(q + t * sq_t + i_h * sq_h + o_k, mask=m_k, other=0.0).to(tl.float32)
-            b_k = tl.load(k + t * sk_t + i_h * sk_h + o_k, mask=m_k, other=0.0).to(tl.float32)
-            b_v = tl.load(v + t * sv_t + i_h * sv_h + o_v, mask=m_v, other=0.0).to(tl.float32)
-            b_w = tl.load(w + t * sw_t + i_h * sw_h + o_s, mask=m_s, other=0.0).to(tl.float32)
-            b_dr = tl.load(dr + t * sd_t + i_h * sd_h + o_v, mask=m_v, other=0.0).to(tl.float32)
-            b_mk = (1.0 - b_w)[:, None] * b_mk + b_w[:, None] * b_k[None, :]
-            b_mv = (1.0 - b_w)[:, None] * b_mv + b_w[:, None] * b_v[None, :]
-            b_a = tl.sum(b_mk * b_q[None, :], axis=1) * scale  # [BS]
-            b_a = tl.where(m_s, b_a, float("-inf"))
-            b_p = tl.exp(b_a - tl.max(b_a, axis=0))
-            b_p = b_p / tl.sum(b_p, axis=0)
+            b_q = _token(q, t, i_h, sq_t, sq_h, o_k, m_k)
+            b_k = _token(k, t, i_h, sk_t, sk_h, o_k, m_k)
+            b_v = _token(v, t, i_h, sv_t, sv_h, o_v, m_v)
+            b_w = _token(w, t, i_h, sw_t, sw_h, o_s, m_s)
+            b_dr = _token(dr, t, i_h, sd_t, sd_h, o_v, m_v)
+            b_mk = _write(b_mk, b_w, b_k)
+            b_mv = _write(b_mv, b_w, b_v)
+            b_p = _read_weights(b_mk, b_q, scale, m_s)  # [BS]
             b_dp = tl.sum(b_mv * b_dr[None, :], axis=1)  # [BS] gradient of p
             b_da = scale * b_p * (b_dp - tl.sum(b_p * b_dp, axis=0))  # [BS] of scale * score
             b_dq = tl.sum(b_da[:, None] * b_mk, axis=0)  # [BK]
-            tl.store(dq + (t * H + i_h) * DK + o_k, b_dq.to(dq.dtype.element_ty), mask=m_k)
+            _store_token(dq, b_dq, t, i_h, o_k, m_k, H, DK)
             tl.store(pa + (t * H + i_h) * 2 * BS + o_s, b_p)
             tl.store(pa + (t * H + i_h) * 2 * BS + BS + o_s, b_da)
     # the reverse pass reads what other threads of this program stored
     tl.debug_barrier()
 
     # pass 2, reverse: G = gradient of the slots after token t, carried backwards
-    if USE_DHT:
-        b_gk = tl.load(dhtk + p_hk, mask=m_sk, other=0.0).to(tl.float32)  # [BS, BK]
-        b_gv = tl.load(dhtv + p_hv, mask=m_sv, other=0.0).to(tl.float32)  # [BS, BV]
-    else:
-        b_gk = tl.zeros([BS, BK], dtype=tl.float32)
-        b_gv = tl.zeros([BS, BV], dtype=tl.float32)
+    b_gk = _slots_or_zeros(dhtk, p_hk, m_sk, BS, BK, USE_DHT)  # [BS, BK]
+    b_gv = _slots_or_zeros(dhtv, p_hv, m_sv, BS, BV, USE_DHT)  # [BS, BV]
     for i_r in range(0, n_chunks):
         i_c = n_chunks - 1 - i_r
         t0 = bos + i_c * BT
@@ -188,20 +205,20 @@ def _bwd_kernel(
             tl.store(p_stk + j * BS * BK + o_bk, b_mk)
             tl.store(p_stv + j * BS * BV + o_bv, b_mv)
             t = t0 + j
-            b_k = tl.load(k + t * sk_t + i_h * sk_h + o_k, mask=m_k, other=0.0).to(tl.float32)
-            b_v = tl.load(v + t * sv_t + i_h * sv_h + o_v, mask=m_v, other=0.0).to(tl.float32)
-            b_w = tl.load(w + t * sw_t + i_h * sw_h + o_s, mask=m_s, other=0.0).to(tl.float32)
-            b_mk = (1.0 - b_w)[:, None] * b_mk + b_w[:, None] * b_k[None, :]
-            b_mv = (1.0 - b_w)[:, None] * b_mv + b_w[:, None] * b_v[None, :]
+            b_k = _token(k, t, i_h, sk_t, sk_h, o_k, m_k)
+            b_v = _token(v, t, i_h, sv_t, sv_h, o_v, m_v)
+            b_w = _token(w, t, i_h, sw_t, sw_h, o_s, m_s)
+            b_mk = _write(b_mk, b_w, b_k)
+            b_mv = _write(b_mv, b_w, b_v)
         tl.debug_barrier()
         for j_r in range(0, n_t):
             j = n_t - 1 - j_r
             t = t0 + j
-            b_q = tl.load(q + t * sq_t + i_h * sq_h + o_k, mask=m_k, other=0.0).to(tl.float32)
-            b_k = tl.load(k + t * sk_t + i_h * sk_h + o_k, mask=m_k, other=0.0).to(tl.float32)
-            b_v = tl.load(v + t * sv_t + i_h * sv_h + o_v, mask=m_v, other=0.0).to(tl.float32)
-            b_w = tl.load(w + t * sw_t + i_h * sw_h + o_s, mask=m_s, other=0.0).to(tl.float32)
-            b_dr = tl.load(dr + t * sd_t + i_h * sd_h + o_v, mask=m_v, other=0.0).to(tl.float32)
+            b_q = _token(q, t, i_h, sq_t, sq_h, o_k, m_k)
+            b_k = _token(k, t, i_h, sk_t, sk_h, o_k, m_k)
+            b_v = _token(v, t, i_h, sv_t, sv_h, o_v, m_v)
+            b_w = _token(w, t, i_h, sw_t, sw_h, o_s, m_s)
+            b_dr = _token(dr, t, i_h, sd_t, sd_h, o_v, m_v)
             b_p = tl.load(pa + (t * H + i_h) * 2 * BS + o_s)  # [BS]
             b_da = tl.load(pa + (t * H + i_h) * 2 * BS + BS + o_s)  # [BS]
             b_pk = tl.load(p_stk + j * BS * BK + o_bk)  # [BS, BK] slot keys before token t
@@ -213,9 +230,9 @@ def _bwd_kernel(
             # d/dw of (1 - w) M + w x is x - M_prev, per slot
             b_dw = (tl.sum(b_gk * (b_k[None, :] - b_pk), axis=1)
                     + tl.sum(b_gv * (b_v[None, :] - b_pv), axis=1))  # [BS]
-            tl.store(dk + (t * H + i_h) * DK + o_k, b_dk.to(dk.dtype.element_ty), mask=m_k)
-            tl.store(dv + (t * H + i_h) * DV + o_v, b_dv.to(dv.dtype.element_ty), mask=m_v)
-            tl.store(dw + (t * H + i_h) * S + o_s, b_dw.to(dw.dtype.element_ty), mask=m_s)
+            _store_token(dk, b_dk, t, i_h, o_k, m_k, H, DK)
+            _store_token(dv, b_dv, t, i_h, o_v, m_v, H, DV)
+            _store_token(dw, b_dw, t, i_h, o_s, m_s, H, S)
             b_gk = (1.0 - b_w)[:, None] * b_gk
             b_gv = (1.0 - b_w)[:, None] * b_gv
         # the next chunk overwrites the stash
