@@ -46,6 +46,22 @@ def _configs():
     return [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 8) for s in (1, 2, 3)]
 
 
+@triton.jit
+def _tile(p0, o_r, s_r, o_c, s_c, m_r, m_c):
+    """The [len(o_r), len(o_c)] block at rows o_r, columns o_c of the strided view at p0
+    (zero where a mask is off)."""
+    p = p0 + o_r[:, None] * s_r + o_c[None, :] * s_c
+    return tl.load(p, mask=m_r[:, None] & m_c[None, :], other=0.0)
+
+
+@triton.jit
+def _intervals(start, end, i_b, o_m, m_m, s_sb, s_sm, s_eb, s_em):
+    """[BM] first token and one-past-last token that see each entry (0, 0 past M)."""
+    b_s = tl.load(start + i_b * s_sb + o_m * s_sm, mask=m_m, other=0)
+    b_e = tl.load(end + i_b * s_eb + o_m * s_em, mask=m_m, other=0)
+    return b_s, b_e
+
+
 @triton.autotune(configs=_configs(), key=["BT", "BM", "BK", "BV"])
 @triton.jit(do_not_specialize=["T", "M", "NQ", "NL"])
 def _fwd_kernel(
@@ -78,16 +94,13 @@ def _fwd_kernel(
 ):
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
-    t0 = i_t.to(tl.int64) * BT
-    o_i = tl.arange(0, BT)
-    o_t = t0 + o_i
+    o_t = i_t.to(tl.int64) * BT + tl.arange(0, BT)
     o_j = tl.arange(0, BM)
     o_k = tl.arange(0, BK)
     o_v = tl.arange(0, BV)
     m_t, m_k, m_v = o_t < T, o_k < DK, o_v < DV
 
-    p_q = q + i_b * s_qb + t0 * s_qt + i_h * s_qh + o_i[:, None] * s_qt + o_k[None, :] * s_qd
-    b_q = tl.load(p_q, mask=m_t[:, None] & m_k[None, :], other=0.0)  # [BT, BK]
+    b_q = _tile(q + i_b * s_qb + i_h * s_qh, o_t, s_qt, o_k, s_qd, m_t, m_k)  # [BT, BK]
     p_k0 = k + i_b * s_kb + i_h * s_kh
     p_v0 = v + i_b * s_vb + i_h * s_vh
     qk_scale = scale * 1.4426950408889634  # logits in base 2: exp(x) = exp2(x log2 e)
@@ -101,12 +114,9 @@ def _fwd_kernel(
         i_m = tl.load(live + i_list * NL + i).to(tl.int64)
         o_m = i_m * BM + o_j
         m_m = o_m < M
-        b_s = tl.load(start + i_b * s_sb + o_m * s_sm, mask=m_m, other=0)  # [BM]
-        b_e = tl.load(end + i_b * s_eb + o_m * s_em, mask=m_m, other=0)  # [BM]
-        p_k = p_k0 + o_m[:, None] * s_km + o_k[None, :] * s_kd
-        p_v = p_v0 + o_m[:, None] * s_vm + o_v[None, :] * s_vd
-        b_k = tl.load(p_k, mask=m_m[:, None] & m_k[None, :], other=0.0)  # [BM, BK]
-        b_v = tl.load(p_v, mask=m_m[:, None] & m_v[None, :], other=0.0)  # [BM, BV]
+        b_s, b_e = _intervals(start, end, i_b, o_m, m_m, s_sb, s_sm, s_eb, s_em)  # [BM]
+        b_k = _tile(p_k0, o_m, s_km, o_k, s_kd, m_m, m_k)  # [BM, BK]
+        b_v = _tile(p_v0, o_m, s_vm, o_v, s_vd, m_m, m_v)  # [BM, BV]
         b_z = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * qk_scale  # [BT, BM]
         m_vis = (b_s[None, :] <= o_t[:, None]) & (o_t[:, None] < b_e[None, :])
         b_z = tl.where(m_vis, b_z, float("-inf"))
@@ -199,20 +209,14 @@ def _dkv_bwd_kernel(
     o_k = tl.arange(0, BK)
     o_v = tl.arange(0, BV)
     m_m, m_k, m_v = o_m < M, o_k < DK, o_v < DV
-    m_mk = m_m[:, None] & m_k[None, :]
-    m_mv = m_m[:, None] & m_v[None, :]
-
-    b_s = tl.load(start + i_b * s_sb + o_m * s_sm, mask=m_m, other=0)  # [BM]
-    b_e = tl.load(end + i_b * s_eb + o_m * s_em, mask=m_m, other=0)  # [BM]
+    b_s, b_e = _intervals(start, end, i_b, o_m, m_m, s_sb, s_sm, s_eb, s_em)  # [BM]
     # the tokens this block is visible to lie in [t_lo, t_hi): walk only those query blocks
     # of this program's split [i_s TS, (i_s + 1) TS) of the tokens (TS a multiple of BT)
     m_use = m_m & (b_s < b_e)
     t_lo = tl.maximum(tl.min(tl.where(m_use, b_s, T), 0), i_s * TS)
     t_hi = tl.minimum(tl.minimum(tl.max(tl.where(m_use, b_e, 0), 0), T), i_s * TS + TS)
-    p_k = k + i_b * s_kb + i_h * s_kh + o_m[:, None] * s_km + o_k[None, :] * s_kd
-    p_v = v + i_b * s_vb + i_h * s_vh + o_m[:, None] * s_vm + o_v[None, :] * s_vd
-    b_k = tl.load(p_k, mask=m_mk, other=0.0)  # [BM, BK]
-    b_v = tl.load(p_v, mask=m_mv, other=0.0)  # [BM, BV]
+    b_k = _tile(k + i_b * s_kb + i_h * s_kh, o_m, s_km, o_k, s_kd, m_m, m_k)  # [BM, BK]
+    b_v = _tile(v + i_b * s_vb + i_h * s_vh, o_m, s_vm, o_v, s_vd, m_m, m_v)  # [BM, BV]
     qk_scale = scale * 1.4426950408889634
 
     t_first = (t_lo // BT) * BT
@@ -245,8 +249,8 @@ def _dkv_bwd_kernel(
     i_row = i_s * (tl.num_programs(1) // H) + i_b  # row of [NS * B, M, H, ...]
     p_dk = dk + ((i_row * M + o_m[:, None]) * H + i_h) * DK + o_k[None, :]
     p_dv = dv + ((i_row * M + o_m[:, None]) * H + i_h) * DV + o_v[None, :]
-    tl.store(p_dk, (b_dk * scale).to(dk.dtype.element_ty), mask=m_mk)
-    tl.store(p_dv, b_dv.to(dv.dtype.element_ty), mask=m_mv)
+    tl.store(p_dk, (b_dk * scale).to(dk.dtype.element_ty), mask=m_m[:, None] & m_k[None, :])
+    tl.store(p_dv, b_dv.to(dv.dtype.element_ty), mask=m_m[:, None] & m_v[None, :])
 
 
 @triton.autotune(configs=_configs(), key=["BT", "BM", "BK", "BV"])
@@ -290,10 +294,8 @@ def _dq_bwd_kernel(
     o_v = tl.arange(0, BV)
     m_t, m_k, m_v = o_t < T, o_k < DK, o_v < DV
 
-    p_q = q + i_b * s_qb + i_h * s_qh + o_t[:, None] * s_qt + o_k[None, :] * s_qd
-    p_do = do + i_b * s_ob + i_h * s_oh + o_t[:, None] * s_ot + o_v[None, :] * s_od
-    b_q = tl.load(p_q, mask=m_t[:, None] & m_k[None, :], other=0.0)  # [BT, BK]
-    b_do = tl.load(p_do, mask=m_t[:, None] & m_v[None, :], other=0.0)  # [BT, BV]
+    b_q = _tile(q + i_b * s_qb + i_h * s_qh, o_t, s_qt, o_k, s_qd, m_t, m_k)  # [BT, BK]
+    b_do = _tile(do + i_b * s_ob + i_h * s_oh, o_t, s_ot, o_v, s_od, m_t, m_v)  # [BT, BV]
     o_row = (i_b * T + o_t) * H + i_h
     b_lse2 = tl.load(lse2 + o_row, mask=m_t, other=float("inf"))  # [BT]
     b_delta = tl.load(delta + o_row, mask=m_t, other=0.0)  # [BT]
@@ -308,12 +310,9 @@ def _dq_bwd_kernel(
         i_m = tl.load(live + i_list * NL + i).to(tl.int64)
         o_m = i_m * BM + o_j
         m_m = o_m < M
-        b_s = tl.load(start + i_b * s_sb + o_m * s_sm, mask=m_m, other=0)  # [BM]
-        b_e = tl.load(end + i_b * s_eb + o_m * s_em, mask=m_m, other=0)  # [BM]
-        p_k = p_k0 + o_m[:, None] * s_km + o_k[None, :] * s_kd
-        p_v = p_v0 + o_m[:, None] * s_vm + o_v[None, :] * s_vd
-        b_k = tl.load(p_k, mask=m_m[:, None] & m_k[None, :], other=0.0)  # [BM, BK]
-        b_v = tl.load(p_v, mask=m_m[:, None] & m_v[None, :], other=0.0)  # [BM, BV]
+        b_s, b_e = _intervals(start, end, i_b, o_m, m_m, s_sb, s_sm, s_eb, s_em)  # [BM]
+        b_k = _tile(p_k0, o_m, s_km, o_k, s_kd, m_m, m_k)  # [BM, BK]
+        b_v = _tile(p_v0, o_m, s_vm, o_v, s_vd, m_m, m_v)  # [BM, BV]
         b_z = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * qk_scale  # [BT, BM]
         m_vis = (b_s[None, :] <= o_t[:, None]) & (o_t[:, None] < b_e[None, :])
         b_p = tl.where(m_vis, tl.exp2(b_z - b_lse2[:, None]), 0.0)  # [BT, BM]
@@ -327,9 +326,10 @@ def _dq_bwd_kernel(
 
 def _blocks(DK, DV, dtype):
     """Block sizes: ((BT, BM) of the forward and dq kernels, (BT, BM) of the dk/dv kernel,
-    BK, BV the padded head widths). Chosen so that no kernel spills registers on sm_90 at
-    8 warps (checked with ptxas for Dh = 64, 128, 256 under Triton 3.6 and 3.9); float32
-    takes smaller blocks, since its exact-product dots hold whole operands in registers."""
+    BK, BV the padded head widths). Checked with ptxas on sm_90 for Dh = 64, 128, 256
+    under Triton 3.6 and 3.9: with 16-bit inputs no 8-warp config spills more than 40 bytes.
+    float32 takes smaller blocks, since its exact-product dots hold whole operands in
+    registers, and still spills from Dh = 128 on (kilobytes at Dh = 256)."""
     BK = max(16, triton.next_power_of_2(DK))
     BV = max(16, triton.next_power_of_2(DV))
     widest = max(BK, BV)
