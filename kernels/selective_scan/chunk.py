@@ -45,6 +45,35 @@ def _step_size(b_delta, b_bias, SOFTPLUS: tl.constexpr):
 
 
 @triton.jit
+def _optional_vector(x, o_e, m_e, BE: tl.constexpr, LOAD: tl.constexpr):
+    """[BE] float32 per-channel parameter (D or delta_bias), zeros when absent."""
+    b_x = tl.zeros([BE], dtype=tl.float32)
+    if LOAD:
+        b_x = tl.load(x + o_e, mask=m_e, other=0.0)
+    return b_x
+
+
+@triton.jit
+def _optional_state(h, i_n, o_en, m_en, E: tl.constexpr, N: tl.constexpr, BE: tl.constexpr,
+                    BN: tl.constexpr, LOAD: tl.constexpr):
+    """[BE, BN] float32 block of sequence i_n's [E, N] state h, zeros when absent."""
+    b_h = tl.zeros([BE, BN], dtype=tl.float32)
+    if LOAD:
+        b_h = tl.load(h + i_n.to(tl.int64) * E * N + o_en, mask=m_en, other=0.0)
+    return b_h
+
+
+@triton.jit
+def _chunk_rows(p_u, p_d, p_B, p_C, o_tc, m_te, m_tn, s_u_t, s_d_t, s_bc_t, s_c_t):
+    """A chunk's rows as float32, zero past the sequence: u, delta [BT, BE], B, C [BT, BN]."""
+    b_u = tl.load(p_u + o_tc[:, None] * s_u_t, mask=m_te, other=0.0).to(tl.float32)
+    b_dl = tl.load(p_d + o_tc[:, None] * s_d_t, mask=m_te, other=0.0).to(tl.float32)
+    b_B = tl.load(p_B + o_tc[:, None] * s_bc_t, mask=m_tn, other=0.0).to(tl.float32)
+    b_C = tl.load(p_C + o_tc[:, None] * s_c_t, mask=m_tn, other=0.0).to(tl.float32)
+    return b_u, b_dl, b_B, b_C
+
+
+@triton.jit
 def _sequence_bounds(cu_seqlens, chunk_offsets, i_n, T, NT, IS_VARLEN: tl.constexpr):
     """(first token, end token, batch row, index of the first checkpoint) of sequence i_n."""
     if IS_VARLEN:
@@ -112,15 +141,9 @@ def _selective_scan_fwd_kernel(
     o_en = o_e[:, None] * N + o_n[None, :]  # offsets into [E, N] arrays
 
     b_A = tl.load(A + o_en, mask=m_en, other=0.0)  # [BE, BN]
-    b_bias = tl.zeros([BE], dtype=tl.float32)
-    if HAS_BIAS:
-        b_bias = tl.load(delta_bias + o_e, mask=m_e, other=0.0)
-    b_D = tl.zeros([BE], dtype=tl.float32)
-    if HAS_D:
-        b_D = tl.load(D + o_e, mask=m_e, other=0.0)
-    b_h = tl.zeros([BE, BN], dtype=tl.float32)
-    if HAS_H0:
-        b_h = tl.load(h0 + i_n.to(tl.int64) * E * N + o_en, mask=m_en, other=0.0)
+    b_bias = _optional_vector(delta_bias, o_e, m_e, BE, HAS_BIAS)  # [BE]
+    b_D = _optional_vector(D, o_e, m_e, BE, HAS_D)  # [BE]
+    b_h = _optional_state(h0, i_n, o_en, m_en, E, N, BE, BN, HAS_H0)  # [BE, BN]
 
     p_u = u + i_b * s_u_b + o_e[None, :] * s_u_e
     p_d = delta + i_b * s_d_b + o_e[None, :] * s_d_e
@@ -135,10 +158,8 @@ def _selective_scan_fwd_kernel(
         m_t = o_tc < eos
         m_te = m_t[:, None] & m_e[None, :]
         m_tn = m_t[:, None] & m_n[None, :]
-        b_u = tl.load(p_u + o_tc[:, None] * s_u_t, mask=m_te, other=0.0).to(tl.float32)
-        b_dl = tl.load(p_d + o_tc[:, None] * s_d_t, mask=m_te, other=0.0).to(tl.float32)
-        b_B = tl.load(p_B + o_tc[:, None] * s_bc_t, mask=m_tn, other=0.0).to(tl.float32)
-        b_C = tl.load(p_C + o_tc[:, None] * s_c_t, mask=m_tn, other=0.0).to(tl.float32)
+        b_u, b_dl, b_B, b_C = _chunk_rows(p_u, p_d, p_B, p_C, o_tc, m_te, m_tn,
+                                          s_u_t, s_d_t, s_bc_t, s_c_t)
         # padded rows get dt = 0: a = 1, b = 0, so the state passes through them unchanged
         b_dt = tl.where(m_te, _step_size(b_dl, b_bias[None, :], SOFTPLUS), 0.0)  # [BT, BE]
         b_a = tl.exp(b_dt[:, :, None] * b_A[None, :, :])  # [BT, BE, BN]
@@ -197,16 +218,10 @@ def _selective_scan_bwd_kernel(
     o_en = o_e[:, None] * N + o_n[None, :]
 
     b_A = tl.load(A + o_en, mask=m_en, other=0.0)  # [BE, BN]
-    b_bias = tl.zeros([BE], dtype=tl.float32)
-    if HAS_BIAS:
-        b_bias = tl.load(delta_bias + o_e, mask=m_e, other=0.0)
-    b_D = tl.zeros([BE], dtype=tl.float32)
-    if HAS_D:
-        b_D = tl.load(D + o_e, mask=m_e, other=0.0)
+    b_bias = _optional_vector(delta_bias, o_e, m_e, BE, HAS_BIAS)  # [BE]
+    b_D = _optional_vector(D, o_e, m_e, BE, HAS_D)  # [BE]
     # carry: a_{j+1} g_{j+1} for the token after the chunk; at the end, the final state's grad
-    b_carry = tl.zeros([BE, BN], dtype=tl.float32)
-    if HAS_DHT:
-        b_carry = tl.load(dht + i_n.to(tl.int64) * E * N + o_en, mask=m_en, other=0.0)
+    b_carry = _optional_state(dht, i_n, o_en, m_en, E, N, BE, BN, HAS_DHT)  # [BE, BN]
     b_dA = tl.zeros([BE, BN], dtype=tl.float32)
     b_dD = tl.zeros([BE], dtype=tl.float32)
     b_dbias = tl.zeros([BE], dtype=tl.float32)
@@ -225,10 +240,8 @@ def _selective_scan_bwd_kernel(
         m_t = o_tc < eos
         m_te = m_t[:, None] & m_e[None, :]
         m_tn = m_t[:, None] & m_n[None, :]
-        b_u = tl.load(p_u + o_tc[:, None] * s_u_t, mask=m_te, other=0.0).to(tl.float32)
-        b_dl = tl.load(p_d + o_tc[:, None] * s_d_t, mask=m_te, other=0.0).to(tl.float32)
-        b_B = tl.load(p_B + o_tc[:, None] * s_bc_t, mask=m_tn, other=0.0).to(tl.float32)
-        b_C = tl.load(p_C + o_tc[:, None] * s_c_t, mask=m_tn, other=0.0).to(tl.float32)
+        b_u, b_dl, b_B, b_C = _chunk_rows(p_u, p_d, p_B, p_C, o_tc, m_te, m_tn,
+                                          s_u_t, s_d_t, s_bc_t, s_c_t)
         b_dy = tl.load(dy + o_out + o_tc[:, None] * E, mask=m_te, other=0.0).to(tl.float32)
         b_x = b_dl + b_bias[None, :]
         b_dt = tl.where(m_te, _step_size(b_dl, b_bias[None, :], SOFTPLUS), 0.0)  # [BT, BE]

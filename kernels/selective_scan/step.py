@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .chunk import _step_size
+from .chunk import _optional_vector, _step_size
 
 
 @triton.jit
@@ -51,9 +51,7 @@ def _selective_state_update_fwd_kernel(
     b_A = tl.load(A + o_en, mask=m_en, other=0.0)  # [BE, BN]
     b_u = tl.load(u + i_b * s_u_b + o_e * s_u_e, mask=m_e, other=0.0).to(tl.float32)
     b_dl = tl.load(delta + i_b * s_d_b + o_e * s_d_e, mask=m_e, other=0.0).to(tl.float32)
-    b_bias = tl.zeros([BE], dtype=tl.float32)
-    if HAS_BIAS:
-        b_bias = tl.load(delta_bias + o_e, mask=m_e, other=0.0)
+    b_bias = _optional_vector(delta_bias, o_e, m_e, BE, HAS_BIAS)  # [BE]
     b_dt = _step_size(b_dl, b_bias, SOFTPLUS)  # [BE]
     b_B = tl.load(Bm + i_b * s_b_b + i_g * s_b_g + o_n, mask=m_n, other=0.0).to(tl.float32)
     b_C = tl.load(Cm + i_b * s_c_b + i_g * s_c_g + o_n, mask=m_n, other=0.0).to(tl.float32)
