@@ -119,6 +119,7 @@ def check_correctness(B, T, E, N, dtype, T_bwd, sink):
 def time_ours(B, T, E, N, dtype, bw, rate, sink, label="memmodel_triton_scan"):
     import triton.testing
 
+    from memmodel.kernels.selective_scan import chunk as scan_chunk
     from memmodel.kernels.selective_scan import chunk_selective_scan
 
     x = make_inputs(B, T, E, N, dtype)
@@ -139,6 +140,9 @@ def time_ours(B, T, E, N, dtype, bw, rate, sink, label="memmodel_triton_scan"):
     rec["fwdbwd_x_floor"] = rec["fwdbwd_ms"] / rec["fwdbwd_floor_ms"]
     rec["fwd_Mtok_s"] = B * T / rec["fwd_ms"] / 1e3
     rec["fwdbwd_Mtok_s"] = B * T / rec["fwdbwd_ms"] / 1e3
+    # what the autotuners picked at this shape (warps; the backward's SPLIT)
+    rec["fwd_config"] = str(scan_chunk._selective_scan_fwd_kernel.best_config)
+    rec["bwd_config"] = str(scan_chunk._selective_scan_bwd_kernel.best_config)
     log(rec, sink)
     return rec
 

@@ -54,6 +54,24 @@ def test_triton_scan_equals_oracle(T, E, N, G, opts, chunk):
     _compare(kw, kw, torch.float32, chunk_size=chunk)
 
 
+@pytest.mark.parametrize("T,E,N,G,opts", [
+    pytest.param(40, 12, 4, 2, ALL_OPTS, id="G2-one-channel-per-program"),
+    pytest.param(33, 20, 16, 1, ("D", "initial_state", "final_state"), id="G1-partial-block"),
+])
+def test_triton_scan_backward_split(monkeypatch, T, E, N, G, opts):
+    """The backward's SPLIT = 2 candidate (half the channels per program) gives the oracle's
+    gradients too; on a GPU the tuner may pick it."""
+    import triton
+
+    from memmodel.kernels.selective_scan import chunk
+
+    kernel = chunk._selective_scan_bwd_kernel
+    monkeypatch.setattr(kernel, "configs", [triton.Config({"SPLIT": 2}, num_warps=4)])
+    monkeypatch.setattr(kernel, "cache", {})
+    kw = make_scan_inputs(2, T, E, N, G, opts=opts)
+    _compare(kw, kw, torch.float32, chunk_size=16)
+
+
 def test_triton_scan_noncontiguous_inputs():
     kw = make_scan_inputs(2, 30, 8, 4, 2, requires_grad=False)
     kw["u"] = torch.randn(2, 30, 16)[..., ::2]  # stride 2 along E

@@ -96,6 +96,21 @@ def _configs():
     return [triton.Config({}, num_warps=w) for w in (4, 8, 16)]
 
 
+def _bwd_configs():
+    """The backward's candidates. SPLIT = 2 gives each program half of the launcher's BE
+    channels: ptxas then compiles it without register spills at 8 warps, but each token's
+    dB and dC take twice the atomic adds. Which wins is measured on the GPU, per shape."""
+    if is_interpreter():
+        return [triton.Config({"SPLIT": 1}, num_warps=4)]
+    return [triton.Config({"SPLIT": 1}, num_warps=8), triton.Config({"SPLIT": 1}, num_warps=16),
+            triton.Config({"SPLIT": 2}, num_warps=8)]
+
+
+def _prune_split(configs, named_args, **kwargs):
+    """Drop the splits that would leave a program no channel."""
+    return [c for c in configs if kwargs["BE"] >= c.kwargs["SPLIT"]]
+
+
 # ---- forward ------------------------------------------------------------------------
 
 
@@ -180,7 +195,8 @@ def _selective_scan_fwd_kernel(
 
 
 # dB and dC are accumulated atomically: zero them before each tuning run
-@triton.autotune(configs=_configs(), key=["E", "N", "BT", "BE", "HAS_Z", "IS_VARLEN"],
+@triton.autotune(configs=_bwd_configs(), key=["E", "N", "BT", "BE", "HAS_Z", "IS_VARLEN"],
+                 prune_configs_by={"early_config_prune": _prune_split},
                  reset_to_zero=["dB", "dC"])
 @triton.jit(do_not_specialize=["T"])
 def _selective_scan_bwd_kernel(
@@ -204,12 +220,14 @@ def _selective_scan_bwd_kernel(
     BT: tl.constexpr, BE: tl.constexpr, BN: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_DHT: tl.constexpr, IS_VARLEN: tl.constexpr,
+    SPLIT: tl.constexpr,  # from the tuner: 1, or 2 for half of BE per program
 ):
+    BEP: tl.constexpr = BE // SPLIT  # channels of this program
     i_e, i_n = tl.program_id(0), tl.program_id(1)
     bos, eos, i_b, i_ck = _sequence_bounds(cu_seqlens, chunk_offsets, i_n, T, NT, IS_VARLEN)
-    i_g = (i_e * BE) // GS
+    i_g = (i_e * BEP) // GS
 
-    o_e = i_e * BE + tl.arange(0, BE)
+    o_e = i_e * BEP + tl.arange(0, BEP)
     o_n = tl.arange(0, BN)
     o_t = tl.arange(0, BT)
     m_e = o_e < E
@@ -217,14 +235,14 @@ def _selective_scan_bwd_kernel(
     m_en = m_e[:, None] & m_n[None, :]
     o_en = o_e[:, None] * N + o_n[None, :]
 
-    b_A = tl.load(A + o_en, mask=m_en, other=0.0)  # [BE, BN]
-    b_bias = _optional_vector(delta_bias, o_e, m_e, BE, HAS_BIAS)  # [BE]
-    b_D = _optional_vector(D, o_e, m_e, BE, HAS_D)  # [BE]
+    b_A = tl.load(A + o_en, mask=m_en, other=0.0)  # [BEP, BN]
+    b_bias = _optional_vector(delta_bias, o_e, m_e, BEP, HAS_BIAS)  # [BEP]
+    b_D = _optional_vector(D, o_e, m_e, BEP, HAS_D)  # [BEP]
     # carry: a_{j+1} g_{j+1} for the token after the chunk; at the end, the final state's grad
-    b_carry = _optional_state(dht, i_n, o_en, m_en, E, N, BE, BN, HAS_DHT)  # [BE, BN]
-    b_dA = tl.zeros([BE, BN], dtype=tl.float32)
-    b_dD = tl.zeros([BE], dtype=tl.float32)
-    b_dbias = tl.zeros([BE], dtype=tl.float32)
+    b_carry = _optional_state(dht, i_n, o_en, m_en, E, N, BEP, BN, HAS_DHT)  # [BEP, BN]
+    b_dA = tl.zeros([BEP, BN], dtype=tl.float32)
+    b_dD = tl.zeros([BEP], dtype=tl.float32)
+    b_dbias = tl.zeros([BEP], dtype=tl.float32)
 
     p_u = u + i_b * s_u_b + o_e[None, :] * s_u_e
     p_d = delta + i_b * s_d_b + o_e[None, :] * s_d_e
@@ -244,15 +262,15 @@ def _selective_scan_bwd_kernel(
                                           s_u_t, s_d_t, s_bc_t, s_c_t)
         b_dy = tl.load(dy + o_out + o_tc[:, None] * E, mask=m_te, other=0.0).to(tl.float32)
         b_x = b_dl + b_bias[None, :]
-        b_dt = tl.where(m_te, _step_size(b_dl, b_bias[None, :], SOFTPLUS), 0.0)  # [BT, BE]
+        b_dt = tl.where(m_te, _step_size(b_dl, b_bias[None, :], SOFTPLUS), 0.0)  # [BT, BEP]
 
         # recompute the chunk's states from its checkpoint
         b_h0 = tl.load(ckpt + (i_ck + i_c) * E * N + o_en, mask=m_en, other=0.0)
-        b_a = tl.exp(b_dt[:, :, None] * b_A[None, :, :])  # [BT, BE, BN]
-        b_b = (b_dt * b_u)[:, :, None] * b_B[:, None, :]  # [BT, BE, BN]
+        b_a = tl.exp(b_dt[:, :, None] * b_A[None, :, :])  # [BT, BEP, BN]
+        b_b = (b_dt * b_u)[:, :, None] * b_B[:, None, :]  # [BT, BEP, BN]
         b_pa, b_pb = tl.associative_scan((b_a, b_b), 0, _linear_combine)
-        b_hs = b_pb + b_pa * b_h0[None, :, :]  # [BT, BE, BN]
-        b_ys = tl.sum(b_hs * b_C[:, None, :], axis=2)  # [BT, BE] C . h
+        b_hs = b_pb + b_pa * b_h0[None, :, :]  # [BT, BEP, BN]
+        b_ys = tl.sum(b_hs * b_C[:, None, :], axis=2)  # [BT, BEP] C . h
 
         # output gate and skip
         b_gy = b_dy  # gradient of the pre-gate output ys + D u
@@ -266,15 +284,15 @@ def _selective_scan_bwd_kernel(
         b_dD += tl.sum(b_gy * b_u, axis=0)
 
         # g_t = C_t gy_t + a_{t+1} g_{t+1}, as a reverse scan with the carry applied after
-        b_c = b_C[:, None, :] * b_gy[:, :, None]  # [BT, BE, BN]
+        b_c = b_C[:, None, :] * b_gy[:, :, None]  # [BT, BEP, BN]
         b_p, b_f, b_v = tl.associative_scan((tl.full(b_a.shape, 1.0, tl.float32), b_a, b_c),
                                             0, _reverse_combine, reverse=True)
-        b_g = b_v + b_p * b_carry[None, :, :]  # [BT, BE, BN] gradient of h_t
+        b_g = b_v + b_p * b_carry[None, :, :]  # [BT, BEP, BN] gradient of h_t
         b_carry = tl.sum(tl.where((o_t == 0)[:, None, None], b_a * b_g, 0.0), axis=0)
 
         # a_t h_{t-1} = h_t - b_t: the gradient of dt_t * A through a_t
-        b_gdtA = b_g * (b_hs - b_b)  # [BT, BE, BN]
-        b_gB = tl.sum(b_g * b_B[:, None, :], axis=2)  # [BT, BE]
+        b_gdtA = b_g * (b_hs - b_b)  # [BT, BEP, BN]
+        b_gB = tl.sum(b_g * b_B[:, None, :], axis=2)  # [BT, BEP]
         b_ddt = tl.sum(b_gdtA * b_A[None, :, :], axis=2) + b_gB * b_u
         b_du = b_gB * b_dt + b_gy * b_D[None, :]
         b_dA += tl.sum(b_gdtA * b_dt[:, :, None], axis=0)
@@ -393,7 +411,11 @@ def _bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ckpt, dy, dht, cu_
     dh0 = u.new_empty(lay.n_seqs, lay.E, lay.N, dtype=torch.float32)
     dummy = ckpt
     meta = lay.meta()
-    _selective_scan_bwd_kernel[lay.grid](
+
+    def grid(config):  # the tuner's SPLIT divides the launcher's BE channels per program
+        return (triton.cdiv(lay.E, lay.BE // config["SPLIT"]), lay.n_seqs)
+
+    _selective_scan_bwd_kernel[grid](
         u, delta, A, B, C,
         D if D is not None else dummy, z if z is not None else dummy,
         delta_bias if delta_bias is not None else dummy,
