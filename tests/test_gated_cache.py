@@ -78,7 +78,8 @@ def check_against_oracle(impl, inputs, dtype=torch.float32, oracle_inputs=None,
 
 # (impl, B, T, H, S, DK, DV, initial state, chunk_size): T = 1, odd T, T crossing chunks
 # and 16-token sub-chunks, S = 1, 7, 64 (small widths where S is large), Dk != Dv; S = 20
-# splits the chunked dw kernel's slots into a full block of 16 and a partial one.
+# splits the chunked dw kernel's and state walks' slots into a full block of 16 and a
+# partial one; chunk_size = 48 makes the state walks take three 16-token steps a chunk.
 CASES = [
     pytest.param("torch", 2, 1, 2, 7, 5, 4, True, 16, id="torch-T1-S7"),
     pytest.param("torch", 2, 65, 2, 7, 5, 4, True, 32, id="torch-T65-S7-cs32"),
@@ -93,6 +94,7 @@ CASES = [
     pytest.param("chunk", 2, 33, 1, 1, 6, 3, False, 16, id="chunk-T33-S1-noh0"),
     pytest.param("chunk", 1, 70, 1, 7, 16, 16, True, 64, id="chunk-T70-S7-cs64"),
     pytest.param("chunk", 1, 50, 2, 20, 8, 6, True, 32, id="chunk-T50-S20-cs32"),
+    pytest.param("chunk", 2, 100, 1, 20, 8, 8, True, 48, id="chunk-T100-S20-cs48"),
 ]
 
 

@@ -13,8 +13,8 @@ Every exponent is a sum of log(1 - w) <= 0 over a range of tokens, so nothing ov
 log(1 - w) is floored at -GMIN so that w = 1 (a full overwrite) stays finite: the old
 slot then keeps a weight exp(-GMIN) ~ 1e-14 instead of 0.
 
-Forward: `_state_fwd_kernel` walks each sequence once (sub-chunk by sub-chunk, parallel
-over heads and feature blocks) and stores the slots at every chunk start;
+Forward: `_state_fwd_kernel` walks each sequence once (64 tokens a step, parallel over
+heads and blocks of slots and features) and stores the slots at every chunk start;
 `_chunk_fwd_kernel` then runs every chunk in parallel from its stored slots.
 Backward: `_chunk_dq_bwd_kernel` (per chunk) recomputes p, gets the score gradients dA and
 dq; `_state_bwd_kernel` carries the slot gradients back across chunks;
@@ -47,6 +47,7 @@ GMIN = 32.0  # floor of -log(1 - w)
 EPS = math.exp(-GMIN)  # ~1.3e-14, the floor of 1 - w
 BC = 16  # tokens per sub-chunk (the smallest tl.dot operand)
 BSW_DW = 16  # slots per dw program: [BC, BC, S] tiles for all S slots would spill registers
+BS_STATE = 16  # slots per program of the state walks: four times the programs at S = 64
 
 
 @triton.jit
@@ -121,6 +122,16 @@ def _advance(b_m, b_w, b_gc, b_gl, b_x, PREC: tl.constexpr):
 
 
 @triton.jit
+def _advance_block(b_m, b_w, b_g, b_x, PREC: tl.constexpr):
+    """Slots after a block of any length: exp(sum g) M + sum_i w_i exp(g_{i+1} + ...) x_i.
+    The decay after token i is a reverse cumsum, not gl - gc_i: over long blocks both sums
+    grow large and their difference would lose digits. [BS, BD]"""
+    b_wd = b_w * tl.exp(tl.cumsum(b_g, axis=0, reverse=True) - b_g)  # [BL, BS]
+    b_m = tl.exp(tl.sum(b_g, axis=0))[:, None] * b_m
+    return b_m + tl.dot(tl.trans(b_wd), b_x, input_precision=PREC)
+
+
+@triton.jit
 def _state_fwd_kernel(
     x,  # [T_all, H, D] keys or values, strides (sx_t, sx_h, 1)
     w,  # [T_all, H, S] write weights, strides (sw_t, sw_h, 1)
@@ -131,15 +142,17 @@ def _state_fwd_kernel(
     chunk_offsets,  # [N + 1] first global chunk of each sequence
     sx_t, sx_h, sw_t, sw_h,
     H: tl.constexpr, S: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
-    BD: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, EPS: tl.constexpr,
+    BD: tl.constexpr, BT: tl.constexpr, BL: tl.constexpr, EPS: tl.constexpr,
     USE_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr,
 ):
-    i_d, i_nh = tl.program_id(0), tl.program_id(1)
+    # every slot and feature is its own recurrence: a program owns BS slots x BD features
+    i_nh, i_sd = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
+    i_s, i_d = i_sd // tl.cdiv(D, BD), i_sd % tl.cdiv(D, BD)
     bos = tl.load(cu_seqlens + i_n).to(tl.int64)
     eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
     i_c0 = tl.load(chunk_offsets + i_n).to(tl.int64)
-    o_c, o_s, o_d = tl.arange(0, BC), tl.arange(0, BS), i_d * BD + tl.arange(0, BD)
+    o_l, o_s, o_d = tl.arange(0, BL), i_s * BS + tl.arange(0, BS), i_d * BD + tl.arange(0, BD)
     m_s, m_d = o_s < S, o_d < D
     m_sd = m_s[:, None] & m_d[None, :]
     o_sd = o_s[:, None] * D + o_d[None, :]  # [BS, BD] offsets in one [S, D] state
@@ -149,11 +162,11 @@ def _state_fwd_kernel(
         b_h = tl.zeros([BS, BD], dtype=tl.float32)
     for i_c in range(0, tl.cdiv(eos - bos, BT)):
         tl.store(hs + ((i_c0 + i_c) * H + i_h) * S * D + o_sd, b_h, mask=m_sd)
-        for i_s in range(0, BT // BC):
-            t0 = bos + i_c * BT + i_s * BC
-            b_w, b_g, b_gc, b_gl = _gates(w, t0, eos, i_h, sw_t, sw_h, o_c, o_s, m_s, EPS)
-            b_x = _rows(x, t0, eos, i_h, sx_t, sx_h, o_c, o_d, m_d)  # [BC, BD]
-            b_h = _advance(b_h, b_w, b_gc, b_gl, b_x, PREC)
+        for i_l in range(0, BT // BL):
+            t0 = bos + i_c * BT + i_l * BL
+            b_w, b_g, b_gc, b_gl = _gates(w, t0, eos, i_h, sw_t, sw_h, o_l, o_s, m_s, EPS)
+            b_x = _rows(x, t0, eos, i_h, sx_t, sx_h, o_l, o_d, m_d)  # [BL, BD]
+            b_h = _advance_block(b_h, b_w, b_g, b_x, PREC)
     if STORE_HT:
         tl.store(ht + i_nh.to(tl.int64) * S * D + o_sd, b_h, mask=m_sd)
 
@@ -256,7 +269,7 @@ def _chunk_dq_bwd_kernel(
 
 @triton.jit
 def _state_bwd_kernel(
-    y,  # [T_all, H, BS] float32 per-slot weights of the reads: dA (keys) or p (values)
+    y,  # [T_all, H, BSY] float32 per-slot weights of the reads: dA (keys) or p (values)
     z,  # [T_all, H, D] the read vectors: q (keys) or dr (values), strides (sz_t, sz_h, 1)
     w,  # [T_all, H, S] write weights, strides (sw_t, sw_h, 1)
     dht,  # [N, H, S, D] float32 gradient of the final slots (read if USE_DHT)
@@ -266,15 +279,18 @@ def _state_bwd_kernel(
     chunk_offsets,  # [N + 1] first global chunk of each sequence
     sz_t, sz_h, sw_t, sw_h,
     H: tl.constexpr, S: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
-    BD: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, EPS: tl.constexpr,
+    BD: tl.constexpr, BT: tl.constexpr, BL: tl.constexpr, EPS: tl.constexpr,
+    BSY: tl.constexpr,  # row width of y (S padded)
     USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, PREC: tl.constexpr,
 ):
-    i_d, i_nh = tl.program_id(0), tl.program_id(1)
+    # as in the forward walk: a program owns BS slots x BD features
+    i_nh, i_sd = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
+    i_s, i_d = i_sd // tl.cdiv(D, BD), i_sd % tl.cdiv(D, BD)
     bos = tl.load(cu_seqlens + i_n).to(tl.int64)
     eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
     i_c0 = tl.load(chunk_offsets + i_n).to(tl.int64)
-    o_c, o_s, o_d = tl.arange(0, BC), tl.arange(0, BS), i_d * BD + tl.arange(0, BD)
+    o_l, o_s, o_d = tl.arange(0, BL), i_s * BS + tl.arange(0, BS), i_d * BD + tl.arange(0, BD)
     m_s, m_d = o_s < S, o_d < D
     m_sd = m_s[:, None] & m_d[None, :]
     o_sd = o_s[:, None] * D + o_d[None, :]  # [BS, BD] offsets in one [S, D] state
@@ -286,11 +302,11 @@ def _state_bwd_kernel(
     for i_r in range(0, n_chunks):
         i_c = n_chunks - 1 - i_r
         tl.store(dhs + ((i_c0 + i_c) * H + i_h) * S * D + o_sd, b_dh, mask=m_sd)
-        for i_sr in range(0, BT // BC):
-            t0 = bos + i_c * BT + (BT // BC - 1 - i_sr) * BC
-            b_w, b_g, b_gc, b_gl = _gates(w, t0, eos, i_h, sw_t, sw_h, o_c, o_s, m_s, EPS)
-            b_y = _rows(y, t0, eos, i_h, H * BS, BS, o_c, o_s, m_s)  # [BC, BS]
-            b_z = _rows(z, t0, eos, i_h, sz_t, sz_h, o_c, o_d, m_d)  # [BC, BD]
+        for i_lr in range(0, BT // BL):
+            t0 = bos + i_c * BT + (BT // BL - 1 - i_lr) * BL
+            b_w, b_g, b_gc, b_gl = _gates(w, t0, eos, i_h, sw_t, sw_h, o_l, o_s, m_s, EPS)
+            b_y = _rows(y, t0, eos, i_h, H * BSY, BSY, o_l, o_s, m_s)  # [BL, BS]
+            b_z = _rows(z, t0, eos, i_h, sz_t, sz_h, o_l, o_d, m_d)  # [BL, BD]
             # G_start = exp(gl) G_end + sum_t exp(gc_t) y_t z_t^T
             b_dh = tl.exp(b_gl)[:, None] * b_dh + tl.dot(
                 tl.trans(b_y * tl.exp(b_gc)), b_z, input_precision=PREC)
@@ -436,9 +452,15 @@ def _chunk_dw_bwd_kernel(
                 tl.trans(b_p * tl.exp(b_gc)), b_dr, input_precision=PREC)
 
 
-def _state_launch(kernel, args, D, BS, N, H, meta):
+def _state_launch(kernel, args, D, S, N, H, chunk_size, meta):
+    """One walk over every sequence, in steps of BL tokens (the largest power of two, up
+    to 64, that divides the chunk), parallel over sequences x heads x blocks of slots and
+    features: BS_STATE slots, up to 64 features."""
     BD = min(64, max(16, triton.next_power_of_2(D)))
-    kernel[(triton.cdiv(D, BD), N * H)](*args, D=D, BS=BS, BD=BD, **meta)
+    BS = min(BS_STATE, max(16, triton.next_power_of_2(S)))
+    BL = min(64, chunk_size & -chunk_size)
+    grid = (N * H, triton.cdiv(S, BS) * triton.cdiv(D, BD))
+    kernel[grid](*args, D=D, BS=BS, BD=BD, BT=chunk_size, BL=BL, **meta)
 
 
 def chunk_fwd(x: FlatInputs, scale: float, h0k, h0v, chunk_size: int):
@@ -452,12 +474,12 @@ def chunk_fwd(x: FlatInputs, scale: float, h0k, h0v, chunk_size: int):
     f32 = dict(dtype=torch.float32, device=dev)
     hk, hv = torch.empty(NT, H, S, DK, **f32), torch.empty(NT, H, S, DV, **f32)
     htk, htv = torch.empty(N, H, S, DK, **f32), torch.empty(N, H, S, DV, **f32)
-    meta = dict(H=H, S=S, BT=chunk_size, BC=BC, EPS=EPS, USE_H0=h0k is not None,
-                STORE_HT=True, PREC=dot_precision(x.q.dtype), num_warps=4)
+    meta = dict(H=H, S=S, EPS=EPS, USE_H0=h0k is not None, STORE_HT=True,
+                PREC=dot_precision(x.q.dtype), num_warps=4)
     for xs, h0, hs, ht in ((x.k, h0k, hk, htk), (x.v, h0v, hv, htv)):
         _state_launch(_state_fwd_kernel, (xs, x.w, h0, hs, ht, x.cu_seqlens, chunk_offsets,
                                           *xs.stride()[:2], *x.w.stride()[:2]),
-                      xs.shape[-1], BS, N, H, meta)
+                      xs.shape[-1], S, N, H, chunk_size, meta)
     r = x.q.new_empty(T_all, H, DV, dtype=x.v.dtype)
     _chunk_fwd_kernel[(NT, H)](
         x.q, x.k, x.v, x.w, r, hk, hv, x.cu_seqlens, chunk_indices, scale,
@@ -489,12 +511,12 @@ def chunk_bwd(x: FlatInputs, scale: float, hk, hv, layout, dr, dhtk, dhtv, chunk
     dhk, dhv = torch.empty(NT, H, S, DK, **f32), torch.empty(NT, H, S, DV, **f32)
     dh0k = torch.empty(N, H, S, DK, **f32) if need_dh0 else None
     dh0v = torch.empty(N, H, S, DV, **f32) if need_dh0 else None
-    meta = dict(H=H, S=S, BT=chunk_size, BC=BC, EPS=EPS, USE_DHT=dhtk is not None,
-                STORE_DH0=need_dh0, PREC=prec, num_warps=4)
+    meta = dict(H=H, S=S, EPS=EPS, BSY=BS, USE_DHT=dhtk is not None, STORE_DH0=need_dh0,
+                PREC=prec, num_warps=4)
     for y, z, dht, dhs, dh0 in ((dab, x.q, dhtk, dhk, dh0k), (pb, dr, dhtv, dhv, dh0v)):
         _state_launch(_state_bwd_kernel, (y, z, x.w, dht, dhs, dh0, x.cu_seqlens, chunk_offsets,
                                           *z.stride()[:2], *x.w.stride()[:2]),
-                      z.shape[-1], BS, N, H, meta)
+                      z.shape[-1], S, N, H, chunk_size, meta)
     dk, dv, dw = x.k.new_empty(T_all, H, DK), x.v.new_empty(T_all, H, DV), x.w.new_empty(
         T_all, H, S)
     _chunk_dkv_bwd_kernel[(NT, H)](
