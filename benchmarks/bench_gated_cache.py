@@ -192,6 +192,10 @@ def run_gpu(args):
                 continue
             res[f"{name}_{mode}_ms"] = ms
             res[f"{name}_{mode}_floor_frac"] = floors[mode] / bw / (ms * 1e-3)
+    # slots per program the state walks' tuners picked at this shape
+    from memmodel.kernels.gated_cache import chunk as gc_chunk
+    res["state_walk_configs"] = [str(k.best_config) for k in (gc_chunk._state_fwd_kernel,
+                                                               gc_chunk._state_bwd_kernel)]
 
     print(f"gated cache write, {res['device']}, B={B} T={T} H={H} S={S} Dk={DK} Dv={DV} "
           f"{args.dtype}, torch {torch.__version__}, triton {triton.__version__}")
@@ -208,6 +212,7 @@ def run_gpu(args):
             cells += ([f"{ms:9.2f}", f"{res[f'{name}_{mode}_floor_frac']:9.1%}"] if ms
                       else [f"{'-':>9}", f"{'-':>9}"])
         print(f"{name:<26} " + " ".join(cells))
+    print("state walks (forward, backward): " + "; ".join(res["state_walk_configs"]))
     return res
 
 

@@ -33,6 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..utils import is_interpreter
 from .common import (
     FlatInputs,
     block_sizes,
@@ -47,7 +48,6 @@ GMIN = 32.0  # floor of -log(1 - w)
 EPS = math.exp(-GMIN)  # ~1.3e-14, the floor of 1 - w
 BC = 16  # tokens per sub-chunk (the smallest tl.dot operand)
 BSW_DW = 16  # slots per dw program: [BC, BC, S] tiles for all S slots would spill registers
-BS_STATE = 16  # slots per program of the state walks: four times the programs at S = 64
 
 
 @triton.jit
@@ -131,6 +131,21 @@ def _advance_block(b_m, b_w, b_g, b_x, PREC: tl.constexpr):
     return b_m + tl.dot(tl.trans(b_wd), b_x, input_precision=PREC)
 
 
+def _state_configs():
+    """Slots per program of the state walks: 16 (more programs, the walks being the serial
+    part) up to 64 (fewer programs, each reading x fewer times); the GPU's timing picks."""
+    if is_interpreter():
+        return [triton.Config({"BS": 16}, num_warps=4)]
+    return [triton.Config({"BS": bs}, num_warps=w) for bs, w in ((16, 4), (32, 4), (64, 8))]
+
+
+def _prune_slot_blocks(configs, named_args, **kwargs):
+    """Drop slot blocks wider than the padded slot count (duplicates of the widest)."""
+    return [c for c in configs if c.kwargs["BS"] <= max(16, triton.next_power_of_2(kwargs["S"]))]
+
+
+@triton.autotune(configs=_state_configs(), key=["H", "S", "D", "BT", "BL"],
+                 prune_configs_by={"early_config_prune": _prune_slot_blocks})
 @triton.jit
 def _state_fwd_kernel(
     x,  # [T_all, H, D] keys or values, strides (sx_t, sx_h, 1)
@@ -267,6 +282,8 @@ def _chunk_dq_bwd_kernel(
             b_mv = _advance(b_mv, b_w, b_gc, b_gl, b_v, PREC)
 
 
+@triton.autotune(configs=_state_configs(), key=["H", "S", "D", "BT", "BL"],
+                 prune_configs_by={"early_config_prune": _prune_slot_blocks})
 @triton.jit
 def _state_bwd_kernel(
     y,  # [T_all, H, BSY] float32 per-slot weights of the reads: dA (keys) or p (values)
@@ -454,13 +471,15 @@ def _chunk_dw_bwd_kernel(
 
 def _state_launch(kernel, args, D, S, N, H, chunk_size, meta):
     """One walk over every sequence, in steps of BL tokens (the largest power of two, up
-    to 64, that divides the chunk), parallel over sequences x heads x blocks of slots and
-    features: BS_STATE slots, up to 64 features."""
+    to 64, that divides the chunk), parallel over sequences x heads x blocks of slots (BS,
+    tuned) and of up to 64 features."""
     BD = min(64, max(16, triton.next_power_of_2(D)))
-    BS = min(BS_STATE, max(16, triton.next_power_of_2(S)))
     BL = min(64, chunk_size & -chunk_size)
-    grid = (N * H, triton.cdiv(S, BS) * triton.cdiv(D, BD))
-    kernel[grid](*args, D=D, BS=BS, BD=BD, BT=chunk_size, BL=BL, **meta)
+
+    def grid(config):
+        return (N * H, triton.cdiv(S, config["BS"]) * triton.cdiv(D, BD))
+
+    kernel[grid](*args, D=D, BD=BD, BT=chunk_size, BL=BL, **meta)
 
 
 def chunk_fwd(x: FlatInputs, scale: float, h0k, h0v, chunk_size: int):
@@ -475,7 +494,7 @@ def chunk_fwd(x: FlatInputs, scale: float, h0k, h0v, chunk_size: int):
     hk, hv = torch.empty(NT, H, S, DK, **f32), torch.empty(NT, H, S, DV, **f32)
     htk, htv = torch.empty(N, H, S, DK, **f32), torch.empty(N, H, S, DV, **f32)
     meta = dict(H=H, S=S, EPS=EPS, USE_H0=h0k is not None, STORE_HT=True,
-                PREC=dot_precision(x.q.dtype), num_warps=4)
+                PREC=dot_precision(x.q.dtype))
     for xs, h0, hs, ht in ((x.k, h0k, hk, htk), (x.v, h0v, hv, htv)):
         _state_launch(_state_fwd_kernel, (xs, x.w, h0, hs, ht, x.cu_seqlens, chunk_offsets,
                                           *xs.stride()[:2], *x.w.stride()[:2]),
@@ -512,7 +531,7 @@ def chunk_bwd(x: FlatInputs, scale: float, hk, hv, layout, dr, dhtk, dhtv, chunk
     dh0k = torch.empty(N, H, S, DK, **f32) if need_dh0 else None
     dh0v = torch.empty(N, H, S, DV, **f32) if need_dh0 else None
     meta = dict(H=H, S=S, EPS=EPS, BSY=BS, USE_DHT=dhtk is not None, STORE_DH0=need_dh0,
-                PREC=prec, num_warps=4)
+                PREC=prec)
     for y, z, dht, dhs, dh0 in ((dab, x.q, dhtk, dhk, dh0k), (pb, dr, dhtv, dhv, dh0v)):
         _state_launch(_state_bwd_kernel, (y, z, x.w, dht, dhs, dh0, x.cu_seqlens, chunk_offsets,
                                           *z.stride()[:2], *x.w.stride()[:2]),
