@@ -122,13 +122,20 @@ def _advance(b_m, b_w, b_gc, b_gl, b_x, PREC: tl.constexpr):
 
 
 @triton.jit
-def _advance_block(b_m, b_w, b_g, b_x, PREC: tl.constexpr):
-    """Slots after a block of any length: exp(sum g) M + sum_i w_i exp(g_{i+1} + ...) x_i.
+def _advance_block(b_m, b_w, b_g, b_gl, b_x, PREC: tl.constexpr):
+    """Slots after a block of any length: exp(gl) M + sum_i w_i exp(g_{i+1} + ...) x_i.
     The decay after token i is a reverse cumsum, not gl - gc_i: over long blocks both sums
     grow large and their difference would lose digits. [BS, BD]"""
     b_wd = b_w * tl.exp(tl.cumsum(b_g, axis=0, reverse=True) - b_g)  # [BL, BS]
-    b_m = tl.exp(tl.sum(b_g, axis=0))[:, None] * b_m
-    return b_m + tl.dot(tl.trans(b_wd), b_x, input_precision=PREC)
+    return tl.exp(b_gl)[:, None] * b_m + tl.dot(tl.trans(b_wd), b_x, input_precision=PREC)
+
+
+@triton.jit
+def _carry_back(b_G, b_y, b_z, b_gc, b_gl, PREC: tl.constexpr):
+    """Slot gradients at a block's start from those at its end, for reads weighted y
+    [BL, BS] of vectors z [BL, BD]: exp(gl) G + (y exp(gc))^T z. [BS, BD]"""
+    b_yd = b_y * tl.exp(b_gc)  # [BL, BS]
+    return tl.exp(b_gl)[:, None] * b_G + tl.dot(tl.trans(b_yd), b_z, input_precision=PREC)
 
 
 def _state_configs():
@@ -181,7 +188,7 @@ def _state_fwd_kernel(
             t0 = bos + i_c * BT + i_l * BL
             b_w, b_g, b_gc, b_gl = _gates(w, t0, eos, i_h, sw_t, sw_h, o_l, o_s, m_s, EPS)
             b_x = _rows(x, t0, eos, i_h, sx_t, sx_h, o_l, o_d, m_d)  # [BL, BD]
-            b_h = _advance_block(b_h, b_w, b_g, b_x, PREC)
+            b_h = _advance_block(b_h, b_w, b_g, b_gl, b_x, PREC)
     if STORE_HT:
         tl.store(ht + i_nh.to(tl.int64) * S * D + o_sd, b_h, mask=m_sd)
 
@@ -324,9 +331,7 @@ def _state_bwd_kernel(
             b_w, b_g, b_gc, b_gl = _gates(w, t0, eos, i_h, sw_t, sw_h, o_l, o_s, m_s, EPS)
             b_y = _rows(y, t0, eos, i_h, H * BSY, BSY, o_l, o_s, m_s)  # [BL, BS]
             b_z = _rows(z, t0, eos, i_h, sz_t, sz_h, o_l, o_d, m_d)  # [BL, BD]
-            # G_start = exp(gl) G_end + sum_t exp(gc_t) y_t z_t^T
-            b_dh = tl.exp(b_gl)[:, None] * b_dh + tl.dot(
-                tl.trans(b_y * tl.exp(b_gc)), b_z, input_precision=PREC)
+            b_dh = _carry_back(b_dh, b_y, b_z, b_gc, b_gl, PREC)
     if STORE_DH0:
         tl.store(dh0 + i_nh.to(tl.int64) * S * D + o_sd, b_dh, mask=m_sd)
 
@@ -376,10 +381,8 @@ def _chunk_dkv_bwd_kernel(
             _store_rows(dk, b_dk, t0, eos, i_h, o_c, o_k, m_k, H, DK)
             _store_rows(dv, b_dv, t0, eos, i_h, o_c, o_v, m_v, H, DV)
             # gradient of the slots at the sub-chunk start
-            b_gk = tl.exp(b_gl)[:, None] * b_gk + tl.dot(
-                tl.trans(b_da * tl.exp(b_gc)), b_q, input_precision=PREC)
-            b_gv = tl.exp(b_gl)[:, None] * b_gv + tl.dot(
-                tl.trans(b_p * tl.exp(b_gc)), b_dr, input_precision=PREC)
+            b_gk = _carry_back(b_gk, b_da, b_q, b_gc, b_gl, PREC)
+            b_gv = _carry_back(b_gv, b_p, b_dr, b_gc, b_gl, PREC)
 
 
 @triton.jit
@@ -463,10 +466,8 @@ def _chunk_dw_bwd_kernel(
             b_dw = b_dbeta - (b_t1 + b_t2 + b_t3 + b_t4)
             _store_rows(dw, b_dw, t0, eos, i_h, o_c, o_s, m_s, H, S)
             # gradient of the slots at the sub-chunk start
-            b_gk = tl.exp(b_gl)[:, None] * b_gk + tl.dot(
-                tl.trans(b_da * tl.exp(b_gc)), b_q, input_precision=PREC)
-            b_gv = tl.exp(b_gl)[:, None] * b_gv + tl.dot(
-                tl.trans(b_p * tl.exp(b_gc)), b_dr, input_precision=PREC)
+            b_gk = _carry_back(b_gk, b_da, b_q, b_gc, b_gl, PREC)
+            b_gv = _carry_back(b_gv, b_p, b_dr, b_gc, b_gl, PREC)
 
 
 def _state_launch(kernel, args, D, S, N, H, chunk_size, meta):
