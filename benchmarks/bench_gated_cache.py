@@ -34,7 +34,7 @@ import tempfile
 import time
 
 import torch
-from harness import add_tiny_flag, median_seconds
+from harness import add_tiny_flag, copy_bandwidth, median_seconds
 
 from memmodel.kernels.gated_cache import (
     chunk_gated_cache,
@@ -124,16 +124,6 @@ def fla_call(fla_fn, q, k, v, w, initial_state=None, output_final_state=False):
     if output_final_state:
         fin = (fin[0].transpose(-1, -2), fin[1])
     return o, fin
-
-
-def copy_bandwidth(dev, n_bytes=2**30):
-    """Device-to-device copy bandwidth in bytes/s (bytes read + bytes written)."""
-    import triton
-
-    src = torch.empty(n_bytes // 4, dtype=torch.float32, device=dev)
-    dst = torch.empty_like(src)
-    ms = triton.testing.do_bench(lambda: dst.copy_(src))
-    return 2 * n_bytes / (ms * 1e-3)
 
 
 def run_gpu(args):

@@ -36,7 +36,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from harness import add_tiny_flag, median_seconds
+from harness import add_tiny_flag, copy_bandwidth, median_seconds
 
 from memmodel.kernels.chunk_compress import chunk_compress, chunk_compress_ref
 from memmodel.kernels.memory_retrieve import (
@@ -146,17 +146,6 @@ def check_cpu():
 
 
 # ---- timing ------------------------------------------------------------------------------
-
-def copy_bandwidth(device, nbytes):
-    """Device-to-device copy bandwidth in bytes/s (read + write), do_bench median."""
-    import triton.testing
-
-    src = torch.empty(nbytes // 2, dtype=torch.bfloat16, device=device)
-    src.normal_()
-    dst = torch.empty_like(src)
-    ms = triton.testing.do_bench(lambda: dst.copy_(src))
-    return 2 * nbytes / (ms * 1e-3)
-
 
 def bench_chunk_compress(args, dtype, device, bw):
     import triton.testing

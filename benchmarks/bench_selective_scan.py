@@ -26,7 +26,7 @@ import subprocess
 import sys
 
 import torch
-from harness import add_tiny_flag
+from harness import add_tiny_flag, copy_bandwidth
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -50,17 +50,6 @@ def make_inputs(B, T, E, N, dtype, seed=0, grad=True):
         for v in x.values():
             v.requires_grad_()
     return x
-
-
-def copy_bandwidth(n_bytes=2 * 1024**3):
-    """Device-to-device copy rate in bytes/s, counting bytes read and written."""
-    import triton.testing
-
-    src = torch.empty(n_bytes // 4, dtype=torch.float32, device="cuda").uniform_()
-    dst = torch.empty_like(src)
-    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=50, rep=300,
-                                 return_mode="median")
-    return 2 * src.numel() * 4 / (ms * 1e-3)
 
 
 def exp_rate():
@@ -251,7 +240,7 @@ def main():
     import triton
 
     sink = open(args.json, "a") if args.json else None
-    bw = copy_bandwidth(2**26 if args.tiny else 2 * 1024**3)
+    bw = copy_bandwidth("cuda", 2**26 if args.tiny else 2 * 1024**3)
     rate, sms, mhz = exp_rate()
     log({"name": "device", "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
          "triton": triton.__version__, "copy_TBps": bw / 1e12, "sms": sms, "sm_mhz": mhz,
