@@ -1,4 +1,5 @@
-"""Shared test helpers: one closeness check and small input factories."""
+"""Shared test helpers: one closeness check, small input factories, and a way to run an
+autotuned kernel with one chosen config under the interpreter."""
 
 import torch
 
@@ -25,3 +26,12 @@ def assert_close(actual, expected, name="tensor", dtype=None, rtol=None):
     bound = rtol if rtol is not None else RTOL[dtype or actual.dtype]
     err = rel_rms_error(actual, expected)
     assert err <= bound, f"{name}: relative RMS error {err:.3e} > {bound:.1e}"
+
+
+def force_config(monkeypatch, kernel, **kwargs):
+    """Make the autotuned `kernel` run with the one config `kwargs` (4 warps) for this test,
+    whatever the tuner would choose: a way to test a GPU-only tuning candidate."""
+    import triton
+
+    monkeypatch.setattr(kernel, "configs", [triton.Config(kwargs, num_warps=4)])
+    monkeypatch.setattr(kernel, "cache", {})

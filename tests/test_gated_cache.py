@@ -8,7 +8,7 @@ both Triton ones under TRITON_INTERPRET=1 on a CPU, so sizes stay tiny.
 
 import pytest
 import torch
-from helpers import assert_close
+from helpers import assert_close, force_config
 
 from memmodel.kernels.gated_cache import (
     chunk_gated_cache,
@@ -107,13 +107,10 @@ def test_matches_oracle_fp32(impl, B, T, H, S, DK, DV, h0, cs):
 def test_chunk_state_walks_with_wider_slot_blocks(monkeypatch, bs):
     """The state walks' other tuning candidates (32 or 64 slots per program, one partial
     block at S = 20) give the oracle's results too; on a GPU the tuner may pick them."""
-    import triton
-
     from memmodel.kernels.gated_cache import chunk
 
     for kernel in (chunk._state_fwd_kernel, chunk._state_bwd_kernel):
-        monkeypatch.setattr(kernel, "configs", [triton.Config({"BS": bs}, num_warps=4)])
-        monkeypatch.setattr(kernel, "cache", {})
+        force_config(monkeypatch, kernel, BS=bs)
     check_against_oracle("chunk", make_inputs(1, 50, 2, 20, 8, 6), chunk_size=32)
 
 

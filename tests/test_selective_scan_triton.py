@@ -8,7 +8,7 @@ import importlib
 
 import pytest
 import torch
-from helpers import assert_close
+from helpers import assert_close, force_config
 from scan_inputs import ALL_OPTS, detached_fp32, make_scan_inputs, run_and_grad
 
 from memmodel.config import MemoryConfig
@@ -61,13 +61,9 @@ def test_triton_scan_equals_oracle(T, E, N, G, opts, chunk):
 def test_triton_scan_backward_split(monkeypatch, T, E, N, G, opts):
     """The backward's SPLIT = 2 candidate (half the channels per program) gives the oracle's
     gradients too; on a GPU the tuner may pick it."""
-    import triton
-
     from memmodel.kernels.selective_scan import chunk
 
-    kernel = chunk._selective_scan_bwd_kernel
-    monkeypatch.setattr(kernel, "configs", [triton.Config({"SPLIT": 2}, num_warps=4)])
-    monkeypatch.setattr(kernel, "cache", {})
+    force_config(monkeypatch, chunk._selective_scan_bwd_kernel, SPLIT=2)
     kw = make_scan_inputs(2, T, E, N, G, opts=opts)
     _compare(kw, kw, torch.float32, chunk_size=16)
 
