@@ -95,16 +95,19 @@ class MemoryConfig:
                 f"MemoryConfig.n_groups: expected a divisor of d_inner={self.d_inner}, "
                 f"got {self.n_groups}"
             )
-        if not 0 < self.dt_min <= self.dt_max:
+        for name in ("dt_min", "dt_max", "dt_init_floor", "norm_eps"):
+            value = getattr(self, name)
+            if not _is_real(value) or not value > 0:
+                raise ValueError(
+                    f"MemoryConfig.{name}: expected a finite positive number, got {value!r}")
+        if not self.dt_min <= self.dt_max:
             raise ValueError(
-                f"MemoryConfig.dt_min, dt_max: expected 0 < dt_min <= dt_max, got "
+                f"MemoryConfig.dt_min, dt_max: expected dt_min <= dt_max, got "
                 f"{self.dt_min}, {self.dt_max}"
             )
-        if self.dt_init_floor <= 0 or self.norm_eps <= 0:
+        if not isinstance(self.tie_embeddings, bool):
             raise ValueError(
-                f"MemoryConfig.dt_init_floor, norm_eps: expected positive values, got "
-                f"{self.dt_init_floor}, {self.norm_eps}"
-            )
+                f"MemoryConfig.tie_embeddings: expected a bool, got {self.tie_embeddings!r}")
         if self.backend not in ("auto", "triton", "torch"):
             raise ValueError(
                 f"MemoryConfig.backend: expected 'auto', 'triton' or 'torch', got {self.backend!r}"
