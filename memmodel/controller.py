@@ -22,7 +22,8 @@ end of the previous segment; an entry made in the current segment has usage 0 (a
 entry starts with the sum of its parts'). Everything else is exact at the boundary.
 
 Controllers are plain objects, not `nn.Module`s: a learned controller's network is not a
-parameter of the language model. One controller may be shared by every layer; its
+parameter of the language model. They follow the train / eval mode of the module that
+runs them (`model.eval()` reaches them). One controller may be shared by every layer; its
 per-stream state (`init_state`) lives in each layer's `LTMState.controller`.
 
 Shipped here, the baselines: `fifo` (store everything, merge or evict the oldest),
@@ -189,9 +190,21 @@ class MemoryController:
     enabled = True
     needs_usage = False
     bounded = True
+    training = True
 
     def __init__(self, config: Optional[Any] = None):
         self.config = config
+        self.training = True
+
+    def train(self, mode: bool = True) -> "MemoryController":
+        """Training (True) or evaluation (False) mode. `LongTermMemory` sets it to its own
+        mode, so `model.train()` / `model.eval()` reach every controller; a learning
+        controller explores and records only in training mode."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self) -> "MemoryController":
+        return self.train(False)
 
     def init_state(self, batch_size: int) -> Any:
         """Per-stream state kept in `LTMState.controller` (None: nothing to keep)."""
@@ -223,6 +236,12 @@ def on_host(t: torch.Tensor) -> torch.Tensor:
     return t.detach().float().cpu()
 
 
+def ranked(score: torch.Tensor) -> torch.Tensor:
+    """Scores as the heuristics rank them: a NaN score (an entry made from non-finite
+    activations) ranks lowest, so it is the first to go and never displaces a real one."""
+    return score.nan_to_num(nan=float("-inf"))
+
+
 def oldest(features: LevelFeatures) -> torch.Tensor:
     """[B, count] int64: per row, the live entries of the level that became visible first
     (ties, the summaries of one chunk, in bank order)."""
@@ -250,7 +269,7 @@ def lowest_scores(features: LevelFeatures) -> torch.Tensor:
     scores (ties: the older first)."""
     bank = features.bank
     candidate = bank.live & (bank.level == features.level)
-    score = on_host(bank.score)
+    score = ranked(on_host(bank.score))
     key = torch.where(candidate, score, float("inf"))
     return torch.sort(key, dim=1, stable=True).indices[:, : features.count]
 
@@ -275,8 +294,8 @@ class ImportanceController(MemoryController):
         bank = features.bank
         if len(bank.capacity) == 1:
             live = bank.live & (bank.level == 0)
-            old = torch.where(live, on_host(bank.score), float("-inf"))
-            both = torch.cat([on_host(features.score), old], 1)  # new first
+            old = torch.where(live, ranked(on_host(bank.score)), float("-inf"))
+            both = torch.cat([ranked(on_host(features.score)), old], 1)  # new first
             keep = min(bank.capacity[0], both.shape[1])
             top = torch.sort(both, dim=1, descending=True, stable=True).indices[:, :keep]
             kept = torch.zeros_like(both, dtype=torch.bool).scatter_(1, top, True)[:, :P]

@@ -129,6 +129,57 @@ class LongTermMemory(nn.Module):
         nn.init.normal_(self.q_pool, std=c.ltm_head_dim ** -0.5)
         nn.init.normal_(self.merge_q, std=c.ltm_head_dim ** -0.5)
 
+    @property
+    def controller(self) -> MemoryController:
+        """Who runs the memory; it follows the module's train / eval mode, set when it is
+        attached and by every `train()` / `eval()` of the module (or the model)."""
+        return self._controller
+
+    @controller.setter
+    def controller(self, controller: MemoryController):
+        if not isinstance(controller, MemoryController):
+            raise TypeError(f"LongTermMemory.controller: expected a MemoryController, got "
+                            f"{type(controller).__name__}")
+        controller.train(self.training)
+        self._controller = controller
+
+    def train(self, mode: bool = True) -> "LongTermMemory":
+        super().train(mode)
+        self._controller.train(mode)
+        return self
+
+    def check_state(self, st: LTMState, batch: int, where: str = "state.ltm"):
+        """Raise a ValueError unless `st` is a bank this module can continue, for `batch`
+        rows: its tensors' shapes, levels and unfinished chunk fit this config."""
+        c = self.config
+        if not isinstance(st, LTMState):
+            raise TypeError(f"{where}: expected an LTMState, got {type(st).__name__}")
+        if st.k.shape[0] != batch:
+            raise ValueError(f"{where}: expected a state of batch size {batch}, got "
+                             f"{st.k.shape[0]}")
+        M = st.k.shape[1]
+        H, Dh, C, L = c.ltm_heads, c.ltm_head_dim, c.ltm_chunk_size, c.ltm_levels
+        n = st.pending_k.shape[1] if st.pending_k.dim() == 4 else -1
+        shapes = {"k": (batch, M, H, Dh), "v": (batch, M, H, Dh), "level": (batch, M),
+                  "start": (batch, M), "score": (batch, M), "usage": (batch, M),
+                  "pending_k": (batch, n, H, Dh), "pending_v": (batch, n, H, Dh),
+                  "retrieve": (batch,)}
+        for name, shape in shapes.items():
+            got = tuple(getattr(st, name).shape)
+            if got != shape:
+                raise ValueError(f"{where}.{name}: expected shape {list(shape)} (ltm_heads={H}, "
+                                 f"ltm_head_dim={Dh}), got {list(got)} (a state of another "
+                                 f"config)")
+        if not 0 <= n < C:
+            raise ValueError(f"{where}.pending_k: expected fewer than ltm_chunk_size={C} "
+                             f"pending tokens, got {n} (a state of another chunk size)")
+        if st.position % C != n:
+            raise ValueError(f"{where}: {n} pending tokens at stream position {st.position} "
+                             f"do not fit ltm_chunk_size={C} (a state of another chunk size)")
+        if M and int(st.level.max()) >= L:
+            raise ValueError(f"{where}.level: expected levels below ltm_levels={L}, got "
+                             f"{int(st.level.max())} (a state of another config)")
+
     def initial_state(self, batch: int, device=None) -> LTMState:
         """An empty bank with nothing pending: the start of a stream."""
         H, Dh = self.config.ltm_heads, self.config.ltm_head_dim
@@ -181,8 +232,8 @@ class LongTermMemory(nn.Module):
         C = c.ltm_chunk_size
         st = state.ltm if state is not None and state.ltm is not None else \
             self.initial_state(B, q.device)
-        if st.k.shape[0] != B:
-            raise ValueError(f"state.ltm: expected a state of batch size {B}, got {st.k.shape[0]}")
+        if state is not None and state.ltm is not None:
+            self.check_state(st, B)
         pos0, n_pend = st.position, st.pending_k.shape[1]
         kk = torch.cat([st.pending_k.to(k.dtype), k], 1)
         vv = torch.cat([st.pending_v.to(v.dtype), v], 1)

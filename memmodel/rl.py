@@ -35,7 +35,8 @@ per live entry for eviction. phi = [one-hot choice, context, item] (docs/archite
               cosine similarity to a live entry; an entry: to another live entry), score
               rank, age / horizon, usage per token of age, level / (levels - 1)
 
-Scores are normalised by running statistics of the summaries seen while training.
+Scores are normalised by running statistics of the summaries of ended training episodes
+(updated by `finish`, so no decision depends on a summary made after it).
 """
 
 from __future__ import annotations
@@ -305,6 +306,7 @@ class RunningStats:
 
     def update(self, x: torch.Tensor):
         x = x.double().flatten()
+        x = x[torch.isfinite(x)]  # a NaN summary must not poison the statistics for good
         n = x.numel()
         if n == 0:
             return
@@ -331,11 +333,29 @@ class Episode:
     Per decision: its boundary, phi of the choice made [B, F] and the rows that made it [B].
     """
 
-    def __init__(self, batch_size: int):
+    def __init__(self, batch_size: int, generator: Optional[torch.Generator] = None):
         self.batch_size = batch_size
+        # the stream's own exploration draws: a layer's decisions never depend on how many
+        # draws another layer sharing the controller made for later tokens
+        self.generator = generator if generator is not None else torch.Generator()
         self.clear()
 
+    LISTS = ("positions", "live", "read", "explored", "first_x", "first_mask", "scores",
+             "step", "x", "rows")
+
+    def mark(self):
+        """A point to roll back to: the lengths of the record and the generator's state."""
+        return [len(getattr(self, name)) for name in self.LISTS], self.generator.get_state()
+
+    def rollback(self, mark):
+        """Forget what was recorded after `mark` (a forward that failed midway)."""
+        lengths, rng = mark
+        for name, n in zip(self.LISTS, lengths):
+            del getattr(self, name)[n:]
+        self.generator.set_state(rng)
+
     def clear(self):
+        self.scores: List[torch.Tensor] = []  # the summaries' scores, for the statistics
         self.positions: List[int] = []
         self.live: List[torch.Tensor] = []
         self.read: List[torch.Tensor] = []
@@ -393,28 +413,24 @@ class QLearningController(MemoryController):
         self.learner = QLearner(self.feature_dim, len(SUMMARY_CHOICES), len(Choice), self.rl)
         self.scores = RunningStats()
         self.generator = torch.Generator().manual_seed(self.rl.seed + 2)
-        self.training = True
 
     def train(self, mode: bool = True) -> "QLearningController":
         """Explore and record (True) or act greedily without recording (False)."""
-        self.training = mode
-        return self
-
-    def eval(self) -> "QLearningController":
-        return self.train(False)
+        return super().train(mode)
 
     @property
     def epsilon(self) -> float:
         return self.learner.epsilon if self.training else 0.0
 
     def init_state(self, batch_size: int) -> Episode:
-        return Episode(batch_size)
+        seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+        return Episode(batch_size, torch.Generator().manual_seed(seed))
 
     def decide(self, features: ChunkFeatures) -> ChunkDecision:
         bank, B, P = features.bank, *features.score.shape
         score = on_host(features.score)
-        if self.training:
-            self.scores.update(score)
+        episode = features.controller_state
+        generator = episode.generator if isinstance(episode, Episode) else self.generator
         bank_score = on_host(bank.score)
         ctx = self._context(bank, bank_score)
         live0 = bank.live & (bank.level == 0)
@@ -425,14 +441,14 @@ class QLearningController(MemoryController):
         item[..., 2] = lower.sum(-1) / live0.sum(1, keepdim=True).clamp_min(1)
         x = self._phi(ctx[:, None, None], SUMMARY_CHOICES, item[:, :, None])  # [B, P, 3, F]
         mask = torch.tensor([True, self.levels > 1, True]).expand(B, P, 3)
-        pick, explored = self._choose(x.flatten(0, 1), mask.flatten(0, 1))
+        pick, explored = self._choose(x.flatten(0, 1), mask.flatten(0, 1), generator)
         pick, explored = pick.view(B, P), explored.view(B, P).any(1)
         xr = self._phi(ctx[:, None], (Choice.SKIP, Choice.RETRIEVE),
                        torch.zeros(B, 1, len(ITEM_FEATURES)))  # [B, 2, F]
-        read, explored_read = self._choose(xr, torch.ones(B, 2, dtype=torch.bool))
+        read, explored_read = self._choose(xr, torch.ones(B, 2, dtype=torch.bool), generator)
         read = read == 1
-        episode = features.controller_state
         if self.training and isinstance(episode, Episode):
+            episode.scores.append(score)
             episode.positions.append(features.position)
             episode.live.append(bank.live.sum(1))
             episode.read.append(read)
@@ -468,9 +484,10 @@ class QLearningController(MemoryController):
         x = self._phi(self._context(bank, score)[:, None, None], (choice,),
                       item[:, :, None])[:, :, 0]
         episode, rows = features.controller_state, torch.arange(B)
+        generator = episode.generator if isinstance(episode, Episode) else self.generator
         picks = []
         for _ in range(features.count):
-            idx, explored = self._choose(x, candidate)
+            idx, explored = self._choose(x, candidate, generator)
             picks.append(idx)
             if self.training and isinstance(episode, Episode):
                 episode.add(x[rows, idx], features.rows.clone())
@@ -501,6 +518,10 @@ class QLearningController(MemoryController):
         if task_reward.shape != (B,):
             raise ValueError(f"QLearningController.finish: expected task_reward [B={B}], got "
                              f"{list(task_reward.shape)}")
+        # The score statistics learn from ended episodes only, so that no decision of a
+        # forward pass depends on summaries made after it (another layer's, or later ones).
+        for score in episode.scores:
+            self.scores.update(score)
         if K == 0 or not episode.step:
             episode.clear()
             return 0
@@ -583,18 +604,21 @@ class QLearningController(MemoryController):
         return torch.cat([onehot.expand(*shape, -1), ctx.expand(*shape, -1),
                           item.expand(*shape, -1)], -1)
 
-    def _choose(self, x: torch.Tensor, mask: torch.Tensor
+    def _choose(self, x: torch.Tensor, mask: torch.Tensor,
+                generator: Optional[torch.Generator] = None
                 ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Epsilon-greedy over the masked candidates x [N, K, F]: the picks [N] (0 where
-        none is valid) and [N] bool, whether a pick is a random one other than the greedy."""
+        none is valid) and [N] bool, whether a pick is a random one other than the greedy.
+        Random draws come from `generator` (the stream's; default the controller's)."""
+        generator = self.generator if generator is None else generator
         q = self.learner.q(x).masked_fill(~mask, float("-inf"))
         pick = q.argmax(-1)
         explored = torch.zeros(pick.shape, dtype=torch.bool)
         eps = self.epsilon
         if eps > 0:
-            explore = torch.rand(pick.shape, generator=self.generator) < eps
+            explore = torch.rand(pick.shape, generator=generator) < eps
             weights = torch.where(mask.any(-1, keepdim=True), mask.float(), 1.0)
-            random = torch.multinomial(weights, 1, generator=self.generator)[:, 0]
+            random = torch.multinomial(weights, 1, generator=generator)[:, 0]
             explored = explore & (random != pick) & mask.any(-1)
             pick = torch.where(explore, random, pick)
         return torch.where(mask.any(-1), pick, 0), explored
