@@ -10,8 +10,9 @@ segment with the same result as one call.
 
 from __future__ import annotations
 
+import copy
 import math
-from typing import NamedTuple, Optional
+from typing import Any, Dict, NamedTuple, Optional
 
 import torch
 import torch.nn as nn
@@ -22,6 +23,27 @@ from .long_term_memory import LongTermMemory
 from .ssm import SelectiveSSM
 from .state import LayerState, MemoryState
 from .working_memory import WorkingMemory
+
+IGNORE_INDEX = -100  # labels that are not scored
+
+
+def _check_shape(name: str, t: Optional[torch.Tensor], shape):
+    if t is not None and tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected a state of shape {list(shape)}, got "
+                         f"{list(t.shape)} (made by another config or batch size)")
+
+
+def _mark(layer_state: LayerState):
+    """What a failed forward must restore in a layer's state beyond its fields: the
+    controller's per-stream record (it grows in place), when it can be marked."""
+    record = None if layer_state.ltm is None else layer_state.ltm.controller
+    return (record, record.mark()) if hasattr(record, "mark") else None
+
+
+def _rollback(layer_state: LayerState, mark):
+    if mark is not None:
+        record, point = mark
+        record.rollback(point)
 
 
 class RMSNorm(nn.Module):
@@ -129,42 +151,132 @@ class MemoryLM(nn.Module):
         """Run the model on a segment.
 
         Args:
-            input_ids: [B, T] int64 token ids in [0, vocab_size).
-            labels: [B, T] int64, the target of each position (already shifted: labels[t]
-                is the token after input_ids[t]); -100 positions are ignored. Optional.
+            input_ids: [B, T] int64 (or int32) token ids in [0, vocab_size).
+            labels: [B, T] int64 (or int32), the target of each position (already shifted:
+                labels[t] is the token after input_ids[t]), in [0, vocab_size) or -100
+                (ignored). Optional.
             state: the MemoryState returned by the previous segment of the same streams,
-                or None to start fresh. It is updated in place and returned.
+                or None to start fresh. It is updated in place and returned; a call that
+                raises leaves it as it was.
 
         Returns:
-            LMOutput(logits [B, T, vocab], loss (mean cross-entropy) or None, state).
+            LMOutput(logits [B, T, vocab], loss or None, state). The loss is the mean
+            cross-entropy over the positions whose label is not -100; when every label is
+            -100 it is 0 (with zero gradients).
+
+        Raises:
+            TypeError: input_ids or labels not an integer tensor.
+            ValueError: a shape, a token id or a label out of range, or a state that another
+                model, another batch size or another config made.
         """
-        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
-            raise ValueError(
-                f"input_ids: expected a [B, T] tensor, got "
-                f"{tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else input_ids}"
-            )
-        if input_ids.dtype not in (torch.int32, torch.int64):
-            raise TypeError(f"input_ids: expected int64 token ids, got {input_ids.dtype}")
-        if input_ids.shape[1] == 0:
-            raise ValueError("input_ids: expected at least one token, got T=0")
-        if labels is not None and labels.shape != input_ids.shape:
-            raise ValueError(
-                f"labels: expected shape {tuple(input_ids.shape)} like input_ids, got "
-                f"{tuple(labels.shape)}"
-            )
+        self._check_ids("input_ids", input_ids)
+        B, T = input_ids.shape
+        if labels is not None:
+            self._check_ids("labels", labels, shape=(B, T), ignore=IGNORE_INDEX)
         if state is None:
             state = MemoryState.empty(len(self.layers))
-        elif len(state.layers) != len(self.layers):
-            raise ValueError(
-                f"state: expected {len(self.layers)} layer states, got {len(state.layers)}"
-            )
-        h = self.embedding(input_ids)
-        for layer, layer_state in zip(self.layers, state.layers):
-            h = layer(h, layer_state)
-        logits = self.lm_head(self.norm_f(h))
-        state.position += input_ids.shape[1]
+        self._check_state(state, B)
+        # Layers write their states into copies; the caller's state changes only once every
+        # layer has succeeded, and the controllers' per-stream records are rolled back when
+        # one fails.
+        work = [copy.copy(layer_state) for layer_state in state.layers]
+        marks = [_mark(layer_state) for layer_state in state.layers]
+        try:
+            h = self.embedding(input_ids)
+            for layer, layer_state in zip(self.layers, work):
+                h = layer(h, layer_state)
+            logits = self.lm_head(self.norm_f(h))
+        except BaseException:
+            for layer_state, mark in zip(state.layers, marks):
+                _rollback(layer_state, mark)
+            raise
+        for layer_state, done in zip(state.layers, work):
+            layer_state.__dict__.update(done.__dict__)
+        state.position += T
+        if state.signature is None:
+            state.signature = dict(self.state_signature(), batch_size=B)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten().long(),
-                                   ignore_index=-100)
+            total = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten().long(),
+                                    ignore_index=IGNORE_INDEX, reduction="sum")
+            loss = total / (labels != IGNORE_INDEX).sum().clamp_min(1)
         return LMOutput(logits, loss, state)
+
+    def state_signature(self) -> Dict[str, Any]:
+        """The sizes that shape this model's MemoryState (a state records them)."""
+        c = self.config
+        sig = {name: getattr(c, name) for name in ("n_layers", "d_model", "d_state", "d_conv",
+                                                   "wm_slots")}
+        sig["d_inner"] = c.d_inner
+        if c.wm_slots:
+            sig.update(wm_heads=c.wm_heads, wm_head_dim=c.wm_head_dim)
+        sig["long_term_memory"] = c.ltm_controller != "none"
+        if sig["long_term_memory"]:
+            for name in ("ltm_heads", "ltm_head_dim", "ltm_chunk_size", "ltm_summaries",
+                         "ltm_levels", "ltm_capacity", "ltm_merge"):
+                sig[name] = copy.copy(getattr(c, name))
+        return sig
+
+    def _check_ids(self, name: str, ids, shape=None, ignore=None):
+        """Token ids or labels: an integer [B, T] tensor (of `shape`) in [0, vocab_size),
+        or equal to `ignore`."""
+        if not isinstance(ids, torch.Tensor):
+            raise TypeError(f"{name}: expected a [B, T] integer tensor, got "
+                            f"{type(ids).__name__}")
+        if ids.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"{name}: expected int64 (or int32) token ids, got {ids.dtype}")
+        if shape is None:
+            if ids.dim() != 2:
+                raise ValueError(f"{name}: expected a [B, T] tensor, got {tuple(ids.shape)}")
+            if ids.shape[0] == 0 or ids.shape[1] == 0:
+                raise ValueError(f"{name}: expected at least one row and one token, got "
+                                 f"B={ids.shape[0]}, T={ids.shape[1]}")
+        elif tuple(ids.shape) != tuple(shape):
+            raise ValueError(f"{name}: expected shape {tuple(shape)} like input_ids, got "
+                             f"{tuple(ids.shape)}")
+        V = self.config.vocab_size
+        valid = ids if ignore is None else ids[ids != ignore]
+        if valid.numel():
+            lo, hi = (int(x) for x in torch.aminmax(valid))  # one host sync
+            if lo < 0 or hi >= V:
+                bad = lo if lo < 0 else hi
+                allowed = f"[0, {V})" + ("" if ignore is None else f" or {ignore}")
+                raise ValueError(f"{name}: expected values in {allowed} (vocab_size={V}), "
+                                 f"got {bad}")
+
+    def _check_state(self, state: MemoryState, batch: int):
+        """A state this model can continue: its signature, batch size and tensors fit."""
+        if not isinstance(state, MemoryState):
+            raise TypeError(f"state: expected a MemoryState, got {type(state).__name__}")
+        if len(state.layers) != len(self.layers):
+            raise ValueError(
+                f"state: expected {len(self.layers)} layer states, got {len(state.layers)}")
+        if state.signature is not None:
+            theirs = dict(state.signature)
+            rows = theirs.pop("batch_size", batch)
+            ours = self.state_signature()
+            diff = [k for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k)]
+            if diff:
+                said = ", ".join(f"{k}={theirs.get(k)!r} (this model: {ours.get(k)!r})"
+                                 for k in diff)
+                raise ValueError(f"state: made by a model of another config: {said}")
+            if rows != batch:
+                raise ValueError(f"state: expected a state of batch size {batch} like "
+                                 f"input_ids, got one of batch size {rows}")
+        c = self.config
+        for i, (layer, ls) in enumerate(zip(self.layers, state.layers)):
+            where = f"state.layers[{i}]"
+            _check_shape(f"{where}.conv", ls.conv, (batch, c.d_inner, c.d_conv - 1))
+            _check_shape(f"{where}.ssm", ls.ssm, (batch, c.d_inner, c.d_state))
+            if layer.working_memory is None and ls.wm is not None:
+                raise ValueError(f"{where}.wm: this model has no working memory "
+                                 f"(wm_slots=0), got a state with slots")
+            if ls.wm is not None:
+                want = (batch, c.wm_heads, c.wm_slots, c.wm_head_dim)
+                _check_shape(f"{where}.wm[0]", ls.wm[0], want)
+                _check_shape(f"{where}.wm[1]", ls.wm[1], want)
+            if layer.long_term_memory is None and ls.ltm is not None:
+                raise ValueError(f"{where}.ltm: this model has no long-term memory "
+                                 f"(ltm_controller='none'), got a state with a bank")
+            if ls.ltm is not None:
+                layer.long_term_memory.check_state(ls.ltm, batch, where=f"{where}.ltm")

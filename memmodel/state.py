@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
+
+
+LTM_TENSORS = ("k", "v", "level", "start", "score", "usage", "pending_k", "pending_v",
+               "retrieve")
 
 
 @dataclass
@@ -81,14 +85,34 @@ class MemoryState:
     A fresh state (all None) means "start of the stream". Pass the state a forward call
     returned to the next call to continue the same stream; call `detach()` between
     segments to stop gradients at the boundary (truncated backprop through time).
+
+    `signature` records what made the state (the model's state-shaping sizes and the batch
+    size, set by the first forward call); a model refuses a state whose signature or
+    tensors do not fit it.
     """
 
     layers: List[LayerState] = field(default_factory=list)
     position: int = 0
+    signature: Optional[Dict[str, Any]] = None
 
     @classmethod
     def empty(cls, n_layers: int) -> "MemoryState":
         return cls(layers=[LayerState() for _ in range(n_layers)])
+
+    def tensors(self) -> List[torch.Tensor]:
+        """Every tensor the state holds (the controllers' per-stream records aside)."""
+        out = []
+        for layer in self.layers:
+            out += [t for t in (layer.conv, layer.ssm) if t is not None]
+            if layer.wm is not None:
+                out += list(layer.wm)
+            if layer.ltm is not None:
+                out += [getattr(layer.ltm, name) for name in LTM_TENSORS]
+        return out
+
+    def nbytes(self) -> int:
+        """Bytes held by the state's tensors, all rows together."""
+        return sum(t.numel() * t.element_size() for t in self.tensors())
 
     def detach(self) -> "MemoryState":
         """Detach every tensor in place; returns self."""
