@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -22,6 +22,41 @@ from .data import ByteCorpus
 from .model import MemoryLM
 
 log = logging.getLogger("memmodel.train")
+
+
+def _int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        not math.isnan(value)
+
+
+def _finite(value) -> bool:
+    return _number(value) and math.isfinite(value)
+
+
+# Field rules shared by the loops' configs: (test, what was expected).
+POSITIVE_INT = (lambda v: _int(v) and v >= 1, "a positive int")
+INT_AT_LEAST_0 = (lambda v: _int(v) and v >= 0, "an int >= 0")
+FINITE_AT_LEAST_0 = (lambda v: _finite(v) and v >= 0, "a finite number >= 0")
+FINITE_POSITIVE = (lambda v: _finite(v) and v > 0, "a finite positive number")
+POSITIVE = (lambda v: _number(v) and v > 0, "a positive number")
+
+
+def or_none(rule: Tuple[Callable[[Any], bool], str]) -> Tuple[Callable[[Any], bool], str]:
+    test, expected = rule
+    return (lambda v: v is None or test(v), f"{expected} or None")
+
+
+def check_fields(config, rules: Dict[str, Tuple[Callable[[Any], bool], str]]):
+    """Raise ValueError naming the first field of `config` that breaks its rule."""
+    for name, (test, expected) in rules.items():
+        value = getattr(config, name)
+        if not test(value):
+            raise ValueError(f"{type(config).__name__}.{name}: expected {expected}, got "
+                             f"{value!r}")
 
 
 @dataclass
@@ -36,6 +71,8 @@ class TrainConfig:
         eval_batches: batches averaged for a validation loss.
         log_every: steps between progress lines.
         seed: seeds the model init and the batch sampler.
+
+    Validated on construction: a bad value raises ValueError naming the field.
     """
 
     seconds: float = 90.0
@@ -49,6 +86,14 @@ class TrainConfig:
     eval_batches: int = 8
     log_every: int = 25
     seed: int = 0
+
+    def __post_init__(self):
+        check_fields(self, {
+            "seconds": POSITIVE, "max_steps": or_none(POSITIVE_INT),
+            "batch_size": POSITIVE_INT, "seq_len": POSITIVE_INT, "lr": FINITE_AT_LEAST_0,
+            "weight_decay": FINITE_AT_LEAST_0, "warmup_steps": INT_AT_LEAST_0,
+            "grad_clip": FINITE_POSITIVE, "eval_batches": POSITIVE_INT,
+            "log_every": POSITIVE_INT, "seed": INT_AT_LEAST_0})
 
 
 @dataclass

@@ -35,6 +35,14 @@ from .controller import Action, MemoryController, NoMemoryController, build_cont
 from .model import MemoryLM
 from .rl import QLearningConfig, QLearningController
 from .tasks import PasskeyTask, answer_metrics, key_kept
+from .train import (
+    FINITE_AT_LEAST_0,
+    FINITE_POSITIVE,
+    INT_AT_LEAST_0,
+    POSITIVE_INT,
+    check_fields,
+    or_none,
+)
 
 log = logging.getLogger("memmodel.train_memory")
 
@@ -72,24 +80,12 @@ class MemoryTrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "eval_batches", "log_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"MemoryTrainConfig.{name}: expected a positive int, got "
-                                 f"{value!r}")
-        if not isinstance(self.q_updates, int) or self.q_updates < 0:
-            raise ValueError(f"MemoryTrainConfig.q_updates: expected an int >= 0, got "
-                             f"{self.q_updates!r}")
-        for name in ("lr", "weight_decay"):
-            if not isinstance(getattr(self, name), (int, float)) or getattr(self, name) < 0:
-                raise ValueError(f"MemoryTrainConfig.{name}: expected a number >= 0, got "
-                                 f"{getattr(self, name)!r}")
-        if not self.grad_clip > 0:
-            raise ValueError(f"MemoryTrainConfig.grad_clip: expected a positive number, got "
-                             f"{self.grad_clip!r}")
-        if self.seconds is not None and not self.seconds > 0:
-            raise ValueError(f"MemoryTrainConfig.seconds: expected a positive number or None, "
-                             f"got {self.seconds!r}")
+        check_fields(self, {
+            "steps": POSITIVE_INT, "seconds": or_none(FINITE_POSITIVE),
+            "batch_size": POSITIVE_INT, "lr": FINITE_AT_LEAST_0,
+            "weight_decay": FINITE_AT_LEAST_0, "grad_clip": FINITE_POSITIVE,
+            "q_updates": INT_AT_LEAST_0, "eval_batches": POSITIVE_INT,
+            "log_every": POSITIVE_INT, "seed": INT_AT_LEAST_0})
         if self.reward not in ("loss", "accuracy"):
             raise ValueError(f"MemoryTrainConfig.reward: expected 'loss' or 'accuracy', got "
                              f"{self.reward!r}")
