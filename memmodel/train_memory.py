@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -30,6 +31,7 @@ from typing import Dict, List, Optional
 
 import torch
 
+from .checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 from .config import MemoryConfig
 from .controller import Action, MemoryController, NoMemoryController, build_controller
 from .model import MemoryLM
@@ -287,38 +289,53 @@ def train_memory(model: MemoryLM, task: PasskeyTask, tc: MemoryTrainConfig,
     return result
 
 
-def save_checkpoint(path: str, model: MemoryLM, task: PasskeyTask, tc: MemoryTrainConfig,
+def save_checkpoint(path, model: MemoryLM, task: PasskeyTask, tc: MemoryTrainConfig,
                     step: int, optimizer: Optional[torch.optim.Optimizer] = None):
-    """Save the model, its config and optimiser, and the controller with its state."""
+    """Save the model, its config and optimiser, and the controller with its state, as a
+    "memory" checkpoint (`memmodel.checkpoint`: plain data, atomic, checksummed)."""
     modules = memory_modules(model)
     controller = modules[0].controller if modules else None
-    torch.save({
+    train = asdict(tc)
+    train["checkpoint"] = None if tc.checkpoint is None else os.fspath(tc.checkpoint)
+    write_checkpoint(path, "memory", {
         "config": model.config.to_dict(), "model": model.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "controller": None if controller is None else {
             "name": controller.name,
             "state": controller.state_dict() if hasattr(controller, "state_dict") else None},
-        "task": asdict(task), "train": asdict(tc), "step": step,
-    }, path)
+        "task": asdict(task), "train": train, "step": step,
+    })
 
 
-def load_checkpoint(path: str):
-    """(model, controller, payload) from `save_checkpoint`: the model with its weights and
-    the controller (attached to every layer) with its state; payload is the saved dict
-    (optimizer state, task, train settings, step)."""
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    config = MemoryConfig(**payload["config"])
-    model = MemoryLM(config)
-    model.load_state_dict(payload["model"])
-    saved, controller = payload["controller"], None
-    if saved is not None and config.ltm_controller != "none":
-        if saved["name"] == "qlearning":
-            controller = QLearningController(config, QLearningConfig(**saved["state"]["rl"]))
-        else:
-            controller = build_controller(config, saved["name"])
-        if saved["state"] is not None:
-            controller.load_state_dict(saved["state"])
-        attach_controller(model, controller)
+def load_checkpoint(path):
+    """(model, controller, payload) from `save_checkpoint`: the model with its weights, in
+    eval mode, and the controller (attached to every layer, greedy like the model) with
+    its state; payload is the saved dict (optimizer state, task, train settings, step).
+
+    Raises CheckpointError (a ValueError) naming the file when it cannot be used (see
+    `memmodel.checkpoint.read_checkpoint`) or does not build a model.
+    """
+    payload = read_checkpoint(path, "memory")
+    try:
+        config = MemoryConfig(**payload["config"])
+        model = MemoryLM(config)
+        model.load_state_dict(payload["model"])
+        saved, controller = payload["controller"], None
+        if saved is not None and config.ltm_controller != "none":
+            if saved["name"] == "qlearning":
+                controller = QLearningController(config,
+                                                 QLearningConfig(**saved["state"]["rl"]))
+            else:
+                controller = build_controller(config, saved["name"])
+            if saved["state"] is not None:
+                controller.load_state_dict(saved["state"])
+            attach_controller(model, controller)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(path, f"does not build the saved model and controller "
+                                    f"({type(e).__name__}: {e})") from e
+    model.eval()
+    if controller is not None and hasattr(controller, "train"):
+        controller.train(False)  # the model's mode decides
     return model, controller, payload
 
 
