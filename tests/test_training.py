@@ -6,11 +6,22 @@ and fast on a 2-core CPU.
 """
 
 import math
+import re
 
 import pytest
+import torch
 
-from memmodel.train import TrainConfig
-from memmodel.train_memory import MemoryTrainConfig
+import memmodel.train as train_module
+from memmodel.checkpoint import CheckpointError, read_checkpoint
+from memmodel.config import MemoryConfig, QLearningConfig
+from memmodel.data import ByteCorpus
+from memmodel.model import MemoryLM
+from memmodel.rl import QLearningController
+from memmodel.tasks import PasskeyTask
+from memmodel.train import TrainConfig, train
+from memmodel.train import main as lm_main
+from memmodel.train_memory import MemoryTrainConfig, train_memory
+from memmodel.train_memory import main as memory_main
 
 NAN, INF = float("nan"), float("inf")
 
@@ -61,3 +72,118 @@ def test_memory_train_config_rejects_bad_values(kwargs, pattern):
 def test_configs_accept_their_defaults_and_an_unbounded_time():
     assert TrainConfig(seconds=math.inf, max_steps=3).max_steps == 3
     assert MemoryTrainConfig(lr=0, seconds=None).lr == 0
+
+
+# ---------------------------------------------------------------- checkpoints and resume
+
+LM = dict(d_model=16, n_layers=1, d_state=4, backend="torch")
+MEM = dict(d_model=16, n_layers=1, d_state=4, ltm_controller="qlearning", ltm_heads=1,
+           ltm_chunk_size=8, ltm_summaries=1, ltm_levels=1, ltm_capacity=2, backend="torch")
+TASK = PasskeyTask(seq_len=31, chunk_size=8, key_len=1)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    g = torch.Generator().manual_seed(0)
+    return ByteCorpus(bytes(torch.randint(0, 256, (20_000,), generator=g).tolist()))
+
+
+def _lm_settings(**kwargs):
+    return TrainConfig(**{**dict(seconds=math.inf, batch_size=2, seq_len=16, lr=1e-2,
+                                 warmup_steps=3, eval_batches=1, log_every=100), **kwargs})
+
+
+def test_lm_resume_continues_to_the_same_losses(tmp_path, corpus):
+    path = tmp_path / "lm.pt"
+    straight = train(MemoryConfig(**LM), _lm_settings(max_steps=5), corpus, echo=_quiet)
+    first = train(MemoryConfig(**LM), _lm_settings(max_steps=3, checkpoint=str(path)), corpus,
+                  echo=_quiet)
+    assert first.train_losses == straight.train_losses[:3]
+    resumed = train(MemoryConfig(**LM), _lm_settings(max_steps=5), corpus, echo=_quiet,
+                    resume=str(path))
+    assert resumed.steps == 5 and resumed.train_losses == straight.train_losses[3:]
+    assert resumed.val_loss_end == straight.val_loss_end
+
+
+def test_lm_checkpoints_every_n_steps_and_at_the_end(tmp_path, corpus, monkeypatch):
+    saved = []
+    monkeypatch.setattr(train_module, "write_checkpoint",
+                        lambda path, kind, payload: saved.append((kind, payload["step"])))
+    train(MemoryConfig(**LM), _lm_settings(max_steps=5, checkpoint=str(tmp_path / "lm.pt"),
+                                           checkpoint_every=2), corpus, echo=_quiet)
+    assert saved == [("lm", 2), ("lm", 4), ("lm", 5)]
+
+
+def test_lm_resume_refuses_another_run(tmp_path, corpus):
+    path = tmp_path / "lm.pt"
+    train(MemoryConfig(**LM), _lm_settings(max_steps=1, checkpoint=str(path)), corpus,
+          echo=_quiet)
+    with pytest.raises(CheckpointError, match=rf"{re.escape(str(path))}: saved with another "
+                                              rf"model config \(d_model: saved 16, given 32"):
+        train(MemoryConfig(**{**LM, "d_model": 32}), _lm_settings(max_steps=2), corpus,
+              echo=_quiet, resume=str(path))
+    with pytest.raises(CheckpointError, match=r"another train settings \(lr: saved 0.01, "
+                                              r"given 0.02\)"):
+        train(MemoryConfig(**LM), _lm_settings(max_steps=2, lr=2e-2), corpus, echo=_quiet,
+              resume=str(path))
+
+
+def _memory_run(steps, resume=None, controller_seed=3, **kwargs):
+    torch.manual_seed(0)
+    model = MemoryLM(MemoryConfig(**MEM))
+    ctrl = QLearningController(model.config, QLearningConfig(min_buffer=4, batch_size=4,
+                                                              seed=controller_seed))
+    tc = MemoryTrainConfig(steps=steps, batch_size=2, q_updates=2, eval_batches=1,
+                           log_every=1, **kwargs)
+    return model, train_memory(model, TASK, tc, ctrl, resume=resume)
+
+
+def test_memory_resume_continues_to_the_same_losses(tmp_path):
+    path = str(tmp_path / "memory.pt")
+    model, straight = _memory_run(5)
+    _, first = _memory_run(3, checkpoint=path)
+    assert first.history == straight.history[:3]
+    resumed_model, resumed = _memory_run(5, resume=path)
+    assert resumed.steps == 5 and resumed.history == straight.history[3:]
+    assert resumed.final == straight.final
+    for (name, a), b in zip(model.state_dict().items(), resumed_model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_memory_resume_refuses_another_run(tmp_path):
+    path = str(tmp_path / "memory.pt")
+    _memory_run(1, checkpoint=path)
+    with pytest.raises(CheckpointError, match=r"saved with another controller config "
+                                              r"\(seed: saved 3, given 4\)"):
+        _memory_run(2, resume=path, controller_seed=4)
+    model = MemoryLM(MemoryConfig(**{**MEM, "ltm_controller": "fifo"}))
+    with pytest.raises(CheckpointError, match=r"saved with another model config "
+                                              r"\(ltm_controller: saved 'qlearning', given "
+                                              r"'fifo'\)"):
+        train_memory(model, TASK, MemoryTrainConfig(steps=2, batch_size=2), resume=path)
+    train(MemoryConfig(**LM), _lm_settings(max_steps=1, checkpoint=str(tmp_path / "lm.pt")),
+          ByteCorpus(bytes(range(256)) * 4), echo=_quiet)
+    with pytest.raises(CheckpointError, match=r"lm.pt: a 'lm' checkpoint"):
+        _memory_run(2, resume=str(tmp_path / "lm.pt"))
+
+
+def test_resume_flags_on_both_command_lines(tmp_path):
+    path = str(tmp_path / "lm.pt")
+    args = ["--batch-size", "2", "--seq-len", "16", "--d-model", "16", "--n-layers", "1",
+            "--d-state", "4", "--backend", "torch", "--checkpoint", path]
+    lm_main(args + ["--max-steps", "1", "--checkpoint-every", "1"])
+    assert read_checkpoint(path, "lm")["step"] == 1
+    lm_main(args + ["--max-steps", "2", "--resume", path])
+    assert read_checkpoint(path, "lm")["step"] == 2
+    path = str(tmp_path / "memory.pt")
+    args = ["--controller", "qlearning", "--batch-size", "2", "--seq-len", "31",
+            "--chunk-size", "8", "--d-model", "16", "--n-layers", "1", "--d-state", "4",
+            "--heads", "1", "--eval-batches", "1", "--backend", "torch", "--checkpoint", path]
+    memory_main(args + ["--steps", "1", "--checkpoint-every", "1"])
+    assert read_checkpoint(path, "memory")["step"] == 1
+    memory_main(args + ["--steps", "2", "--resume", path])
+    assert read_checkpoint(path, "memory")["step"] == 2
+
+
+def _quiet(line):
+    pass
