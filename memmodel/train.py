@@ -64,6 +64,74 @@ def or_none(rule: Tuple[Callable[[Any], bool], str]) -> Tuple[Callable[[Any], bo
     return (lambda v: v is None or test(v), f"{expected} or None")
 
 
+class TrainingDivergedError(RuntimeError):
+    """A training step met a non-finite loss, gradient or parameter; the run stopped
+    before the optimiser applied it, and no checkpoint was written after it.
+
+    Attributes:
+        step: the step (1-based, counting the steps before a resume).
+        tensor: what was not finite: "loss", "gradient of <parameter name>", "total
+            gradient norm", "<parameter name>" or "controller Q loss".
+    """
+
+    def __init__(self, step: int, tensor: str, value, last_checkpoint: str):
+        self.step, self.tensor = step, tensor
+        super().__init__(f"step {step}: the {tensor} is {value}, not finite; training "
+                         f"stopped before the update ({last_checkpoint})")
+
+
+class DivergenceGuard:
+    """The finite checks of a training loop, and where its last checkpoint is.
+
+    Args:
+        checkpoint: the loop's checkpoint path (None: none written).
+    """
+
+    def __init__(self, checkpoint=None):
+        self.checkpoint, self.saved_step = checkpoint, None
+
+    def saved(self, step: int):
+        self.saved_step = step
+
+    def _where(self) -> str:
+        if self.saved_step is None:
+            return "no checkpoint was written by this run"
+        return f"the last checkpoint, {self.checkpoint}, holds step {self.saved_step}"
+
+    def loss(self, step: int, loss, name: str = "loss"):
+        value = loss.item() if isinstance(loss, torch.Tensor) else loss
+        if not math.isfinite(value):
+            raise TrainingDivergedError(step, name, value, self._where())
+
+    def clip_gradients(self, step: int, model: torch.nn.Module, max_norm: float) -> float:
+        """clip_grad_norm_ over the model's parameters; its total norm. A non-finite
+        norm raises, naming the first parameter whose gradient is not finite (the
+        gradients are left unscaled)."""
+        try:
+            return float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm,
+                                                        error_if_nonfinite=True))
+        except RuntimeError as e:
+            if "non-finite" not in str(e):
+                raise
+            for name, p in model.named_parameters():
+                if p.grad is not None and not torch.isfinite(p.grad).all():
+                    raise TrainingDivergedError(step, f"gradient of {name}", _bad(p.grad),
+                                                self._where()) from None
+            raise TrainingDivergedError(step, "total gradient norm", "inf",
+                                        self._where()) from e
+
+    def parameters(self, step: int, model: torch.nn.Module):
+        """Before a save: every parameter finite."""
+        for name, p in model.named_parameters():
+            if not torch.isfinite(p).all():
+                raise TrainingDivergedError(step, name, _bad(p), self._where())
+
+
+def _bad(t: torch.Tensor) -> str:
+    """'nan' or 'inf' (the first non-finite value of t), for a message."""
+    return str(t.detach()[~torch.isfinite(t.detach())].flatten()[0].item())
+
+
 PATH = (lambda v: v is None or isinstance(v, (str, os.PathLike)), "a path (str) or None")
 
 
@@ -211,19 +279,24 @@ def train(config: MemoryConfig, tc: TrainConfig, corpus: Optional[ByteCorpus] = 
         start = _restore(resume, config, tc, model, opt, sched, gen)
         echo(f"resumed from {resume} at step {start}")
 
+    guard = DivergenceGuard(tc.checkpoint)
+
     def save(steps: int):
+        guard.parameters(steps, model)
         write_checkpoint(tc.checkpoint, "lm", {
             "config": config.to_dict(), "train": settings(tc), "step": steps,
             "model": model.state_dict(), "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(), "data": {"generator": gen.get_state()},
             "rng": rng_states()})
+        guard.saved(steps)
 
-    def step():
+    def step(n: int):
         x, y = corpus.batch("train", tc.batch_size, tc.seq_len, gen)
         loss = model(x, labels=y).loss
+        guard.loss(n, loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        guard.clip_gradients(n, model, tc.grad_clip)
         opt.step()
         sched.step()
         return loss.item()
@@ -235,13 +308,13 @@ def train(config: MemoryConfig, tc: TrainConfig, corpus: Optional[ByteCorpus] = 
     eval_s = time.perf_counter() - t0
     echo(f"val loss before training: {val_start:.3f} (uniform over bytes: {math.log(256):.3f})")
     result = TrainResult(val_loss_start=val_start, val_loss_end=float("nan"), steps=start)
-    tokens, first_s, saved = 0, 0.0, None
+    tokens, first_s = 0, 0.0
     t_start: Optional[float] = None  # the budget's clock starts after two steps
     while tc.max_steps is None or result.steps < tc.max_steps:
         if t_start is not None and time.perf_counter() - t_start >= tc.seconds:
             break
         t0 = time.perf_counter()
-        result.train_losses.append(step())
+        result.train_losses.append(step(result.steps + 1))
         result.steps += 1
         ran, dt = len(result.train_losses), time.perf_counter() - t0
         if ran == 1:
@@ -255,13 +328,12 @@ def train(config: MemoryConfig, tc: TrainConfig, corpus: Optional[ByteCorpus] = 
             tokens += tc.batch_size * tc.seq_len
         if tc.checkpoint_every and result.steps % tc.checkpoint_every == 0:
             save(result.steps)
-            saved = result.steps
         if ran > 2 and result.steps % tc.log_every == 0:
             recent = result.train_losses[-tc.log_every:]
             echo(f"step {result.steps:5d}  train loss {sum(recent) / len(recent):.3f}  "
                  f"{tokens / (time.perf_counter() - t_start):,.0f} tokens/s")
     elapsed = time.perf_counter() - t_start if t_start is not None else 0.0
-    if tc.checkpoint and saved != result.steps:
+    if tc.checkpoint and guard.saved_step != result.steps:
         save(result.steps)
     result.tokens_per_s = tokens / elapsed if elapsed > 0 else 0.0
     result.val_loss_end = evaluate(model, corpus, tc)

@@ -54,6 +54,7 @@ from .train import (
     FINITE_POSITIVE,
     INT_AT_LEAST_0,
     POSITIVE_INT,
+    DivergenceGuard,
     check_checkpointing,
     check_fields,
     or_none,
@@ -286,10 +287,12 @@ def train_memory(model: MemoryLM, task: PasskeyTask, tc: MemoryTrainConfig,
     if resume is not None:
         start, recent = _restore(resume, model, task, tc, opt, gen)
         log.info("resumed from %s at step %d", resume, start)
-    saved = None
+    guard = DivergenceGuard(tc.checkpoint)
 
     def save(steps: int):
+        guard.parameters(steps, model)
         save_checkpoint(tc.checkpoint, model, task, tc, steps, opt, gen, recent)
+        guard.saved(steps)
 
     t0 = time.perf_counter()
     model.train()
@@ -301,10 +304,11 @@ def train_memory(model: MemoryLM, task: PasskeyTask, tc: MemoryTrainConfig,
                 base = answer_metrics(model(batch.input_ids).logits, batch.labels)
         with torch.set_grad_enabled(opt is not None):
             out = model(batch.input_ids, labels=batch.labels)
+        guard.loss(step, out.loss)
         if opt is not None:
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            guard.clip_gradients(step, model, tc.grad_clip)
             opt.step()
         record = {"answer_loss": out.loss.item()}
         if learners:
@@ -316,6 +320,8 @@ def train_memory(model: MemoryLM, task: PasskeyTask, tc: MemoryTrainConfig,
                     ltm.controller.finish(state.ltm, reward)
             q_losses = [q for q in (c.update(tc.q_updates) for c in learners if tc.q_updates)
                         if q is not None]
+            for q in q_losses:
+                guard.loss(step, q, "controller Q loss")
             record.update(reward=reward.mean().item(), epsilon=learners[0].epsilon,
                           q_loss=sum(q_losses) / len(q_losses) if q_losses else math.nan)
         recent.append(record)
@@ -327,11 +333,10 @@ def train_memory(model: MemoryLM, task: PasskeyTask, tc: MemoryTrainConfig,
             recent = []
         if tc.checkpoint_every and step % tc.checkpoint_every == 0:
             save(step)
-            saved = step
         if tc.seconds is not None and time.perf_counter() - t0 > tc.seconds:
             break
     result.seconds = time.perf_counter() - t0
-    if tc.checkpoint and saved != result.steps:
+    if tc.checkpoint and guard.saved_step != result.steps:
         save(result.steps)
     result.final = evaluate_memory(model, task, tc.eval_batches, tc.batch_size)
     log.info("final: " + "  ".join(f"{k} {v:.3f}" for k, v in result.final.items()))

@@ -187,3 +187,41 @@ def test_resume_flags_on_both_command_lines(tmp_path):
 
 def _quiet(line):
     pass
+
+
+# ---------------------------------------------------------------- divergence
+
+def _all_finite(state):
+    return all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
+
+
+def test_lm_divergence_stops_at_the_step_and_keeps_the_last_checkpoint(tmp_path, corpus):
+    path = tmp_path / "lm.pt"
+    with pytest.raises(RuntimeError, match=r"step (\d+): the loss is (nan|inf)") as err:
+        train(MemoryConfig(**LM), _lm_settings(max_steps=30, lr=1e6, checkpoint=str(path),
+                                               checkpoint_every=1), corpus, echo=_quiet)
+    assert isinstance(err.value, train_module.TrainingDivergedError)
+    assert err.value.step > 1 and err.value.tensor == "loss"
+    kept = read_checkpoint(path, "lm")
+    assert kept["step"] == err.value.step - 1 and _all_finite(kept["model"])
+    assert f"the last checkpoint, {path}, holds step {kept['step']}" in str(err.value)
+
+
+def test_memory_divergence_stops_at_the_step_and_keeps_the_last_checkpoint(tmp_path):
+    path = str(tmp_path / "memory.pt")
+    with pytest.raises(RuntimeError, match=r"step (\d+): the loss is (nan|inf)") as err:
+        _memory_run(30, lr=1e6, checkpoint=path, checkpoint_every=1)
+    kept = read_checkpoint(path, "memory")
+    assert kept["step"] == err.value.step - 1 and _all_finite(kept["model"])
+
+
+def test_a_non_finite_gradient_names_the_parameter():
+    torch.manual_seed(0)
+    model = MemoryLM(MemoryConfig(**{**MEM, "ltm_controller": "fifo"}))
+    model.norm_f.weight.register_hook(lambda g: torch.full_like(g, math.nan))
+    before = model.norm_f.weight.detach().clone()
+    with pytest.raises(RuntimeError, match=r"step 1: the gradient of norm_f.weight is nan, "
+                                           r"not finite") as err:
+        train_memory(model, TASK, MemoryTrainConfig(steps=3, batch_size=2, eval_batches=1))
+    assert err.value.tensor == "gradient of norm_f.weight"
+    assert torch.equal(model.norm_f.weight, before), "no update was made"
