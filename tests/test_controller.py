@@ -506,7 +506,7 @@ def test_bad_q_learning_config_raises(kwargs, pattern):
         (lambda: MemoryTrainConfig(reward="f1"), r"MemoryTrainConfig.reward: expected 'loss' or"),
         (lambda: MemoryTrainConfig(steps=0), r"MemoryTrainConfig.steps: expected a positive int"),
         (lambda: MemoryTrainConfig(q_updates=-1), r"q_updates: expected an int >= 0"),
-        (lambda: MemoryTrainConfig(lr=-1.0), r"MemoryTrainConfig.lr: expected a number >= 0"),
+        (lambda: MemoryTrainConfig(lr=-1.0), r"MemoryTrainConfig.lr: expected a finite number"),
         (lambda: PasskeyTask(chunk_size=4, key_len=4), r"PasskeyTask.chunk_size: expected at "
                                                        r"least key_len \+ 1 = 5"),
         (lambda: PasskeyTask(seq_len=19, chunk_size=16), r"PasskeyTask.seq_len: expected room "
