@@ -66,7 +66,9 @@ def or_none(rule: Tuple[Callable[[Any], bool], str]) -> Tuple[Callable[[Any], bo
 
 class TrainingDivergedError(RuntimeError):
     """A training step met a non-finite loss, gradient or parameter; the run stopped
-    before the optimiser applied it, and no checkpoint was written after it.
+    before the model's optimiser applied it (a parameter: before it was saved; the
+    controller's Q loss: after its own Q step, which is not saved), and no checkpoint
+    was written after it.
 
     Attributes:
         step: the step (1-based, counting the steps before a resume).
@@ -74,10 +76,11 @@ class TrainingDivergedError(RuntimeError):
             gradient norm", "<parameter name>" or "controller Q loss".
     """
 
-    def __init__(self, step: int, tensor: str, value, last_checkpoint: str):
+    def __init__(self, step: int, tensor: str, value, last_checkpoint: str,
+                 before: str = "the update"):
         self.step, self.tensor = step, tensor
         super().__init__(f"step {step}: the {tensor} is {value}, not finite; training "
-                         f"stopped before the update ({last_checkpoint})")
+                         f"stopped before {before} ({last_checkpoint})")
 
 
 class DivergenceGuard:
@@ -98,10 +101,10 @@ class DivergenceGuard:
             return "no checkpoint was written by this run"
         return f"the last checkpoint, {self.checkpoint}, holds step {self.saved_step}"
 
-    def loss(self, step: int, loss, name: str = "loss"):
+    def loss(self, step: int, loss, name: str = "loss", before: str = "the update"):
         value = loss.item() if isinstance(loss, torch.Tensor) else loss
         if not math.isfinite(value):
-            raise TrainingDivergedError(step, name, value, self._where())
+            raise TrainingDivergedError(step, name, value, self._where(), before)
 
     def clip_gradients(self, step: int, model: torch.nn.Module, max_norm: float) -> float:
         """clip_grad_norm_ over the model's parameters; its total norm. A non-finite
@@ -124,7 +127,8 @@ class DivergenceGuard:
         """Before a save: every parameter finite."""
         for name, p in model.named_parameters():
             if not torch.isfinite(p).all():
-                raise TrainingDivergedError(step, name, _bad(p), self._where())
+                raise TrainingDivergedError(step, name, _bad(p), self._where(),
+                                            "saving it")
 
 
 def _bad(t: torch.Tensor) -> str:

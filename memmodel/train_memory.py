@@ -321,7 +321,7 @@ def train_memory(model: MemoryLM, task: PasskeyTask, tc: MemoryTrainConfig,
             q_losses = [q for q in (c.update(tc.q_updates) for c in learners if tc.q_updates)
                         if q is not None]
             for q in q_losses:
-                guard.loss(step, q, "controller Q loss")
+                guard.loss(step, q, "controller Q loss", before="saving its Q step")
             record.update(reward=reward.mean().item(), epsilon=learners[0].epsilon,
                           q_loss=sum(q_losses) / len(q_losses) if q_losses else math.nan)
         recent.append(record)
