@@ -558,11 +558,13 @@ class QLearningController(MemoryController):
 
     def state_dict(self) -> Dict[str, Any]:
         """Everything needed to go on learning: networks, optimiser, buffer, statistics,
-        random state, the exploration step (epsilon follows from it) and the configs."""
+        random state, the exploration step (epsilon follows from it) and the configs;
+        tensors and plain data only (`torch.load(weights_only=True)` reads it). Not the
+        train / eval mode, which its owner sets."""
         return {"rl": asdict(self.rl), "feature_dim": self.feature_dim,
                 "learner": self.learner.state_dict(),
                 "scores": (self.scores.count, self.scores.mean, self.scores.m2),
-                "generator": self.generator.get_state(), "training": self.training}
+                "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: Dict[str, Any]):
         if state["feature_dim"] != self.feature_dim:
@@ -574,7 +576,6 @@ class QLearningController(MemoryController):
         self.learner.load_state_dict(state["learner"])
         self.scores.count, self.scores.mean, self.scores.m2 = state["scores"]
         self.generator.set_state(state["generator"])
-        self.training = state["training"]
 
     def __repr__(self) -> str:
         return (f"QLearningController(levels={self.levels}, epsilon={self.epsilon:.3f}, "

@@ -14,8 +14,14 @@ One loop alternates the two learners. Each step samples a batch of passkey seque
      `"accuracy"`: accuracy with - without), which `finish` adds to the memory and
      retrieval costs, and takes `q_updates` Q steps.
 One controller is shared by every layer (each layer's banks are separate episodes).
-Checkpoints hold the model, its optimiser, and the controller's state (network, target,
-buffer, exploration step).
+Checkpoints (`memmodel.checkpoint`, every `checkpoint_every` steps and at the end) hold
+the model, its optimiser, the controller's state (networks, target, optimiser, buffer,
+statistics, exploration step, random state), the data position and the random states;
+`resume` goes on from one to the same losses as a run that was never interrupted. A
+non-finite loss or gradient stops the run with `TrainingDivergedError`.
+
+    python -m memmodel.train_memory --steps 600 --checkpoint run.pt --checkpoint-every 100
+    python -m memmodel.train_memory --steps 900 --checkpoint run.pt --resume run.pt
 """
 
 from __future__ import annotations
@@ -30,11 +36,30 @@ from typing import Dict, List, Optional
 
 import torch
 
+from .checkpoint import (
+    CheckpointError,
+    expect_same,
+    read_checkpoint,
+    rng_states,
+    set_rng_states,
+    write_checkpoint,
+)
 from .config import MemoryConfig
 from .controller import Action, MemoryController, NoMemoryController, build_controller
 from .model import MemoryLM
 from .rl import QLearningConfig, QLearningController
 from .tasks import PasskeyTask, answer_metrics, key_kept
+from .train import (
+    FINITE_AT_LEAST_0,
+    FINITE_POSITIVE,
+    INT_AT_LEAST_0,
+    POSITIVE_INT,
+    DivergenceGuard,
+    check_checkpointing,
+    check_fields,
+    or_none,
+    settings,
+)
 
 log = logging.getLogger("memmodel.train_memory")
 
@@ -54,8 +79,12 @@ class MemoryTrainConfig:
             in answer accuracy).
         eval_batches: batches in an evaluation (a fixed generator: the same every time).
         log_every: steps between progress lines.
-        checkpoint: a path; the final state is saved there (None: not saved).
+        checkpoint: a path; the run is saved there at the end (and every
+            checkpoint_every steps). None: not saved.
+        checkpoint_every: steps between saves (None: only at the end).
         seed: seeds the batches (the model and controller take their own seeds).
+
+    `steps` counts the whole run: a resumed run goes on from the checkpoint's step to it.
     """
 
     steps: int = 300
@@ -69,30 +98,26 @@ class MemoryTrainConfig:
     eval_batches: int = 4
     log_every: int = 25
     checkpoint: Optional[str] = None
+    checkpoint_every: Optional[int] = None
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "eval_batches", "log_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"MemoryTrainConfig.{name}: expected a positive int, got "
-                                 f"{value!r}")
-        if not isinstance(self.q_updates, int) or self.q_updates < 0:
-            raise ValueError(f"MemoryTrainConfig.q_updates: expected an int >= 0, got "
-                             f"{self.q_updates!r}")
-        for name in ("lr", "weight_decay"):
-            if not isinstance(getattr(self, name), (int, float)) or getattr(self, name) < 0:
-                raise ValueError(f"MemoryTrainConfig.{name}: expected a number >= 0, got "
-                                 f"{getattr(self, name)!r}")
-        if not self.grad_clip > 0:
-            raise ValueError(f"MemoryTrainConfig.grad_clip: expected a positive number, got "
-                             f"{self.grad_clip!r}")
-        if self.seconds is not None and not self.seconds > 0:
-            raise ValueError(f"MemoryTrainConfig.seconds: expected a positive number or None, "
-                             f"got {self.seconds!r}")
+        check_fields(self, {
+            "steps": POSITIVE_INT, "seconds": or_none(FINITE_POSITIVE),
+            "batch_size": POSITIVE_INT, "lr": FINITE_AT_LEAST_0,
+            "weight_decay": FINITE_AT_LEAST_0, "grad_clip": FINITE_POSITIVE,
+            "q_updates": INT_AT_LEAST_0, "eval_batches": POSITIVE_INT,
+            "log_every": POSITIVE_INT, "seed": INT_AT_LEAST_0})
         if self.reward not in ("loss", "accuracy"):
             raise ValueError(f"MemoryTrainConfig.reward: expected 'loss' or 'accuracy', got "
                              f"{self.reward!r}")
+        check_checkpointing(self)
+
+
+# The settings a resumed run must share with its checkpoint; the others (the budget,
+# logging, where to save) may change.
+RESUME_SETTINGS = ("batch_size", "lr", "weight_decay", "grad_clip", "q_updates", "reward",
+                   "seed")
 
 
 @dataclass
@@ -225,7 +250,8 @@ def evaluate_memory(model: MemoryLM, task: PasskeyTask, batches: int = 4, batch_
 
 
 def train_memory(model: MemoryLM, task: PasskeyTask, tc: MemoryTrainConfig,
-                 controller: Optional[MemoryController] = None) -> MemoryTrainResult:
+                 controller: Optional[MemoryController] = None,
+                 resume: Optional[str] = None) -> MemoryTrainResult:
     """Train `model` (unless tc.lr == 0) and, when it learns, `controller` on `task`.
 
     Args:
@@ -233,6 +259,13 @@ def train_memory(model: MemoryLM, task: PasskeyTask, tc: MemoryTrainConfig,
         task: the passkey task.
         tc: MemoryTrainConfig.
         controller: attached to every layer first (None: keep the model's controllers).
+        resume: a checkpoint written by this loop: the model, optimiser, controller state,
+            data position and random state are restored from it, and the run goes on to
+            tc.steps. The model's config, the task, the controller (name and config) and
+            RESUME_SETTINGS must equal the checkpoint's.
+
+    Raises:
+        CheckpointError: `resume` cannot be read or belongs to another run.
     """
     if controller is not None:
         attach_controller(model, controller)
@@ -240,6 +273,9 @@ def train_memory(model: MemoryLM, task: PasskeyTask, tc: MemoryTrainConfig,
         raise ValueError(f"train_memory: expected task.chunk_size == config.ltm_chunk_size = "
                          f"{model.config.ltm_chunk_size}, got {task.chunk_size}")
     learners = learning_controllers(model)
+    if (tc.checkpoint or resume) and len(learners) > 1:
+        raise ValueError(f"train_memory: a checkpoint holds one controller shared by every "
+                         f"layer (attach_controller), got {len(learners)} learning controllers")
     for ctrl in learners:
         ctrl.train()  # explore and record
     opt = None
@@ -247,20 +283,32 @@ def train_memory(model: MemoryLM, task: PasskeyTask, tc: MemoryTrainConfig,
         opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
                                 betas=(0.9, 0.95))
     gen = torch.Generator().manual_seed(tc.seed)
-    result, recent = MemoryTrainResult(), []
+    result, recent, start = MemoryTrainResult(), [], 0
+    if resume is not None:
+        start, recent = _restore(resume, model, task, tc, opt, gen)
+        log.info("resumed from %s at step %d", resume, start)
+    guard = DivergenceGuard(tc.checkpoint)
+
+    def save(steps: int):
+        guard.parameters(steps, model)
+        save_checkpoint(tc.checkpoint, model, task, tc, steps, opt, gen, recent)
+        guard.saved(steps)
+
     t0 = time.perf_counter()
     model.train()
-    for step in range(1, tc.steps + 1):
+    result.steps = start
+    for step in range(start + 1, tc.steps + 1):
         batch = task.sample(tc.batch_size, gen)
         if learners:
             with torch.no_grad(), swap_controllers(model, lambda c: NoMemoryController()):
                 base = answer_metrics(model(batch.input_ids).logits, batch.labels)
         with torch.set_grad_enabled(opt is not None):
             out = model(batch.input_ids, labels=batch.labels)
+        guard.loss(step, out.loss)
         if opt is not None:
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            guard.clip_gradients(step, model, tc.grad_clip)
             opt.step()
         record = {"answer_loss": out.loss.item()}
         if learners:
@@ -272,6 +320,8 @@ def train_memory(model: MemoryLM, task: PasskeyTask, tc: MemoryTrainConfig,
                     ltm.controller.finish(state.ltm, reward)
             q_losses = [q for q in (c.update(tc.q_updates) for c in learners if tc.q_updates)
                         if q is not None]
+            for q in q_losses:
+                guard.loss(step, q, "controller Q loss", before="saving its Q step")
             record.update(reward=reward.mean().item(), epsilon=learners[0].epsilon,
                           q_loss=sum(q_losses) / len(q_losses) if q_losses else math.nan)
         recent.append(record)
@@ -281,48 +331,104 @@ def train_memory(model: MemoryLM, task: PasskeyTask, tc: MemoryTrainConfig,
             result.history.append({"step": step, **mean})
             log.info("step %5d  " + "  ".join(f"{k} {v:.3f}" for k, v in mean.items()), step)
             recent = []
+        if tc.checkpoint_every and step % tc.checkpoint_every == 0:
+            save(step)
         if tc.seconds is not None and time.perf_counter() - t0 > tc.seconds:
             break
     result.seconds = time.perf_counter() - t0
+    if tc.checkpoint and guard.saved_step != result.steps:
+        save(result.steps)
     result.final = evaluate_memory(model, task, tc.eval_batches, tc.batch_size)
     log.info("final: " + "  ".join(f"{k} {v:.3f}" for k, v in result.final.items()))
-    if tc.checkpoint:
-        save_checkpoint(tc.checkpoint, model, task, tc, result.steps, opt)
     return result
 
 
-def save_checkpoint(path: str, model: MemoryLM, task: PasskeyTask, tc: MemoryTrainConfig,
-                    step: int, optimizer: Optional[torch.optim.Optimizer] = None):
-    """Save the model, its config and optimiser, and the controller with its state."""
+def _restore(path, model: MemoryLM, task: PasskeyTask, tc: MemoryTrainConfig,
+             opt: Optional[torch.optim.Optimizer], gen: torch.Generator):
+    """Load the checkpoint at `path` into this run's objects: (its step, its log window)."""
+    payload = read_checkpoint(path, "memory")
+    try:
+        expect_same(path, "model config", payload["config"], model.config.to_dict())
+        expect_same(path, "task", payload["task"], asdict(task))
+        expect_same(path, "train settings",
+                    {k: payload["train"].get(k) for k in RESUME_SETTINGS},
+                    {k: getattr(tc, k) for k in RESUME_SETTINGS})
+        modules = memory_modules(model)
+        controller = modules[0].controller if modules else None
+        saved = payload["controller"]
+        expect_same(path, "controller", {"name": saved["name"] if saved else None},
+                    {"name": controller.name if controller is not None else None})
+        state = saved["state"] if saved else None
+        if state is not None:
+            if "rl" in state and hasattr(controller, "rl"):
+                expect_same(path, "controller config", state["rl"], asdict(controller.rl))
+            controller.load_state_dict(state)
+        model.load_state_dict(payload["model"])
+        if opt is not None:
+            opt.load_state_dict(payload["optimizer"])
+        gen.set_state(payload["data"]["generator"])
+        set_rng_states(payload["rng"])
+        return payload["step"], list(payload["data"]["log_window"])
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(path, f"does not restore this run ({type(e).__name__}: {e})"
+                              ) from e
+
+
+def save_checkpoint(path, model: MemoryLM, task: PasskeyTask, tc: MemoryTrainConfig,
+                    step: int, optimizer: Optional[torch.optim.Optimizer] = None,
+                    generator: Optional[torch.Generator] = None,
+                    log_window: Optional[List[Dict[str, float]]] = None):
+    """Save the model, its config and optimiser, the controller with its state, the task,
+    the train settings, the data position (step, batch generator, the steps not yet
+    logged) and the random states as a "memory" checkpoint (`memmodel.checkpoint`: plain
+    data, atomic, checksummed)."""
     modules = memory_modules(model)
     controller = modules[0].controller if modules else None
-    torch.save({
+    write_checkpoint(path, "memory", {
         "config": model.config.to_dict(), "model": model.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": None,
         "controller": None if controller is None else {
             "name": controller.name,
             "state": controller.state_dict() if hasattr(controller, "state_dict") else None},
-        "task": asdict(task), "train": asdict(tc), "step": step,
-    }, path)
+        "task": asdict(task), "train": settings(tc), "step": step,
+        "data": {"generator": None if generator is None else generator.get_state(),
+                 "log_window": [dict(r) for r in log_window or []]},
+        "rng": rng_states(),
+    })
 
 
-def load_checkpoint(path: str):
-    """(model, controller, payload) from `save_checkpoint`: the model with its weights and
-    the controller (attached to every layer) with its state; payload is the saved dict
-    (optimizer state, task, train settings, step)."""
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    config = MemoryConfig(**payload["config"])
-    model = MemoryLM(config)
-    model.load_state_dict(payload["model"])
-    saved, controller = payload["controller"], None
-    if saved is not None and config.ltm_controller != "none":
-        if saved["name"] == "qlearning":
-            controller = QLearningController(config, QLearningConfig(**saved["state"]["rl"]))
-        else:
-            controller = build_controller(config, saved["name"])
-        if saved["state"] is not None:
-            controller.load_state_dict(saved["state"])
-        attach_controller(model, controller)
+def load_checkpoint(path):
+    """(model, controller, payload) from `save_checkpoint`: the model with its weights, in
+    eval mode, and the controller (attached to every layer, greedy like the model) with
+    its state; payload is the saved dict (optimizer state, task, train settings, step).
+
+    Raises CheckpointError (a ValueError) naming the file when it cannot be used (see
+    `memmodel.checkpoint.read_checkpoint`) or does not build a model.
+    """
+    payload = read_checkpoint(path, "memory")
+    try:
+        config = MemoryConfig(**payload["config"])
+        model = MemoryLM(config)
+        model.load_state_dict(payload["model"])
+        saved, controller = payload["controller"], None
+        if saved is not None and config.ltm_controller != "none":
+            if saved["name"] == "qlearning":
+                controller = QLearningController(config,
+                                                 QLearningConfig(**saved["state"]["rl"]))
+            else:
+                controller = build_controller(config, saved["name"])
+            if saved["state"] is not None:
+                controller.load_state_dict(saved["state"])
+            attach_controller(model, controller)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(path, f"does not build the saved model and controller "
+                                    f"({type(e).__name__}: {e})") from e
+    model.eval()
+    if controller is not None and hasattr(controller, "train"):
+        controller.train(False)  # the model's mode decides
     return model, controller, payload
 
 
@@ -444,9 +550,19 @@ def main(argv=None):
     p.add_argument("--reader", action="store_true",
                    help="use the frozen hand-set passkey_reader (key_len 1; lr and warm-up "
                         "ignored): compares the controllers alone")
-    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--checkpoint", default=None, metavar="PATH",
+                   help="save the run here at the end (and every --checkpoint-every steps); "
+                        "with --ablation, PATH.<controller> for each")
+    p.add_argument("--checkpoint-every", type=int, default=None, metavar="N")
+    p.add_argument("--resume", default=None, metavar="PATH",
+                   help="go on from this checkpoint of one controller's run (the same "
+                        "arguments; --steps counts the steps before it; a warm-up is not "
+                        "run again)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    names = args.ablation.split(",") if args.ablation else [args.controller]
+    if args.resume and len(names) > 1:
+        p.error(f"--resume: expected one controller, got the ablation {args.ablation!r}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -454,37 +570,40 @@ def main(argv=None):
                            lr=args.lr, q_updates=args.q_updates, reward=args.reward,
                            eval_batches=args.eval_batches, log_every=args.log_every,
                            checkpoint=args.checkpoint,
-                           seed=args.seed)
-    names = args.ablation.split(",") if args.ablation else [args.controller]
+                           checkpoint_every=args.checkpoint_every, seed=args.seed)
     task = PasskeyTask(seq_len=args.seq_len, chunk_size=args.chunk_size, key_len=args.key_len)
     warm = None
     if args.reader:
         tc = replace(tc, lr=0.0)
+    elif args.warmup_steps and args.resume:
+        log.info("== warm-up skipped: the checkpoint holds the model after it")
     elif args.warmup_steps:
         # The memory pathway is learnt with everything in memory; each controller then
         # starts from the same model and goes on training it.
         log.info("== warm-up: %d steps with store_all", args.warmup_steps)
         model = build_model(args, "store_all")
-        train_memory(model, task, replace(tc, steps=args.warmup_steps, checkpoint=None))
+        train_memory(model, task, replace(tc, steps=args.warmup_steps, checkpoint=None,
+                                          checkpoint_every=None))
         warm = model.state_dict()
     rows = []
     for name in names:
         if args.reader:
             model = passkey_reader(task, "store_all", args.capacity, args.merge, args.backend)
             controller = make_controller(args, name, model.config)
-        elif warm is None:
+        elif not args.warmup_steps:
             model = build_model(args, name)
             controller = make_controller(args, name, model.config) if name == "qlearning" \
                 else None
         else:
             model = build_model(args, "store_all")
-            model.load_state_dict(warm)
+            if warm is not None:
+                model.load_state_dict(warm)
             controller = make_controller(args, name, model.config)
         log.info("== %s: %d chunks of %d tokens, capacity %s, %d steps", name,
                  task.seq_len // task.chunk_size, task.chunk_size, args.capacity, tc.steps)
         run_tc = replace(tc, checkpoint=f"{args.checkpoint}.{name}" if args.checkpoint and
                          len(names) > 1 else tc.checkpoint)
-        rows.append((name, train_memory(model, task, run_tc, controller)))
+        rows.append((name, train_memory(model, task, run_tc, controller, resume=args.resume)))
     cols = ["answer_accuracy", "answer_loss", "key_kept", "entries", "kept", "reads"]
     lines = ["| controller | " + " | ".join(cols) + " | train s |",
              "| --- |" + " --- |" * (len(cols) + 1)]
