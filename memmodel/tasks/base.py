@@ -103,6 +103,7 @@ def query_metrics(logits: torch.Tensor, answers: torch.Tensor,
         QueryScores(loss [B], token_accuracy [B], query_correct [B, Q], query_accuracy [B]).
 
     Example:
+        >>> from memmodel.tasks import PasskeyTask, query_metrics
         >>> task = PasskeyTask(seq_len=64, chunk_size=16, key_len=2)
         >>> batch = task.sample(3, split="val")
         >>> scores = query_metrics(torch.zeros(3, 64, 256), batch.answers, batch.answer_pos)
@@ -289,7 +290,7 @@ def check_disjoint(owner: str, name: str, groups: Dict[str, str]):
             if ch in seen and seen[ch] != group:
                 listed = ", ".join(f"{g} {c!r}" for g, c in groups.items())
                 raise ValueError(f"{owner}.{name}: expected no byte shared between {listed}; "
-                                 f"{ch!r} is in {seen[ch]} and {group}")
+                                 f"{ch!r} is in both {seen[ch]} and {group}")
             seen[ch] = group
 
 

@@ -107,12 +107,10 @@ class MultiNeedleTask(Task):
         check_space(owner, "value_len", self.value_alphabet, self.value_len, 1)
         special = {"marker": self.marker, "decoy_marker": self.decoy_marker,
                    "separator": self.separator, "query": self.query}
-        check_disjoint(owner, "marker", {"names and values": self.name_alphabet +
-                                         self.value_alphabet, **special})
+        strings = {"name_alphabet + value_alphabet": self.name_alphabet + self.value_alphabet}
+        check_disjoint(owner, "marker", {**strings, **special})
         if self.filler_kind == "letters":
-            check_disjoint(owner, "filler", {"filler": self.filler, "names and values":
-                                             self.name_alphabet + self.value_alphabet,
-                                             **special})
+            check_disjoint(owner, "filler", {"filler": self.filler, **strings, **special})
         elif self.filler_kind == "shared":
             check_disjoint(owner, "filler", {"filler": self.filler, **special})
         items = self.n_facts + self.n_decoys
