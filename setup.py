@@ -25,6 +25,7 @@ setup(
         "torch>=2.4",
         "triton>=3.1",
         "numpy",
+        "safetensors",  # save_pretrained / from_pretrained, loaded without pickle
     ],
     extras_require={
         "test": ["pytest", "pytest-benchmark", "hypothesis"],

@@ -11,7 +11,10 @@ segment with the same result as one call.
 from __future__ import annotations
 
 import copy
+import json
 import math
+import os
+import secrets
 from typing import Any, Dict, NamedTuple, Optional
 
 import torch
@@ -25,6 +28,46 @@ from .state import LayerState, MemoryState
 from .working_memory import WorkingMemory
 
 IGNORE_INDEX = -100  # labels that are not scored
+PRETRAINED_VERSION = 1  # of save_pretrained's folder layout
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_k: Optional[int],
+            generator: Optional[torch.Generator]) -> torch.Tensor:
+    """[B] token ids from logits [B, V]: the argmax at temperature 0, else a draw from
+    softmax(logits / temperature) over the top_k most likely."""
+    logits = logits.float()
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, -1)
+    return torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0].to(logits.device)
+
+
+def _write_text(path: str, text: str):
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def _replace(path: str, write):
+    """write(tmp) into a temporary file beside `path`, fsync it, then rename it over path;
+    the temporary file is removed if writing fails."""
+    tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def _check_shape(name: str, t: Optional[torch.Tensor], shape):
@@ -100,6 +143,15 @@ class LMOutput(NamedTuple):
     logits: torch.Tensor
     loss: Optional[torch.Tensor]
     state: MemoryState
+
+
+class GenerateOutput(NamedTuple):
+    """sequences: [B, T + new] the prompt and its continuation; state: the MemoryState
+    after all of them; logits: [B, vocab] for the token that would follow."""
+
+    sequences: torch.Tensor
+    state: MemoryState
+    logits: torch.Tensor
 
 
 class MemoryLM(nn.Module):
@@ -201,6 +253,144 @@ class MemoryLM(nn.Module):
                                     ignore_index=IGNORE_INDEX, reduction="sum")
             loss = total / (labels != IGNORE_INDEX).sum().clamp_min(1)
         return LMOutput(logits, loss, state)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int,
+                 temperature: float = 1.0, top_k: Optional[int] = None,
+                 state: Optional[MemoryState] = None,
+                 generator: Optional[torch.Generator] = None,
+                 prefill_segment: int = 4096) -> GenerateOutput:
+        """Continue each row of `input_ids` by `max_new_tokens` sampled tokens.
+
+        The prompt is read in segments of `prefill_segment` tokens with the state carried
+        (a long prompt never holds full-length logits), then one token at a time; the
+        long-term memory compresses and stores at chunk boundaries as it goes, exactly as
+        in a forward over the same tokens. Runs in the model's current mode (call
+        `eval()` first for greedy controllers).
+
+        Args:
+            input_ids: [B, T] int64 prompt (T >= 1), continuing `state` when given.
+            max_new_tokens: tokens to add (>= 0).
+            temperature: > 0 divides the logits before sampling; 0 takes the argmax.
+            top_k: sample among the k most likely tokens only (None: all).
+            state: a MemoryState to continue (None: a fresh stream); updated in place.
+            generator: draws the samples (None: torch's global generator).
+            prefill_segment: tokens per forward call while reading the prompt.
+
+        Returns:
+            GenerateOutput(sequences [B, T + max_new_tokens], the state after all of
+            them, logits [B, vocab] for the token that would follow).
+
+        Example:
+            >>> out = model.generate(torch.tensor([[104, 105]]), 8, temperature=0)
+            >>> out.sequences.shape
+            torch.Size([1, 10])
+        """
+        if not _is_count(max_new_tokens):
+            raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
+        if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) \
+                or not math.isfinite(temperature) or temperature < 0:
+            raise ValueError(f"temperature: expected a finite number >= 0, got "
+                             f"{temperature!r}")
+        V = self.config.vocab_size
+        if top_k is not None and (not _is_count(top_k) or not 1 <= top_k <= V):
+            raise ValueError(f"top_k: expected None or an int in [1, {V}], got {top_k!r}")
+        if not _is_count(prefill_segment) or prefill_segment < 1:
+            raise ValueError(f"prefill_segment: expected a positive int, got "
+                             f"{prefill_segment!r}")
+        self._check_ids("input_ids", input_ids)
+        out = None
+        for t0 in range(0, input_ids.shape[1], prefill_segment):
+            out = self(input_ids[:, t0:t0 + prefill_segment], state=state)
+            state = out.state
+        logits, pieces = out.logits[:, -1], [input_ids]
+        for _ in range(max_new_tokens):
+            nxt = _sample(logits, temperature, top_k, generator).to(input_ids.dtype)
+            pieces.append(nxt[:, None])
+            out = self(nxt[:, None], state=state)
+            state, logits = out.state, out.logits[:, -1]
+        return GenerateOutput(torch.cat(pieces, 1), state, logits)
+
+    def save_pretrained(self, path) -> None:
+        """Write the model to the folder `path` (made if missing): `config.json` (the
+        MemoryConfig as plain JSON), `model.safetensors` (the weights; a tied head is
+        stored once) and, for learned controllers, `controller-<i>.safetensors` with their
+        greedy policy (plain parts in config.json). Loadable without pickle by
+        `from_pretrained`. Each file is written to a temporary name and renamed."""
+        from safetensors.torch import save_file
+
+        os.makedirs(path, exist_ok=True)
+        weights = {k: t.detach().contiguous() for k, t in self.state_dict().items()}
+        if self.config.tie_embeddings:
+            weights.pop("lm_head.weight")
+        meta = {"format": "memmodel", "version": PRETRAINED_VERSION,
+                "config": self.config.to_dict(), "controllers": []}
+        tensor_files = {"model.safetensors": weights}
+        distinct, layer_of = [], []
+        for layer in self.layers:
+            ctrl = None if layer.long_term_memory is None else layer.long_term_memory.controller
+            known = [i for i, c in enumerate(distinct) if c is ctrl]
+            if not known:
+                distinct.append(ctrl)
+            layer_of.append(known[0] if known else len(distinct) - 1)
+        for i, ctrl in enumerate(distinct):
+            entry = {"name": None if ctrl is None else ctrl.name,
+                     "layers": [j for j, k in enumerate(layer_of) if k == i]}
+            if hasattr(ctrl, "policy_state"):
+                entry["policy"], tensors = ctrl.policy_state()
+                entry["file"] = f"controller-{i}.safetensors"
+                tensor_files[entry["file"]] = tensors
+            meta["controllers"].append(entry)
+        for name, tensors in tensor_files.items():
+            _replace(os.path.join(path, name), lambda tmp, t=tensors: save_file(t, tmp))
+        _replace(os.path.join(path, "config.json"),
+                 lambda tmp: _write_text(tmp, json.dumps(meta, indent=2)))
+
+    @classmethod
+    def from_pretrained(cls, path, device=None) -> "MemoryLM":
+        """A model written by `save_pretrained`, in eval mode (greedy controllers).
+
+        Raises:
+            FileNotFoundError: a file of the folder is missing.
+            ValueError: a config.json that is not a memmodel model's, or weights that do
+                not fit its config (names or shapes).
+        """
+        from safetensors.torch import load_file
+
+        from .controller import build_controller
+        from .rl import QLearningConfig, QLearningController
+
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+            meta = json.load(f)
+        if not isinstance(meta, dict) or meta.get("format") != "memmodel":
+            raise ValueError(f"from_pretrained: {path}/config.json is not a memmodel model's "
+                             f"config (no \"format\": \"memmodel\")")
+        if meta.get("version") != PRETRAINED_VERSION:
+            raise ValueError(f"from_pretrained: {path}: expected version {PRETRAINED_VERSION}, "
+                             f"got {meta.get('version')!r}")
+        model = cls(MemoryConfig(**meta["config"]))
+        weights = load_file(os.path.join(path, "model.safetensors"))
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        allowed = {"lm_head.weight"} if model.config.tie_embeddings else set()
+        if set(missing) - allowed or unexpected:
+            raise ValueError(f"from_pretrained: {path}/model.safetensors does not fit its "
+                             f"config: missing {sorted(set(missing) - allowed)}, unexpected "
+                             f"{sorted(unexpected)}")
+        for entry in meta["controllers"]:
+            if entry["name"] is None:
+                continue
+            if "policy" in entry:
+                ctrl = QLearningController(model.config,
+                                           QLearningConfig(**entry["policy"]["rl"]))
+                ctrl.load_policy_state(entry["policy"],
+                                       load_file(os.path.join(path, entry["file"])))
+            else:
+                ctrl = build_controller(model.config, entry["name"])
+            for j in entry["layers"]:
+                model.layers[j].long_term_memory.controller = ctrl
+        if device is not None:
+            model.to(device)
+        return model.eval()
 
     def state_signature(self) -> Dict[str, Any]:
         """The sizes that shape this model's MemoryState (a state records them)."""

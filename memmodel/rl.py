@@ -577,6 +577,31 @@ class QLearningController(MemoryController):
         self.scores.count, self.scores.mean, self.scores.m2 = state["scores"]
         self.generator.set_state(state["generator"])
 
+    def policy_state(self) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor]]:
+        """What acting greedily needs, as (plain data, tensors): the configs, the score
+        statistics, the number of Q updates, and the online and target networks' weights.
+        Not the optimiser, the replay buffer or the random state (`state_dict` has those)."""
+        plain = {"rl": asdict(self.rl), "feature_dim": self.feature_dim,
+                 "scores": [self.scores.count, self.scores.mean, self.scores.m2],
+                 "updates": self.learner.updates}
+        tensors = {f"{net}.{name}": t.detach().contiguous()
+                   for net in ("online", "target")
+                   for name, t in getattr(self.learner, net).state_dict().items()}
+        return plain, tensors
+
+    def load_policy_state(self, plain: Dict[str, Any], tensors: Dict[str, torch.Tensor]):
+        """Restore `policy_state()`; the learner's optimiser and buffer start afresh."""
+        if plain["feature_dim"] != self.feature_dim:
+            raise ValueError(f"QLearningController.load_policy_state: expected features of "
+                             f"width {self.feature_dim} (ltm_levels={self.levels}), got "
+                             f"{plain['feature_dim']}")
+        for net in ("online", "target"):
+            prefix = f"{net}."
+            getattr(self.learner, net).load_state_dict(
+                {k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix)})
+        self.scores.count, self.scores.mean, self.scores.m2 = plain["scores"]
+        self.learner.updates = int(plain["updates"])
+
     def __repr__(self) -> str:
         return (f"QLearningController(levels={self.levels}, epsilon={self.epsilon:.3f}, "
                 f"updates={self.learner.updates}, buffer={len(self.learner.buffer)})")
