@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .controller import BankView
+from .controllers.base import BankView
 from .state import LTMState
 
 OPEN = torch.iinfo(torch.int64).max  # the end of a live entry's interval

@@ -1,13 +1,19 @@
 """Configs validated on construction: MemoryConfig (every size and switch of the model)
-and QLearningConfig (the hyperparameters of the Q-learning memory controller)."""
+and QLearningConfig (the hyperparameters of the Q-learning memory controller).
+
+A leaf: it imports nothing of the package. The controller names it accepts are kept here,
+in `CONTROLLER_NAMES`; `memmodel.controllers.register_controller` adds to them.
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import List, Optional, Union
+from typing import List, Optional, Set, Union
 
-from .controller import CONTROLLERS  # the registry is the list of valid controller names
+# The valid `ltm_controller` names: the built-in controllers of memmodel.controllers, and
+# every name given to its `register_controller`.
+CONTROLLER_NAMES: Set[str] = {"none", "fifo", "importance", "store_all", "qlearning"}
 
 
 @dataclass
@@ -32,7 +38,7 @@ class MemoryConfig:
         wm_heads: working-memory heads H.
         wm_head_dim: width Dh of a working-memory head; None is d_model // wm_heads.
         ltm_controller: who runs the long-term memory: "none" (off), "fifo", or any
-            name registered in `memmodel.controller.CONTROLLERS`.
+            name registered with `memmodel.controllers.register_controller`.
         ltm_heads: long-term-memory heads H.
         ltm_head_dim: width Dh of a long-term-memory head; None is d_model // ltm_heads.
         ltm_chunk_size: C, tokens compressed together.
@@ -131,9 +137,9 @@ class MemoryConfig:
                 f"{head_dim!r}")
 
     def _check_long_term_memory(self):
-        if self.ltm_controller not in CONTROLLERS:
+        if self.ltm_controller not in CONTROLLER_NAMES:
             raise ValueError(
-                f"MemoryConfig.ltm_controller: expected one of {sorted(CONTROLLERS)}, got "
+                f"MemoryConfig.ltm_controller: expected one of {sorted(CONTROLLER_NAMES)}, got "
                 f"{self.ltm_controller!r}")
         if self.ltm_controller == "none":
             return

@@ -19,7 +19,7 @@ to the segment (carried entries start at or before 0), so a segment costs one re
 Streaming. The tokens of an unfinished chunk are carried in `LTMState.pending_k/v` and
 compressed when a later segment completes the chunk; the live bank and its metadata
 travel in `LayerState.ltm`. Segments of any lengths give the same outputs as one call
-(the controller's `usage` feature aside, see `memmodel.controller`), and the carried
+(the controller's `usage` feature aside, see `memmodel.controllers.base`), and the carried
 state never exceeds the capacity: a 1M-token stream runs in constant memory (except under
 an unbounded controller, `store_all`, which keeps every entry).
 
@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from .bank import OPEN, Bank
 from .config import MemoryConfig
-from .controller import (
+from .controllers import (
     Action,
     ChunkFeatures,
     FifoController,
@@ -89,7 +89,7 @@ class LongTermMemory(nn.Module):
             ltm_chunk_size (C), ltm_summaries (P), ltm_levels (L), ltm_capacity, ltm_merge
             (r), ltm_controller, backend.
         controller: overrides `build_controller(config)`; also settable later as
-            `module.controller` (a plain attribute: its parameters are not the model's).
+            `module.controller` (a submodule: it takes the module's train / eval mode).
 
     Example:
         >>> cfg = MemoryConfig(d_model=32, ltm_controller="fifo", ltm_heads=2,
@@ -129,24 +129,15 @@ class LongTermMemory(nn.Module):
         nn.init.normal_(self.q_pool, std=c.ltm_head_dim ** -0.5)
         nn.init.normal_(self.merge_q, std=c.ltm_head_dim ** -0.5)
 
-    @property
-    def controller(self) -> MemoryController:
-        """Who runs the memory; it follows the module's train / eval mode, set when it is
-        attached and by every `train()` / `eval()` of the module (or the model)."""
-        return self._controller
-
-    @controller.setter
-    def controller(self, controller: MemoryController):
-        if not isinstance(controller, MemoryController):
-            raise TypeError(f"LongTermMemory.controller: expected a MemoryController, got "
-                            f"{type(controller).__name__}")
-        controller.train(self.training)
-        self._controller = controller
-
-    def train(self, mode: bool = True) -> "LongTermMemory":
-        super().train(mode)
-        self._controller.train(mode)
-        return self
+    def __setattr__(self, name, value):
+        # a controller attached to a module takes the module's train / eval mode; later
+        # `train()` / `eval()` calls reach it as a submodule
+        if name == "controller":
+            if not isinstance(value, MemoryController):
+                raise TypeError(f"LongTermMemory.controller: expected a MemoryController, got "
+                                f"{type(value).__name__}")
+            value.train(self.training)
+        super().__setattr__(name, value)
 
     def check_state(self, st: LTMState, batch: int, where: str = "state.ltm"):
         """Raise a ValueError unless `st` is a bank this module can continue, for `batch`

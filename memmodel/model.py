@@ -50,6 +50,11 @@ def _sample(logits: torch.Tensor, temperature: float, top_k: Optional[int],
     return torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0].to(logits.device)
 
 
+def _is_controller_key(key: str) -> bool:
+    """A state_dict key of a memory controller's own parameters (a learned policy)."""
+    return ".long_term_memory.controller." in key
+
+
 def _write_text(path: str, text: str):
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
@@ -320,7 +325,8 @@ class MemoryLM(nn.Module):
         from safetensors.torch import save_file
 
         os.makedirs(path, exist_ok=True)
-        weights = {k: t.detach().contiguous() for k, t in self.state_dict().items()}
+        weights = {k: t.detach().contiguous() for k, t in self.state_dict().items()
+                   if not _is_controller_key(k)}  # controllers: files of their own
         if self.config.tie_embeddings:
             weights.pop("lm_head.weight")
         meta = {"format": "memmodel", "version": PRETRAINED_VERSION,
@@ -357,8 +363,8 @@ class MemoryLM(nn.Module):
         """
         from safetensors.torch import load_file
 
-        from .controller import build_controller
-        from .rl import QLearningConfig, QLearningController
+        from .config import QLearningConfig
+        from .controllers import QLearningController, build_controller
 
         with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
             meta = json.load(f)
@@ -371,10 +377,11 @@ class MemoryLM(nn.Module):
         model = cls(MemoryConfig(**meta["config"]))
         weights = load_file(os.path.join(path, "model.safetensors"))
         missing, unexpected = model.load_state_dict(weights, strict=False)
-        allowed = {"lm_head.weight"} if model.config.tie_embeddings else set()
-        if set(missing) - allowed or unexpected:
+        tied = {"lm_head.weight"} if model.config.tie_embeddings else set()
+        missing = [k for k in missing if k not in tied and not _is_controller_key(k)]
+        if missing or unexpected:
             raise ValueError(f"from_pretrained: {path}/model.safetensors does not fit its "
-                             f"config: missing {sorted(set(missing) - allowed)}, unexpected "
+                             f"config: missing {sorted(missing)}, unexpected "
                              f"{sorted(unexpected)}")
         for entry in meta["controllers"]:
             if entry["name"] is None:

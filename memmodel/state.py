@@ -7,7 +7,6 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-
 LTM_TENSORS = ("k", "v", "level", "start", "score", "usage", "pending_k", "pending_v",
                "retrieve")
 

@@ -44,10 +44,15 @@ from .checkpoint import (
     set_rng_states,
     write_checkpoint,
 )
-from .config import MemoryConfig
-from .controller import Action, MemoryController, NoMemoryController, build_controller
+from .config import MemoryConfig, QLearningConfig
+from .controllers import (
+    Action,
+    MemoryController,
+    NoMemoryController,
+    QLearningController,
+    build_controller,
+)
 from .model import MemoryLM
-from .rl import QLearningConfig, QLearningController
 from .tasks import PasskeyTask, answer_metrics, key_kept
 from .train import (
     FINITE_AT_LEAST_0,
@@ -362,7 +367,7 @@ def _restore(path, model: MemoryLM, task: PasskeyTask, tc: MemoryTrainConfig,
         if state is not None:
             if "rl" in state and hasattr(controller, "rl"):
                 expect_same(path, "controller config", state["rl"], asdict(controller.rl))
-            controller.load_state_dict(state)
+            controller.load_training_state(state)
         model.load_state_dict(payload["model"])
         if opt is not None:
             opt.load_state_dict(payload["optimizer"])
@@ -392,7 +397,8 @@ def save_checkpoint(path, model: MemoryLM, task: PasskeyTask, tc: MemoryTrainCon
         "scheduler": None,
         "controller": None if controller is None else {
             "name": controller.name,
-            "state": controller.state_dict() if hasattr(controller, "state_dict") else None},
+            "state": controller.training_state() if hasattr(controller, "training_state")
+            else None},
         "task": asdict(task), "train": settings(tc), "step": step,
         "data": {"generator": None if generator is None else generator.get_state(),
                  "log_window": [dict(r) for r in log_window or []]},
@@ -412,7 +418,6 @@ def load_checkpoint(path):
     try:
         config = MemoryConfig(**payload["config"])
         model = MemoryLM(config)
-        model.load_state_dict(payload["model"])
         saved, controller = payload["controller"], None
         if saved is not None and config.ltm_controller != "none":
             if saved["name"] == "qlearning":
@@ -421,8 +426,10 @@ def load_checkpoint(path):
             else:
                 controller = build_controller(config, saved["name"])
             if saved["state"] is not None:
-                controller.load_state_dict(saved["state"])
+                controller.load_training_state(saved["state"])
             attach_controller(model, controller)
+        # after the controller is attached: its networks are part of the model's weights
+        model.load_state_dict(payload["model"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(path, f"does not build the saved model and controller "
                                     f"({type(e).__name__}: {e})") from e

@@ -13,8 +13,8 @@ import torch
 
 from memmodel.checkpoint import read_checkpoint, write_checkpoint
 from memmodel.config import MemoryConfig, QLearningConfig
+from memmodel.controllers import QLearningController
 from memmodel.model import MemoryLM
-from memmodel.rl import QLearningController
 from memmodel.tasks import PasskeyTask
 from memmodel.train_memory import (
     MemoryTrainConfig,

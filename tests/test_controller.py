@@ -14,25 +14,23 @@ import torch
 from helpers import assert_close
 
 from memmodel.config import MemoryConfig, QLearningConfig
-from memmodel.controller import (
+from memmodel.controllers import (
     Action,
+    Choice,
     FifoController,
     MemoryController,
+    QLearner,
+    QLearningController,
+    ReplayBuffer,
     StoreAllController,
+    Transitions,
     build_controller,
+    double_dqn_targets,
+    nstep_returns,
 )
 from memmodel.kernels.chunk_compress import chunk_compress_ref
 from memmodel.long_term_memory import LongTermMemory
 from memmodel.model import MemoryLM
-from memmodel.rl import (
-    Choice,
-    QLearner,
-    QLearningController,
-    ReplayBuffer,
-    Transitions,
-    double_dqn_targets,
-    nstep_returns,
-)
 from memmodel.state import LayerState
 from memmodel.tasks import PasskeyTask, answer_metrics, key_kept
 from memmodel.train_memory import (
@@ -260,7 +258,7 @@ def test_eval_mode_is_greedy_and_records_nothing():
     logs = []
     for _ in range(2):
         rec.log = []
-        ltm = LongTermMemory(cfg, controller=rec)
+        ltm = LongTermMemory(cfg, controller=rec).eval()  # the module's mode reaches ctrl
         st = LayerState()
         with torch.no_grad():
             ltm(torch.ones(2, 40, 16), st)
@@ -377,6 +375,7 @@ def test_q_learning_finds_the_optimal_policy_of_a_toy_memory_mdp(seed):
 
     held_out = torch.Generator().manual_seed(1000 + seed)
     results = {}
+    ltm.eval()  # greedy: the module's mode reaches the controller
     for name, controller in (("qlearning", ctrl.eval()), ("fifo", FifoController())):
         rec = Recorder(controller)
         ltm.controller = rec
@@ -470,14 +469,14 @@ def test_checkpoint_round_trip_restores_the_controller_state(tmp_path):
     mask = torch.ones(6, 3, dtype=torch.bool)
     assert torch.equal(ctrl._choose(x, mask)[0], ctrl2._choose(x, mask)[0])
 
-    buffer = io.BytesIO()  # state_dict alone, through torch.save
-    torch.save(ctrl.state_dict(), buffer)
+    buffer = io.BytesIO()  # the training state alone, through torch.save
+    torch.save(ctrl.training_state(), buffer)
     fresh = QLearningController(cfg)
-    fresh.load_state_dict(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))
+    fresh.load_training_state(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))
     assert fresh.rl.memory_cost == 0.1 and fresh.learner.updates == ctrl.learner.updates
     with pytest.raises(ValueError, match=r"expected features of width 20 \(ltm_levels=3\), got 19"):
         QLearningController(MemoryConfig(ltm_controller="qlearning", **THREE_LEVELS)
-                            ).load_state_dict(ctrl.state_dict())
+                            ).load_training_state(ctrl.training_state())
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from memmodel.config import MemoryConfig
+from memmodel.controllers import QLearningController
 from memmodel.model import MemoryLM
-from memmodel.rl import QLearningController
 
 SMALL = dict(d_model=32, n_layers=2, d_state=4, backend="torch", ltm_heads=2,
              ltm_chunk_size=8, ltm_summaries=2, ltm_levels=2, ltm_capacity=[3, 2],

@@ -12,7 +12,7 @@ from helpers import assert_close
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from memmodel.config import MemoryConfig
-from memmodel.controller import (
+from memmodel.controllers import (
     Action,
     ChunkDecision,
     FifoController,

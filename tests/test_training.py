@@ -14,9 +14,9 @@ import torch
 import memmodel.train as train_module
 from memmodel.checkpoint import CheckpointError, read_checkpoint
 from memmodel.config import MemoryConfig, QLearningConfig
+from memmodel.controllers import QLearningController
 from memmodel.data import ByteCorpus
 from memmodel.model import MemoryLM
-from memmodel.rl import QLearningController
 from memmodel.tasks import PasskeyTask
 from memmodel.train import TrainConfig, train
 from memmodel.train import main as lm_main

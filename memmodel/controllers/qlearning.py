@@ -51,8 +51,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import QLearningConfig
-from .controller import (
+from ..config import QLearningConfig
+from .base import (
     Action,
     BankView,
     ChunkDecision,
@@ -242,10 +242,16 @@ class QLearner:
     def epsilon(self) -> float:
         return self.config.epsilon(self.updates)
 
+    def _to_networks(self, t: torch.Tensor) -> torch.Tensor:
+        """A host tensor moved to the networks' device (float ones to their dtype)."""
+        p = next(self.online.parameters())
+        return t.to(p.device, p.dtype) if t.is_floating_point() else t.to(p.device)
+
     @torch.no_grad()
     def q(self, x: torch.Tensor) -> torch.Tensor:
-        """[...]: the online Q-values of phi rows x [..., F]."""
-        return self.online(x)
+        """[...] float32 on the host: the online Q-values of phi rows x [..., F] (host
+        features; the networks may live on any device, in any float dtype)."""
+        return self.online(self._to_networks(x)).float().cpu()
 
     def update(self, batch: Optional[Transitions] = None) -> Optional[float]:
         """One Double DQN step on `batch` (default: a uniform sample of the buffer, once it
@@ -255,13 +261,18 @@ class QLearner:
             if len(self.buffer) < max(c.min_buffer, c.batch_size):
                 return None
             batch = self.buffer.sample(c.batch_size, self.generator)
-        y = double_dqn_targets(self.online, self.target, batch)
-        loss = F.huber_loss(self.online(batch.x), y, delta=c.huber_delta)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        batch = Transitions(*(self._to_networks(t) for t in batch))
+        with torch.enable_grad():
+            y = double_dqn_targets(self.online, self.target, batch)
+            loss = F.huber_loss(self.online(batch.x), y, delta=c.huber_delta)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         if c.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.online.parameters(), c.grad_clip)
         self.optimizer.step()
+        # no gradient is left behind: an optimiser holding the model's parameters (the
+        # language model's) then skips these
+        self.optimizer.zero_grad(set_to_none=True)
         self.updates += 1
         if self.updates % c.target_update == 0:
             self.target.load_state_dict(self.online.state_dict())
@@ -380,8 +391,11 @@ class QLearningController(MemoryController):
         config: the MemoryConfig of the long-term memory it drives (levels, capacity, C).
         rl: QLearningConfig (default: its defaults).
 
-    A plain object: its network is not a parameter of the language model; `state_dict()`
-    holds it with the target, optimiser, buffer, score statistics and random state. While
+    An `nn.Module` whose submodules are the learner's online and target networks (so
+    they are in the model's `state_dict()` and follow `model.to()`; features are built on
+    the host and moved to them). `training_state()` holds everything needed to go on
+    learning: the networks with the optimiser, buffer, score statistics and random state;
+    `policy_state()` what acting greedily needs. While
     training (the default), every decision is recorded in the stream's `Episode`;
     `finish(ltm_state, task_reward)` turns an ended stream into transitions and
     `update()` takes a Q step. See `memmodel.train_memory` for the loop.
@@ -411,19 +425,20 @@ class QLearningController(MemoryController):
         self.needs_usage = self.rl.use_usage
         self.feature_dim = 4 + self.levels + len(Choice) + len(ITEM_FEATURES)
         self.learner = QLearner(self.feature_dim, len(SUMMARY_CHOICES), len(Choice), self.rl)
+        # the learner's networks, as submodules: model.to() and state_dict() reach them
+        self.online, self.target = self.learner.online, self.learner.target
         self.scores = RunningStats()
         self.generator = torch.Generator().manual_seed(self.rl.seed + 2)
-
-    def train(self, mode: bool = True) -> "QLearningController":
-        """Explore and record (True) or act greedily without recording (False)."""
-        return super().train(mode)
 
     @property
     def epsilon(self) -> float:
         return self.learner.epsilon if self.training else 0.0
 
     def init_state(self, batch_size: int) -> Episode:
-        seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+        # a stream that explores gets its own generator, seeded from the controller's; an
+        # evaluating one never draws, and leaves the controller's random state alone
+        seed = int(torch.randint(0, 2**62, (1,), generator=self.generator)) \
+            if self.training else 0
         return Episode(batch_size, torch.Generator().manual_seed(seed))
 
     def decide(self, features: ChunkFeatures) -> ChunkDecision:
@@ -556,7 +571,7 @@ class QLearningController(MemoryController):
                   if loss is not None]
         return sum(losses) / len(losses) if losses else None
 
-    def state_dict(self) -> Dict[str, Any]:
+    def training_state(self) -> Dict[str, Any]:
         """Everything needed to go on learning: networks, optimiser, buffer, statistics,
         random state, the exploration step (epsilon follows from it) and the configs;
         tensors and plain data only (`torch.load(weights_only=True)` reads it). Not the
@@ -566,9 +581,10 @@ class QLearningController(MemoryController):
                 "scores": (self.scores.count, self.scores.mean, self.scores.m2),
                 "generator": self.generator.get_state()}
 
-    def load_state_dict(self, state: Dict[str, Any]):
+    def load_training_state(self, state: Dict[str, Any]):
+        """Restore `training_state()`."""
         if state["feature_dim"] != self.feature_dim:
-            raise ValueError(f"QLearningController.load_state_dict: expected features of width "
+            raise ValueError(f"QLearningController.load_training_state: expected features of width "
                              f"{self.feature_dim} (ltm_levels={self.levels}), got "
                              f"{state['feature_dim']}")
         self.rl = QLearningConfig(**state["rl"])
@@ -580,7 +596,8 @@ class QLearningController(MemoryController):
     def policy_state(self) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor]]:
         """What acting greedily needs, as (plain data, tensors): the configs, the score
         statistics, the number of Q updates, and the online and target networks' weights.
-        Not the optimiser, the replay buffer or the random state (`state_dict` has those)."""
+        Not the optimiser, the replay buffer or the random state (`training_state` has
+        those)."""
         plain = {"rl": asdict(self.rl), "feature_dim": self.feature_dim,
                  "scores": [self.scores.count, self.scores.mean, self.scores.m2],
                  "updates": self.learner.updates}

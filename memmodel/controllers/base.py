@@ -21,15 +21,15 @@ call, so `usage` (the attention mass an entry has received) covers the stream up
 end of the previous segment; an entry made in the current segment has usage 0 (a merged
 entry starts with the sum of its parts'). Everything else is exact at the boundary.
 
-Controllers are plain objects, not `nn.Module`s: a learned controller's network is not a
-parameter of the language model. They follow the train / eval mode of the module that
-runs them (`model.eval()` reaches them). One controller may be shared by every layer; its
-per-stream state (`init_state`) lives in each layer's `LTMState.controller`.
+Controllers are `nn.Module`s owned by the model: `model.train()`, `model.eval()`,
+`model.to()` and `state_dict()` reach them (a learning controller's networks are in the
+model's state_dict). One controller may be shared by every layer (one module, registered
+under each layer); its per-stream state (`init_state`) lives in each layer's
+`LTMState.controller`.
 
-Shipped here, the baselines: `fifo` (store everything, merge or evict the oldest),
-`importance` (keep the highest pooling scores), `store_all` (keep everything: no capacity,
-the upper bound) and `none` (no long-term memory). The learned controller, `qlearning`,
-lives in `memmodel.rl`. `build_controller(config)` looks a name up in `CONTROLLERS`.
+The package: this file (the interface, the features, shared helpers), `heuristics`
+(`fifo`, `importance`, `store_all`, `none`), `qlearning` (the learned controller and its
+learner) and `registry` (`CONTROLLERS`, `register_controller`, `build_controller`).
 """
 
 from __future__ import annotations
@@ -37,9 +37,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 
@@ -173,8 +174,14 @@ class ChunkDecision:
     retrieve: torch.Tensor
 
 
-class MemoryController:
-    """The interface `LongTermMemory` calls. Subclass it and register in `CONTROLLERS`.
+class MemoryController(nn.Module):
+    """The interface `LongTermMemory` calls. Subclass it and register it with
+    `register_controller`.
+
+    An `nn.Module`: its mode follows the model's (a learning controller explores and
+    records only in training mode) and its parameters, if any, are the model's. They never
+    carry a gradient outside their own learner's update, so the language model's
+    optimiser leaves them alone.
 
     Attributes:
         enabled: False turns the long-term memory off (the module returns zeros and does
@@ -190,21 +197,10 @@ class MemoryController:
     enabled = True
     needs_usage = False
     bounded = True
-    training = True
 
     def __init__(self, config: Optional[Any] = None):
+        super().__init__()
         self.config = config
-        self.training = True
-
-    def train(self, mode: bool = True) -> "MemoryController":
-        """Training (True) or evaluation (False) mode. `LongTermMemory` sets it to its own
-        mode, so `model.train()` / `model.eval()` reach every controller; a learning
-        controller explores and records only in training mode."""
-        self.training = bool(mode)
-        return self
-
-    def eval(self) -> "MemoryController":
-        return self.train(False)
 
     def init_state(self, batch_size: int) -> Any:
         """Per-stream state kept in `LTMState.controller` (None: nothing to keep)."""
@@ -219,8 +215,8 @@ class MemoryController:
         (only the rows in `features.rows` are read)."""
         raise NotImplementedError
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+    def extra_repr(self) -> str:
+        return ""
 
 
 def uniform_decision(features: ChunkFeatures, action: Action, retrieve: bool) -> ChunkDecision:
@@ -240,136 +236,3 @@ def ranked(score: torch.Tensor) -> torch.Tensor:
     """Scores as the heuristics rank them: a NaN score (an entry made from non-finite
     activations) ranks lowest, so it is the first to go and never displaces a real one."""
     return score.nan_to_num(nan=float("-inf"))
-
-
-def oldest(features: LevelFeatures) -> torch.Tensor:
-    """[B, count] int64: per row, the live entries of the level that became visible first
-    (ties, the summaries of one chunk, in bank order)."""
-    bank = features.bank
-    candidate = bank.live & (bank.level == features.level)
-    key = torch.where(candidate, bank.start, torch.iinfo(torch.int64).max)
-    return torch.sort(key, dim=1, stable=True).indices[:, : features.count]
-
-
-class FifoController(MemoryController):
-    """Store every summary and read every chunk; a full level merges (or, at the top,
-    evicts) its oldest entries. The same decisions in every batch row."""
-
-    name = "fifo"
-
-    def decide(self, features: ChunkFeatures) -> ChunkDecision:
-        return uniform_decision(features, Action.STORE, retrieve=True)
-
-    def select(self, features: LevelFeatures) -> torch.Tensor:
-        return oldest(features)
-
-
-def lowest_scores(features: LevelFeatures) -> torch.Tensor:
-    """[B, count] int64: per row, the live entries of the level with the lowest pooling
-    scores (ties: the older first)."""
-    bank = features.bank
-    candidate = bank.live & (bank.level == features.level)
-    score = ranked(on_host(bank.score))
-    key = torch.where(candidate, score, float("inf"))
-    return torch.sort(key, dim=1, stable=True).indices[:, : features.count]
-
-
-class ImportanceController(MemoryController):
-    """`importance`: keep the summaries with the highest pooling scores; read every chunk.
-
-    A full level gives up its lowest-scored entries (merged into the next level, or
-    evicted at the top). With a single level the new summaries compete too: `decide`
-    DISCARDs each new summary that would not be among the `capacity` highest scores of
-    the live entries and the chunk's summaries together, so the bank always holds the
-    highest scores seen. With several levels every summary is STOREd (level 0 keeps the
-    highest scores, and what it gives up is merged upward, not lost); the top level
-    admits each merged entry and evicts its lowest-scored live one.
-    """
-
-    name = "importance"
-
-    def decide(self, features: ChunkFeatures) -> ChunkDecision:
-        B, P = features.score.shape
-        action = torch.full((B, P), int(Action.STORE), dtype=torch.int64)
-        bank = features.bank
-        if len(bank.capacity) == 1:
-            live = bank.live & (bank.level == 0)
-            old = torch.where(live, ranked(on_host(bank.score)), float("-inf"))
-            both = torch.cat([ranked(on_host(features.score)), old], 1)  # new first
-            keep = min(bank.capacity[0], both.shape[1])
-            top = torch.sort(both, dim=1, descending=True, stable=True).indices[:, :keep]
-            kept = torch.zeros_like(both, dtype=torch.bool).scatter_(1, top, True)[:, :P]
-            action[~kept] = int(Action.DISCARD)
-        return ChunkDecision(action=action, retrieve=torch.ones(B, dtype=torch.bool))
-
-    def select(self, features: LevelFeatures) -> torch.Tensor:
-        return lowest_scores(features)
-
-
-class StoreAllController(MemoryController):
-    """`store_all`: store every summary at level 0, never merge or evict, read every chunk.
-
-    The upper bound of the ablations: the bank holds every chunk of the stream, so
-    memory and retrieval work grow linearly with its length. The capacity is bypassed by
-    `bounded = False`: `LongTermMemory` then never makes room (no merge, no eviction, no
-    `select` call), whatever `ltm_capacity` says.
-    """
-
-    name = "store_all"
-    bounded = False
-
-    def decide(self, features: ChunkFeatures) -> ChunkDecision:
-        return uniform_decision(features, Action.STORE, retrieve=True)
-
-    def select(self, features: LevelFeatures) -> torch.Tensor:
-        raise RuntimeError("the 'store_all' controller is unbounded, so no level fills")
-
-
-class NoMemoryController(MemoryController):
-    """`none`: no long-term memory. `Block` builds no LongTermMemory for it, and a
-    LongTermMemory given it returns zeros without touching its state."""
-
-    name = "none"
-    enabled = False
-
-    def decide(self, features: ChunkFeatures) -> ChunkDecision:
-        return uniform_decision(features, Action.DISCARD, retrieve=False)
-
-    def select(self, features: LevelFeatures) -> torch.Tensor:
-        raise RuntimeError("the 'none' controller keeps no entries, so no level fills")
-
-
-def _qlearning(config: Optional[Any] = None) -> MemoryController:
-    from .rl import QLearningController  # rl imports this module: look it up when built
-
-    return QLearningController(config)
-
-
-# name -> factory(config): every entry returns a MemoryController built from the config.
-CONTROLLERS: Dict[str, Callable[..., MemoryController]] = {
-    "none": NoMemoryController,
-    "fifo": FifoController,
-    "importance": ImportanceController,
-    "store_all": StoreAllController,
-    "qlearning": _qlearning,
-}
-
-
-def build_controller(config: Optional[Any] = None, name: Optional[str] = None) -> MemoryController:
-    """The controller named `name` (default: `config.ltm_controller`).
-
-    Args:
-        config: a MemoryConfig, or None when `name` is given.
-        name: a key of `CONTROLLERS`.
-
-    Example:
-        >>> build_controller(name="fifo")
-        FifoController()
-    """
-    if name is None:
-        if config is None:
-            raise ValueError("build_controller: expected a config or a name, got neither")
-        name = config.ltm_controller
-    if name not in CONTROLLERS:
-        raise ValueError(f"controller: expected one of {sorted(CONTROLLERS)}, got {name!r}")
-    return CONTROLLERS[name](config)
