@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from helpers import assert_close
+from helpers import GRAD_LAYOUTS, assert_close, layout_loss
 
 from memmodel.kernels.chunk_compress import chunk_compress, chunk_compress_ref
 from memmodel.kernels.utils import is_interpreter
@@ -114,6 +114,19 @@ def test_triton_noncontiguous_inputs():
         assert_close(a, e, name)
     for name in grads:
         assert_close(grads[name], ref_grads[name], f"grad {name}")
+
+
+@pytest.mark.parametrize("layout", GRAD_LAYOUTS)
+def test_triton_incoming_gradient_layouts(layout):
+    """The gradients of s_k, s_v and score may come strided or broadcast (stride 0, as a
+    plain sum gives); the backward reads them as they are laid out."""
+    k, v, q_pool = make_inputs(2, 37, 2, 16, 8, 3)
+    grads = []
+    for backend in ("triton", "torch"):
+        out = chunk_compress(k, v, q_pool, 8, backend=backend)
+        grads.append(torch.autograd.grad(layout_loss(out, layout), (k, v, q_pool)))
+    for name, g, g_ref in zip(("k", "v", "q_pool"), *grads):
+        assert_close(g, g_ref, f"grad {name}")
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])

@@ -8,7 +8,7 @@ both Triton ones under TRITON_INTERPRET=1 on a CPU, so sizes stay tiny.
 
 import pytest
 import torch
-from helpers import assert_close, force_config
+from helpers import GRAD_LAYOUTS, assert_close, force_config, layout_loss
 
 from memmodel.kernels.gated_cache import (
     chunk_gated_cache,
@@ -271,6 +271,22 @@ def test_noncontiguous_input(impl):
     inputs[3] = torch.rand(2, 2, 20, 5).transpose(1, 2).requires_grad_()  # T, H swapped
     assert not inputs[0].is_contiguous() and not inputs[3].is_contiguous()
     check_against_oracle(impl, tuple(inputs))
+
+
+@pytest.mark.parametrize("impl", ["torch", "fused", "chunk"])
+@pytest.mark.parametrize("layout", GRAD_LAYOUTS)
+def test_incoming_gradient_layouts(impl, layout):
+    """The gradients of r and of the final slots may come strided or broadcast (stride 0,
+    as a plain sum gives); every backward reads them as they are laid out."""
+    inputs = make_inputs(2, 20, 2, 5, 6, 4)
+    q, k, v, w, st = inputs
+    leaves = [q, k, v, w, *st]
+    grads = []
+    for fn in (IMPLS[impl], gated_cache_write_ref):
+        r, fin = fn(q, k, v, w, initial_state=st, output_final_state=True)
+        grads.append(torch.autograd.grad(layout_loss((r, *fin), layout), leaves))
+    for name, g, g_ref in zip(NAMES, *grads):
+        assert_close(g, g_ref, f"grad {name}")
 
 
 def test_dispatch_rule():

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_close
+from helpers import GRAD_LAYOUTS, assert_close, layout_loss
 
 from memmodel.kernels.memory_retrieve import (
     live_blocks,
@@ -204,6 +204,23 @@ def test_triton_dkv_query_splits(monkeypatch, split):
     assert parallel._query_splits(T, 64, 1)[0] == (5 if split == 64 else 3)
     start, end = random_intervals(B, M, T)
     check_against(triton, memory_retrieve_ref, *make_inputs(B, T, H, D, D, M), start, end)
+
+
+@pytest.mark.parametrize("layout", GRAD_LAYOUTS)
+def test_triton_incoming_gradient_layouts(layout):
+    """The gradients of o and lse may come strided or broadcast (stride 0, as a plain sum
+    gives); the backward reads them as they are laid out. Entry 0 is seen by every token,
+    so every lse is finite."""
+    B, T, H, D, M = 2, 45, 2, 16, 12
+    start, end = random_intervals(B, M, T)
+    start[:, 0], end[:, 0] = 0, T
+    inputs = make_inputs(B, T, H, D, 8, M)
+    grads = []
+    for backend in ("triton", "torch"):
+        out = memory_retrieve(*inputs, start, end, backend=backend)
+        grads.append(torch.autograd.grad(layout_loss(out, layout), inputs))
+    for name, g, g_ref in zip(("q", "mem_k", "mem_v"), *grads):
+        assert_close(g, g_ref, f"grad {name}")
 
 
 def test_triton_noncontiguous_inputs():
