@@ -226,6 +226,8 @@ def _good():
          r"q_pool: expected a tensor on cpu"),
         (lambda kw: kw.update(chunk_size=0), ValueError, r"chunk_size: expected a positive int"),
         (lambda kw: kw.update(chunk_size=4.0), ValueError, r"chunk_size: expected a positive"),
+        (lambda kw: kw.update(chunk_size=True), ValueError,
+         r"chunk_size: expected a positive int, got True"),
         (lambda kw: kw.update(scale=-1.0), ValueError, r"scale: .* positive number, got -1"),
         (lambda kw: kw.update(scale="1"), TypeError, r"scale: .* positive number, got str"),
         (lambda kw: kw.update(backend="cuda"), ValueError, r"backend: expected one of"),
@@ -233,7 +235,7 @@ def _good():
          r"k: dimension 1 \(T\) is 0"),
     ],
     ids=["k-rank", "v-T", "v-H", "q-H", "q-Dk", "mixed-dtype", "int-dtype", "device",
-         "C0", "C-float", "scale-neg", "scale-str", "backend", "T0"],
+         "C0", "C-float", "C-bool", "scale-neg", "scale-str", "backend", "T0"],
 )
 def test_bad_input_is_rejected(change, exc, pattern):
     kw = _good()

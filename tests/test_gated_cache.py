@@ -372,13 +372,15 @@ def _good():
         (lambda kw: kw.update(scale="big"), TypeError, r"scale: expected None or a finite"),
         (lambda kw: kw.update(backend="cuda"), ValueError, r"backend: expected one of"),
         (lambda kw: kw.update(chunk_size=0), ValueError, r"chunk_size: expected a positive"),
+        (lambda kw: kw.update(chunk_size=True), ValueError,
+         r"chunk_size: expected a positive int, got True"),
         (lambda kw: kw.update(backend="triton", chunk_size=24), ValueError,
          r"chunk_size: the Triton backend needs a multiple of 16"),
         (lambda kw: kw.update(q="not a tensor"), TypeError, r"q: expected a torch.Tensor"),
     ],
     ids=["q-rank", "k-DK", "v-batch", "w-heads", "w-int", "k-double", "mixed-dtype",
          "w-negative", "w-above-one", "w-nan", "T0", "h0-not-pair", "h0-dtype", "h0-shape",
-         "scale-type", "backend", "chunk-zero", "chunk-not-16", "q-type"],
+         "scale-type", "backend", "chunk-zero", "chunk-bool", "chunk-not-16", "q-type"],
 )
 def test_bad_input_is_rejected(change, exc, pattern):
     kw = _good()

@@ -15,7 +15,13 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..utils import check_same_dtype, check_scale, check_tensor, resolve_backend
+from ..utils import (
+    check_positive_int,
+    check_same_dtype,
+    check_scale,
+    check_tensor,
+    resolve_backend,
+)
 from .chunk import MAX_HEAD_DIM, MAX_SUMMARIES, chunk_compress_triton
 from .ref import chunk_compress_ref
 
@@ -40,7 +46,7 @@ def chunk_compress(
         v: [B, T, H, Dv] values, k's dtype; Dv may differ from Dk.
         q_pool: [H, P, Dk] pooling queries, any float dtype (a float32 parameter next to
             bfloat16 activations is fine).
-        chunk_size: C, tokens per chunk, a positive int.
+        chunk_size: C, tokens per chunk, a positive int (not a bool).
         scale: logit scale, a positive number; 1 / sqrt(Dk) when None.
         backend: "auto", "triton" or "torch" (see `resolve_backend`).
 
@@ -62,8 +68,7 @@ def chunk_compress(
     check_tensor("v", v, ("B", "T", "H", "Dv"), dims, device=dev)
     check_tensor("q_pool", q_pool, ("H", "P", "Dk"), dims, device=dev)
     check_same_dtype(("k", "v"), (k, v))
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
+    chunk_size = check_positive_int("chunk_size", chunk_size)
     check_scale(scale)
 
     impl = resolve_backend(backend, dev)

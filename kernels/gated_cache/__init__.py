@@ -22,6 +22,7 @@ import torch
 from ..utils import (
     FLOAT_DTYPES,
     check_cu_seqlens,
+    check_positive_int,
     check_same_dtype,
     check_scale,
     check_tensor,
@@ -99,9 +100,10 @@ def gated_cache_write(
         validate: check that w lies in [0, 1] (one pass over w, a device sync); ValueError
             naming w otherwise, NaN included.
         backend: "auto", "triton" or "torch" (see the module docstring).
-        chunk_size: tokens per chunk. None: for "torch" 8 when a backward will follow and
-            16 otherwise (see `ref.default_chunk_size`); for "triton" 64 (a multiple of 16
-            there), and sequences no longer than it run the fused recurrent kernel.
+        chunk_size: tokens per chunk, a positive int (not a bool). None: for "torch" 8
+            when a backward will follow and 16 otherwise (see `ref.default_chunk_size`);
+            for "triton" 64 (a multiple of 16 there), and sequences no longer than it run
+            the fused recurrent kernel.
 
     Returns:
         r: [B, T, H, Dv] in v's dtype, the read after each token's write.
@@ -138,8 +140,7 @@ def gated_cache_write(
     if chunk_size is None:
         chunk_size = (default_chunk_size(q, k, v, w, *(initial_state or ())) if impl == "torch"
                       else TRITON_CHUNK)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
+    chunk_size = check_positive_int("chunk_size", chunk_size)
 
     args = (q, k, v, w, scale, initial_state, output_final_state, cu_seqlens)
     if impl == "torch":
