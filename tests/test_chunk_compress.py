@@ -171,6 +171,22 @@ def test_triton_fp16_inputs_float32_parameter():
                      dtype=torch.float16)
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_float64_q_pool_is_used_in_float32(backend):
+    """A float64 q_pool (any float dtype is documented) gives the float32 q_pool's results,
+    and its gradient comes back in float64."""
+    k, v, q_pool = make_inputs(2, 37, 2, 16, 8, 3)
+    q64 = q_pool.detach().double().requires_grad_()
+    out, grads = run_and_grad(lambda *a: chunk_compress(*a, backend=backend), k, v, q64, 8)
+    ref, ref_grads = run_and_grad(chunk_compress_ref, k, v, q_pool, 8)
+    assert [x.dtype for x in out] == [torch.float32] * 3
+    assert grads["q_pool"].dtype == torch.float64
+    for name, a, e in zip(("s_k", "s_v", "score"), out, ref):
+        assert_close(a, e, name)
+    for name in grads:
+        assert_close(grads[name].float(), ref_grads[name], f"grad {name}")
+
+
 @pytest.mark.gpu
 @COMPILED
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
