@@ -177,6 +177,37 @@ def test_unseen_rows_take_finite_zero_gradient_even_from_lse(backend):
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_nan_reaches_only_what_sees_it(backend):
+    """NaN in the key and value of entry 3, live on tokens [17, 30), and in the query of
+    token 34: the outputs of the other tokens, their q gradients and the k and v gradients
+    of the entries none of the poisoned tokens sees are finite and equal the clean run's,
+    bit for bit (0 * NaN from a masked-out pair must not enter any sum)."""
+    B, T, H, D, M, m_nan, t_nan = 1, 40, 2, 16, 12, 3, 34
+    start, end = random_intervals(B, M, T)
+    start[0, m_nan], end[0, m_nan] = 17, 30
+    fn = lambda *a: memory_retrieve(*a, backend=backend)
+    inputs = make_inputs(B, T, H, D, 8, M)
+    (o, lse), grads = run_and_grad(fn, *inputs, start, end)
+    q, k, v = (x.detach().clone() for x in inputs)
+    k[0, m_nan, 1], v[0, m_nan, 0, 3], q[0, t_nan, 0] = float("nan"), float("nan"), float("nan")
+    poisoned = [x.requires_grad_() for x in (q, k, v)]
+    (o_n, lse_n), grads_n = run_and_grad(fn, *poisoned, start, end)
+
+    vis = visibility_mask(start, end, T)[0]  # [T, M]
+    bad_t = vis[:, m_nan].clone()
+    bad_t[t_nan] = True
+    good_m = ~(vis & bad_t[:, None]).any(0)
+    good_m[m_nan] = False
+    assert 5 < int((~bad_t).sum()) < T and 0 < int(good_m.sum()) < M - 1, "a case of both"
+    for name, a, e in (("o", o_n, o), ("lse", lse_n, lse), ("grad q", grads_n["q"], grads["q"])):
+        assert not torch.isnan(a[0, ~bad_t]).any(), name
+        assert torch.equal(a[0, ~bad_t], e[0, ~bad_t]), name
+    for name in ("mem_k", "mem_v"):
+        a, e = grads_n[name][0, good_m], grads[name][0, good_m]
+        assert torch.isfinite(a).all() and torch.equal(a, e), f"grad {name}"
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_equals_sdpa_with_interval_mask(backend):
     B, T, H, D, M = 2, 96, 2, 16, 24
     start, end = fifo_intervals(B, M, 4, 10)  # tokens 0-3 see nothing yet
