@@ -140,6 +140,28 @@ def test_chunks_are_independent(backend):
         assert_close(w, torch.cat([a, b], dim=1), name)
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_nan_in_one_chunk_stays_in_it(backend):
+    """NaN in k and v at token 13 (chunk 2 of C = 5, a chunk shorter than the kernel's
+    16-token block): every other chunk's summaries and the gradients of its tokens are
+    finite and equal the clean run's, bit for bit."""
+    k, v, q_pool = make_inputs(2, 23, 2, 16, 8, 3)
+    fn = lambda *a: chunk_compress(*a, backend=backend)
+    out, grads = run_and_grad(fn, k, v, q_pool, 5)
+    k_nan, v_nan = (x.detach().clone() for x in (k, v))
+    k_nan[:, 13], v_nan[:, 13] = float("nan"), float("nan")
+    k_nan.requires_grad_(), v_nan.requires_grad_()
+    out_nan, grads_nan = run_and_grad(fn, k_nan, v_nan, q_pool, 5)
+    other = [0, 1, 3, 4]  # chunks; tokens 10-14 are chunk 2
+    for name, a, e in zip(("s_k", "s_v", "score"), out_nan, out):
+        assert torch.isfinite(a[:, other]).all(), name
+        assert torch.equal(a[:, other], e[:, other]), name
+        assert torch.isnan(a[:, 2]).all(), name
+    tokens = [t for t in range(23) if not 10 <= t < 15]
+    for name in ("k", "v"):
+        assert torch.equal(grads_nan[name][:, tokens], grads[name][:, tokens]), f"grad {name}"
+
+
 def test_score_is_logsumexp_and_summary_is_convex_combination():
     """One summary of a chunk whose keys are all equal: weights 1/n, score log n + z."""
     k = torch.ones(1, 12, 1, 16)  # a partial last chunk of 4 tokens with C = 8

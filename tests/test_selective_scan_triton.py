@@ -96,6 +96,29 @@ def test_scan_incoming_gradient_layouts(impl, layout):
         assert_close(g, grads[1][name], f"grad {name}")
 
 
+SCANS = {"ref": selective_scan_ref,
+         "torch": lambda **kw: selective_scan_chunked(**kw, chunk_size=16),
+         "triton": lambda **kw: chunk_selective_scan(**kw, chunk_size=16)}
+
+
+@pytest.mark.parametrize("impl", ["ref", "torch", "triton"])
+def test_nan_at_a_token_does_not_reach_earlier_outputs(impl):
+    """NaN in every per-token input at t = 21 (inside the second 16-token chunk): y before
+    t is finite and equals the clean run's, bit for bit."""
+    t = 21
+    kw = make_scan_inputs(2, 40, 8, 4, 1, opts=("D", "z", "initial_state"),
+                          requires_grad=False)
+    with torch.no_grad():
+        y, _ = SCANS[impl](**kw)
+        for name in ("u", "delta", "B", "C", "z"):
+            kw[name] = kw[name].clone()
+            kw[name][:, t] = float("nan")
+        y_nan, _ = SCANS[impl](**kw)
+    assert torch.isfinite(y_nan[:, :t]).all()
+    assert torch.equal(y_nan[:, :t], y[:, :t])
+    assert torch.isnan(y_nan[:, t]).all()
+
+
 def test_triton_scan_varlen():
     lens = [1, 21, 8, 3]  # a single token, one longer than a chunk, one exactly a chunk
     cu = torch.tensor([0, 1, 22, 30, 33], dtype=torch.int32)
