@@ -205,9 +205,11 @@ def test_step_equals_last_position(backend):
 ALL = ["ref", "torch", "fused", "chunk"]
 
 
-def _call(impl, *args, **kw):
+def _call(impl, *args, chunk_size=16, **kw):
     if impl == "ref":
         return gated_cache_write_ref(*args, **kw)
+    if impl != "fused":
+        kw["chunk_size"] = chunk_size
     return IMPLS[impl](*args, **kw)
 
 
@@ -223,6 +225,24 @@ def test_zero_weight_leaves_cache_bit_identical(impl):
     assert torch.equal(Mk[:, :, 2], st[0][:, :, 2]) and torch.equal(Mv[:, :, 2], st[1][:, :, 2])
     assert not torch.equal(Mk[:, :, 1], st[0][:, :, 1])
     assert torch.equal(Mk0, st[0]) and torch.equal(Mv0, st[1])
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # the interpreter's NaN
+@pytest.mark.parametrize("impl", ALL)
+def test_nan_at_a_token_does_not_reach_earlier_reads(impl):
+    """NaN in q, k, v and w at t = 21 (inside the second 16-token chunk, mid sub-chunk):
+    the reads before t are finite and equal the clean run's, bit for bit."""
+    t = 21
+    q, k, v, w, st = (x.detach() if isinstance(x, torch.Tensor) else x
+                      for x in make_inputs(1, 40, 2, 5, 6, 4))
+    with torch.no_grad():
+        r, _ = _call(impl, q, k, v, w, initial_state=st)
+        poisoned = [x.clone() for x in (q, k, v, w)]
+        for x in poisoned:
+            x[:, t] = float("nan")
+        r_nan, _ = _call(impl, *poisoned, initial_state=st)
+    assert torch.isfinite(r_nan[:, :t]).all()
+    assert torch.equal(r_nan[:, :t], r[:, :t])
 
 
 @pytest.mark.parametrize("impl", ALL)
