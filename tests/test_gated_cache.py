@@ -245,6 +245,53 @@ def test_nan_at_a_token_does_not_reach_earlier_reads(impl):
     assert torch.equal(r_nan[:, :t], r[:, :t])
 
 
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+@pytest.mark.parametrize("impl", ALL)
+def test_zero_weight_keeps_an_infinite_key_or_value_out(impl):
+    """Tokens that write nowhere (w = 0 on every slot) with k = +-inf (t = 5) or v = inf
+    (t = 20, in the second chunk): the slots stay bit-identical, and reads, slots and
+    every gradient equal those of the same tokens with k = 0, v = 0 (0 * inf is not let
+    turn into NaN)."""
+    q, k, v, w, st = make_inputs(1, 37, 2, 6, 5, 4)
+    w = w.detach().clone()
+    w[:, 5] = 0.0
+    w[:, 20] = 0.0
+    w[..., 2] = 0.0  # slot 2 is never written
+    k_inf, k_zero = k.detach().clone(), k.detach().clone()
+    k_inf[:, 5, :, :2], k_inf[:, 5, :, 2:] = float("inf"), float("-inf")
+    k_zero[:, 5] = 0.0
+    v_inf, v_zero = v.detach().clone(), v.detach().clone()
+    v_inf[:, 20], v_zero[:, 20] = float("inf"), 0.0
+    fn = lambda *a, **kw: _call(impl, *a, **kw)
+    inputs = (q, k_inf.requires_grad_(), v_inf.requires_grad_(), w.requires_grad_(), st)
+    r, fin, g = run_and_grad(fn, inputs)
+    clean = (q, k_zero.requires_grad_(), v_zero.requires_grad_(), w, st)
+    r0, fin0, g0 = run_and_grad(fn, clean)
+    assert torch.equal(fin[0][:, :, 2], st[0][:, :, 2]) and torch.equal(fin[1][:, :, 2],
+                                                                        st[1][:, :, 2])
+    assert torch.isfinite(r).all()
+    assert torch.equal(r, r0)
+    assert torch.equal(fin[0], fin0[0]) and torch.equal(fin[1], fin0[1])
+    for name in g:
+        assert torch.isfinite(g[name]).all(), f"grad {name} is not finite"
+        assert_close(g[name], g0[name], f"grad {name}")
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_step_with_zero_weight_keeps_an_infinite_key_out(backend):
+    q, k, v, w, st = (x.detach() if isinstance(x, torch.Tensor) else
+                      tuple(s.detach() for s in x) for x in make_inputs(2, 1, 2, 7, 5, 4))
+    k, v = k[:, 0].clone(), v[:, 0].clone()
+    k[0], v[1] = float("inf"), float("nan")
+    w = w[:, 0].clone()
+    w[0], w[1, :, 3] = 0.0, 0.0  # row 0 writes nowhere; row 1 leaves slot 3 alone
+    r, (Mk, Mv) = gated_cache_step(q[:, 0], k, v, w, st, backend=backend)
+    assert torch.equal(Mk[0], st[0][0]) and torch.equal(Mv[0], st[1][0])
+    assert torch.isfinite(r[0]).all()
+    assert torch.equal(Mv[1, :, 3], st[1][1, :, 3])
+
+
 @pytest.mark.parametrize("impl", ALL)
 def test_full_weight_replaces_slot(impl):
     """w = 1 on slot 3 at the last token: that slot becomes (k_T, v_T), others do not."""

@@ -11,7 +11,10 @@ the sub-chunk start (docs/kernels.md has the derivation):
 
 The terms with i > t are selected away (`_write_decay`, `dot_hard_zeros`), never
 multiplied by a zero mask, so a NaN or inf at token i cannot reach the reads of earlier
-tokens through 0 * NaN. Every exponent is a sum of log(1 - w) <= 0 over a range of
+tokens through 0 * NaN. Likewise a zero weight is a hard zero: the state updates sum
+through `dot_hard_zeros`, and the k and v rows of a token that writes no slot are read
+as 0, so an inf or NaN there leaves the slots, the reads and the gradients as k = v = 0
+would. Every exponent is a sum of log(1 - w) <= 0 over a range of
 tokens, so nothing overflows; log(1 - w) is floored at -GMIN so that w = 1 (a full
 overwrite) stays finite: the old slot then keeps a weight exp(-GMIN) ~ 1e-14 instead of 0.
 
@@ -75,6 +78,19 @@ def _rows(x, t0, eos, i_h, s_t, s_h, o_c, o_d, m_d):
 
 
 @triton.jit
+def _writers(b_w):
+    """[BC] True for the tokens whose weights b_w [BC, BS] are not all 0."""
+    return tl.max(tl.where(b_w != 0.0, 1, 0), axis=1) > 0
+
+
+@triton.jit
+def _written_rows(x, b_writes, t0, eos, i_h, s_t, s_h, o_c, o_d, m_d):
+    """`_rows` of k or v, read as 0 for the tokens that write no slot (b_writes False): w = 0
+    multiplies them in every term, and 0 * inf would be NaN where the math has 0."""
+    return tl.where(b_writes[:, None], _rows(x, t0, eos, i_h, s_t, s_h, o_c, o_d, m_d), 0.0)
+
+
+@triton.jit
 def _store_rows(y, b_y, t0, eos, i_h, o_c, o_d, m_d, H: tl.constexpr, D: tl.constexpr):
     """Store [BC, BD] rows t0 .. t0 + BC of the contiguous y[:, i_h, :] (up to eos and D)."""
     o_t = t0 + o_c
@@ -132,7 +148,8 @@ def _read_weights(b_q, b_k, b_gc, b_WE, b_mk, scale, m_s, PREC: tl.constexpr):
 def _advance(b_m, b_w, b_gc, b_gl, b_x, PREC: tl.constexpr):
     """Slots after a sub-chunk: exp(gl) M + sum_i (w_i exp(gl - gc_i)) x_i. [BS, BD]"""
     b_wd = b_w * tl.exp(b_gl[None, :] - b_gc)  # [BC, BS]
-    return tl.exp(b_gl)[:, None] * b_m + tl.dot(tl.trans(b_wd), b_x, input_precision=PREC)
+    # a zero weight leaves its slot as it was, even where x is inf or NaN
+    return tl.exp(b_gl)[:, None] * b_m + dot_hard_zeros(tl.trans(b_wd), b_x, PREC)
 
 
 @triton.jit
@@ -141,7 +158,7 @@ def _advance_block(b_m, b_w, b_g, b_gl, b_x, PREC: tl.constexpr):
     The decay after token i is a reverse cumsum, not gl - gc_i: over long blocks both sums
     grow large and their difference would lose digits. [BS, BD]"""
     b_wd = b_w * tl.exp(tl.cumsum(b_g, axis=0, reverse=True) - b_g)  # [BL, BS]
-    return tl.exp(b_gl)[:, None] * b_m + tl.dot(tl.trans(b_wd), b_x, input_precision=PREC)
+    return tl.exp(b_gl)[:, None] * b_m + dot_hard_zeros(tl.trans(b_wd), b_x, PREC)
 
 
 @triton.jit
@@ -281,9 +298,10 @@ def _chunk_dq_bwd_kernel(
         t0 = t_c + i_s * BC
         if t0 < eos:
             b_w, b_g, b_gc, b_gl = _gates(w, t0, eos, i_h, sw_t, sw_h, o_c, o_s, m_s, EPS)
+            b_writes = _writers(b_w)  # [BC]
             b_q = _rows(q, t0, eos, i_h, sq_t, sq_h, o_c, o_k, m_k)  # [BC, BK]
-            b_k = _rows(k, t0, eos, i_h, sk_t, sk_h, o_c, o_k, m_k)  # [BC, BK]
-            b_v = _rows(v, t0, eos, i_h, sv_t, sv_h, o_c, o_v, m_v)  # [BC, BV]
+            b_k = _written_rows(k, b_writes, t0, eos, i_h, sk_t, sk_h, o_c, o_k, m_k)
+            b_v = _written_rows(v, b_writes, t0, eos, i_h, sv_t, sv_h, o_c, o_v, m_v)
             b_dr = _rows(dr, t0, eos, i_h, sd_t, sd_h, o_c, o_v, m_v)  # [BC, BV]
             b_WE = _write_decay(b_w, b_gc, o_c)  # [BC, BC, BS]
             b_p = _read_weights(b_q, b_k, b_gc, b_WE, b_mk, scale, m_s, PREC)
@@ -446,9 +464,11 @@ def _chunk_dw_bwd_kernel(
                 b_mv = _advance(b_mv, b_w, b_gc, b_gl,
                                 _rows(v, tp, eos, i_h, sv_t, sv_h, o_c, o_v, m_v), PREC)
             b_w, b_g, b_gc, b_gl = _gates(w, t0, eos, i_h, sw_t, sw_h, o_c, o_s, m_s, EPS)
+            o_sa = tl.arange(0, BS)  # every slot: which tokens write anywhere
+            b_writes = _writers(_rows(w, t0, eos, i_h, sw_t, sw_h, o_c, o_sa, o_sa < S))
             b_q = _rows(q, t0, eos, i_h, sq_t, sq_h, o_c, o_k, m_k)  # [BC, BK]
-            b_k = _rows(k, t0, eos, i_h, sk_t, sk_h, o_c, o_k, m_k)  # [BC, BK]
-            b_v = _rows(v, t0, eos, i_h, sv_t, sv_h, o_c, o_v, m_v)  # [BC, BV]
+            b_k = _written_rows(k, b_writes, t0, eos, i_h, sk_t, sk_h, o_c, o_k, m_k)
+            b_v = _written_rows(v, b_writes, t0, eos, i_h, sv_t, sv_h, o_c, o_v, m_v)
             b_dr = _rows(dr, t0, eos, i_h, sd_t, sd_h, o_c, o_v, m_v)  # [BC, BV]
             b_p = _rows(pb, t0, eos, i_h, H * BS, BS, o_c, o_s, m_s)  # [BC, BSW]
             b_da = _rows(dab, t0, eos, i_h, H * BS, BS, o_c, o_s, m_s)  # [BC, BSW]
