@@ -13,8 +13,8 @@ import triton.language as tl
 
 @triton.jit
 def not_finite(x):
-    """True where x is inf or NaN (x * 0 is then NaN)."""
-    return (x * 0.0) != 0.0
+    """True where x is inf or NaN."""
+    return (x != x) | (tl.abs(x) == float("inf"))
 
 
 @triton.jit
@@ -24,8 +24,8 @@ def dot_hard_zeros(b_a, b_x, PREC: tl.constexpr):
     non-finite value in row j makes row i of the result NaN (where plain tl.dot would give
     inf or NaN in some of its columns). For finite x the result is tl.dot(a, x) bit for
     bit. a is cast to x's dtype, as the callers' dots do."""
-    b_nf = b_x.to(tl.float32) * 0.0  # [J, D] 0 where x is finite, NaN where it is not
-    b_xf = tl.where(b_nf == 0.0, b_x, 0.0).to(b_x.dtype)  # [J, D] the bad values zeroed
-    b_row = tl.sum(b_nf, axis=1)  # [J] 0 for a finite row of x, NaN for the others
+    b_bad = not_finite(b_x)  # [J, D]
+    b_xf = tl.where(b_bad, 0.0, b_x).to(b_x.dtype)  # [J, D] the bad values zeroed
+    b_row = tl.where(tl.max(b_bad.to(tl.int32), axis=1) > 0, float("nan"), 0.0)  # [J]
     b_a = tl.where(b_a == 0.0, 0.0, b_a + b_row[None, :])  # [I, J] live weights meet bad rows
     return tl.dot(b_a.to(b_x.dtype), b_xf, input_precision=PREC)
