@@ -14,9 +14,11 @@ multiplied by a zero mask, so a NaN or inf at token i cannot reach the reads of 
 tokens through 0 * NaN. Likewise a zero weight is a hard zero: the state updates sum
 through `dot_hard_zeros`, and the k and v rows of a token that writes no slot are read
 as 0, so an inf or NaN there leaves the slots, the reads and the gradients as k = v = 0
-would. Every exponent is a sum of log(1 - w) <= 0 over a range of
-tokens, so nothing overflows; log(1 - w) is floored at -GMIN so that w = 1 (a full
-overwrite) stays finite: the old slot then keeps a weight exp(-GMIN) ~ 1e-14 instead of 0.
+would.
+
+Every exponent is a sum of log(1 - w) <= 0 over a range of tokens, so nothing overflows;
+log(1 - w) is floored at -GMIN so that w = 1 (a full overwrite) stays finite: the old
+slot then keeps a weight exp(-GMIN) ~ 1e-14 instead of 0.
 
 Forward: `_state_fwd_kernel` walks each sequence once (64 tokens a step, parallel over
 heads and blocks of slots and features) and stores the slots at every chunk start;
