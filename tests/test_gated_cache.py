@@ -141,12 +141,14 @@ def test_half_inputs_against_fp32_oracle(impl, dtype):
 
 @pytest.mark.parametrize("impl", ["torch", "fused", "chunk"])
 def test_exact_zero_and_one_weights_match_oracle(impl):
-    """w with exact 0s and 1s (keep / overwrite) and a gate near 1, gradients included."""
+    """w with exact 0s and 1s (keep / overwrite), a token that writes no slot and a gate
+    near 1, gradients included (dw of a zero weight is G . (k - M), k finite)."""
     w = torch.rand(1, 35, 2, 5)
     w[..., 0] = 0.0
     w[:, ::3, :, 1] = 1.0
     w[:, 5:9, :, 2] = 1.0
     w[..., 3] = 1.0 - 1e-4
+    w[:, 20] = 0.0
     check_against_oracle(impl, make_inputs(1, 35, 2, 5, 6, 4, w=w), chunk_size=16)
 
 
@@ -248,20 +250,20 @@ def test_nan_at_a_token_does_not_reach_earlier_reads(impl):
 @pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
 @pytest.mark.parametrize("impl", ALL)
 def test_zero_weight_keeps_an_infinite_key_or_value_out(impl):
-    """Tokens that write nowhere (w = 0 on every slot) with k = +-inf (t = 5) or v = inf
-    (t = 20, in the second chunk): the slots stay bit-identical, and reads, slots and
-    every gradient equal those of the same tokens with k = 0, v = 0 (0 * inf is not let
-    turn into NaN)."""
+    """Tokens that write nowhere (w = 0 on every slot) with keys holding +-inf (t = 5,
+    both heads) or a value holding inf (t = 20, in the second chunk, head 0): the slots
+    stay bit-identical, and reads, slots and every gradient equal those of the same tokens
+    with those rows set to 0 (0 * inf is not let turn into NaN)."""
     q, k, v, w, st = make_inputs(1, 23, 2, 6, 5, 4)
     w = w.detach().clone()
     w[:, 5] = 0.0
     w[:, 20] = 0.0
     w[..., 2] = 0.0  # slot 2 is never written
     k_inf, k_zero = k.detach().clone(), k.detach().clone()
-    k_inf[:, 5, :, :2], k_inf[:, 5, :, 2:] = float("inf"), float("-inf")
+    k_inf[:, 5, 0, :2], k_inf[:, 5, 1, 3] = float("inf"), float("-inf")
     k_zero[:, 5] = 0.0
     v_inf, v_zero = v.detach().clone(), v.detach().clone()
-    v_inf[:, 20], v_zero[:, 20] = float("inf"), 0.0
+    v_inf[:, 20, 0, 1], v_zero[:, 20, 0] = float("inf"), 0.0
     fn = lambda *a, **kw: _call(impl, *a, **kw)
     inputs = (q, k_inf.requires_grad_(), v_inf.requires_grad_(), w.requires_grad_(), st)
     r, fin, g = run_and_grad(fn, inputs)

@@ -90,9 +90,10 @@ def gated_cache_write(
         k: [B, T, H, Dk] keys, q's dtype.
         v: [B, T, H, Dv] values, q's dtype.
         w: [B, T, H, S] write weights in [0, 1] (any float dtype): w = 0 leaves a slot
-            bit-identical, even where k_t or v_t is inf or NaN (a token that writes no
-            slot acts as one with k_t = v_t = 0, gradients included); w = 1 replaces it
-            by (k_t, v_t).
+            bit-identical, even where k_t or v_t holds an inf or NaN (such a row counts
+            as 0 for the slots it does not write; a token that writes no slot then acts
+            as one with that row set to 0, gradients included); w = 1 replaces it by
+            (k_t, v_t).
         scale: the read's softmax temperature; default 1 / sqrt(Dk).
         initial_state: a pair (Mk [N, H, S, Dk], Mv [N, H, S, Dv]) of float32 slots, N = B
             (with cu_seqlens: the number of sequences); zeros when None.

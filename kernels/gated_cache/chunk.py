@@ -12,9 +12,9 @@ the sub-chunk start (docs/kernels.md has the derivation):
 The terms with i > t are selected away (`_write_decay`, `dot_hard_zeros`), never
 multiplied by a zero mask, so a NaN or inf at token i cannot reach the reads of earlier
 tokens through 0 * NaN. Likewise a zero weight is a hard zero: the state updates sum
-through `dot_hard_zeros`, and the k and v rows of a token that writes no slot are read
-as 0, so an inf or NaN there leaves the slots, the reads and the gradients as k = v = 0
-would.
+through `dot_hard_zeros`, and a k or v row that holds an inf or NaN is read as 0 for a
+token that writes no slot, so it leaves the slots, the reads and the gradients as a zero
+row would.
 
 Every exponent is a sum of log(1 - w) <= 0 over a range of tokens, so nothing overflows;
 log(1 - w) is floored at -GMIN so that w = 1 (a full overwrite) stays finite: the old
@@ -40,7 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common.dots import dot_hard_zeros
+from ..common.dots import dot_hard_zeros, not_finite
 from ..utils import is_interpreter
 from .common import (
     FlatInputs,
@@ -87,9 +87,12 @@ def _writers(b_w):
 
 @triton.jit
 def _written_rows(x, b_writes, t0, eos, i_h, s_t, s_h, o_c, o_d, m_d):
-    """`_rows` of k or v, read as 0 for the tokens that write no slot (b_writes False): w = 0
-    multiplies them in every term, and 0 * inf would be NaN where the math has 0."""
-    return tl.where(b_writes[:, None], _rows(x, t0, eos, i_h, s_t, s_h, o_c, o_d, m_d), 0.0)
+    """`_rows` of k or v, with the rows that hold an inf or NaN read as 0 for the tokens
+    that write no slot (b_writes False): w = 0 multiplies them in every term, and 0 * inf
+    would be NaN where the math has 0. Finite rows stay: dw of a zero weight needs them."""
+    b_x = _rows(x, t0, eos, i_h, s_t, s_h, o_c, o_d, m_d)  # [BC, BD]
+    b_bad = tl.max(not_finite(b_x).to(tl.int32), axis=1) > 0  # [BC]
+    return tl.where((b_writes | ~b_bad)[:, None], b_x, 0.0)
 
 
 @triton.jit

@@ -42,9 +42,11 @@ def _store_token(y, b_y, t, i_h, o_d, m_d, H: tl.constexpr, D: tl.constexpr):
 
 @triton.jit
 def _written(b_w, b_x):
-    """x as each slot takes it, 0 in the slots whose weight is 0 where x is inf or NaN: a
-    zero weight leaves a slot as it was, and 0 * inf would be NaN. [BS, BD]"""
-    return tl.where((b_w[:, None] == 0.0) & not_finite(b_x)[None, :], 0.0, b_x[None, :])
+    """x [BD] as each slot takes it: the zero vector in the slots whose weight is 0 when x
+    holds an inf or NaN, since a zero weight leaves a slot as it was and 0 * inf would be
+    NaN. [BS, BD]"""
+    b_bad = tl.max(not_finite(b_x).to(tl.int32), axis=0) > 0
+    return tl.where((b_w[:, None] == 0.0) & b_bad, 0.0, b_x[None, :])
 
 
 @triton.jit

@@ -13,8 +13,8 @@ chunk boundary, and in the backward recomputes each chunk's slots from its bound
 before a reverse scan with hand-written gradients. Each chunk runs through one
 `torch.compile`d function where a C++ compiler is present, eagerly otherwise.
 Everything upcasts to float32; r comes back in v's dtype, slots in float32. A slot whose
-weight is 0 takes k_t, v_t as 0 where they are inf or NaN (`_written`), so it stays
-bit-identical as the math says rather than turning NaN through 0 * inf.
+weight is 0 takes a k_t or v_t that holds an inf or NaN as the zero vector (`_written`),
+so it stays bit-identical as the math says rather than turning NaN through 0 * inf.
 """
 
 from __future__ import annotations
@@ -29,10 +29,11 @@ State = Tuple[torch.Tensor, torch.Tensor]
 
 
 def _written(w_e, x):
-    """x [B, H, 1, D] as each slot takes it, 0 in the slots whose weight w_e [B, H, S, 1]
-    is 0 where x is inf or NaN: a zero weight leaves a slot as it was, and 0 * inf would
-    be NaN. [B, H, S, D]; finite x comes back unchanged (gradients included)."""
-    return torch.where((w_e == 0) & ~torch.isfinite(x), 0.0, x)
+    """x [B, H, 1, D] as each slot takes it: the zero vector in the slots whose weight
+    w_e [B, H, S, 1] is 0 when x holds an inf or NaN, since a zero weight leaves a slot
+    as it was and 0 * inf would be NaN. [B, H, S, D]; a finite x comes back unchanged
+    (gradients included)."""
+    return torch.where((w_e == 0) & ~torch.isfinite(x).all(-1, keepdim=True), 0.0, x)
 
 
 def _write(M, w_e, x):
