@@ -17,7 +17,7 @@ import logging
 import math
 import os
 import shutil
-from numbers import Real
+from numbers import Integral, Real
 from typing import Callable, Optional, Sequence, Union
 
 import torch
@@ -168,6 +168,14 @@ def check_scale(scale) -> None:
                         f"{type(scale).__name__}")
     if not math.isfinite(scale) or scale <= 0:
         raise ValueError(f"scale: expected None or a finite, positive number, got {scale}")
+
+
+def check_positive_int(name: str, value) -> int:
+    """Return `value` as an int; raise ValueError naming `name` unless it is an integer
+    >= 1. A bool is refused although Python counts it as an int (True would mean 1)."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    return int(value)
 
 
 def is_interpreter() -> bool:

@@ -35,3 +35,32 @@ def force_config(monkeypatch, kernel, **kwargs):
 
     monkeypatch.setattr(kernel, "configs", [triton.Config(kwargs, num_warps=4)])
     monkeypatch.setattr(kernel, "cache", {})
+
+
+GRAD_LAYOUTS = ("permuted", "broadcast", "expanded")
+
+
+def layout_loss(outputs, layout, seed=2):
+    """A scalar of `outputs` (tensors or None) whose gradient reaches each of them in
+    `layout`, as autograd hands it to an op's backward:
+
+        "permuted"   a random tensor with the dimensions reversed (no unit stride last)
+        "broadcast"  one random row for every leading index: strides (0, ..., 0, 1)
+        "expanded"   the gradient of a plain sum: ones with every stride 0
+    """
+    g = torch.Generator().manual_seed(seed)
+    loss = 0.0
+    for x in outputs:
+        if x is None:
+            continue
+        if layout == "permuted":
+            xp = x.permute(*reversed(range(x.dim())))
+            loss = loss + (xp * torch.randn(xp.shape, generator=g).to(x.device)).sum()
+        elif layout == "broadcast":
+            row = torch.randn(x.shape[-1], generator=g).to(x.device)
+            loss = loss + (x.sum(tuple(range(x.dim() - 1))) * row).sum()
+        elif layout == "expanded":
+            loss = loss + x.sum()
+        else:
+            raise ValueError(f"layout: expected one of {GRAD_LAYOUTS}, got {layout!r}")
+    return loss

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from helpers import assert_close
+from helpers import GRAD_LAYOUTS, assert_close, layout_loss
 
 from memmodel.kernels.chunk_compress import chunk_compress, chunk_compress_ref
 from memmodel.kernels.utils import is_interpreter
@@ -116,6 +116,19 @@ def test_triton_noncontiguous_inputs():
         assert_close(grads[name], ref_grads[name], f"grad {name}")
 
 
+@pytest.mark.parametrize("layout", GRAD_LAYOUTS)
+def test_triton_incoming_gradient_layouts(layout):
+    """The gradients of s_k, s_v and score may come strided or broadcast (stride 0, as a
+    plain sum gives); the backward reads them as they are laid out."""
+    k, v, q_pool = make_inputs(2, 37, 2, 16, 8, 3)
+    grads = []
+    for backend in ("triton", "torch"):
+        out = chunk_compress(k, v, q_pool, 8, backend=backend)
+        grads.append(torch.autograd.grad(layout_loss(out, layout), (k, v, q_pool)))
+    for name, g, g_ref in zip(("k", "v", "q_pool"), *grads):
+        assert_close(g, g_ref, f"grad {name}")
+
+
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_chunks_are_independent(backend):
     """Compressing a prefix of whole chunks and the rest apart equals one call."""
@@ -125,6 +138,28 @@ def test_chunks_are_independent(backend):
     tail = chunk_compress(k[:, 32:], v[:, 32:], q_pool, 16, backend=backend)
     for name, w, a, b in zip(("s_k", "s_v", "score"), whole, head, tail):
         assert_close(w, torch.cat([a, b], dim=1), name)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_nan_in_one_chunk_stays_in_it(backend):
+    """NaN in k and v at token 13 (chunk 2 of C = 5, a chunk shorter than the kernel's
+    16-token block): every other chunk's summaries and the gradients of its tokens are
+    finite and equal the clean run's, bit for bit."""
+    k, v, q_pool = make_inputs(2, 23, 2, 16, 8, 3)
+    fn = lambda *a: chunk_compress(*a, backend=backend)
+    out, grads = run_and_grad(fn, k, v, q_pool, 5)
+    k_nan, v_nan = (x.detach().clone() for x in (k, v))
+    k_nan[:, 13], v_nan[:, 13] = float("nan"), float("nan")
+    k_nan.requires_grad_(), v_nan.requires_grad_()
+    out_nan, grads_nan = run_and_grad(fn, k_nan, v_nan, q_pool, 5)
+    other = [0, 1, 3, 4]  # chunks; tokens 10-14 are chunk 2
+    for name, a, e in zip(("s_k", "s_v", "score"), out_nan, out):
+        assert torch.isfinite(a[:, other]).all(), name
+        assert torch.equal(a[:, other], e[:, other]), name
+        assert torch.isnan(a[:, 2]).all(), name
+    tokens = [t for t in range(23) if not 10 <= t < 15]
+    for name in ("k", "v"):
+        assert torch.equal(grads_nan[name][:, tokens], grads[name][:, tokens]), f"grad {name}"
 
 
 def test_score_is_logsumexp_and_summary_is_convex_combination():
@@ -156,6 +191,22 @@ def test_triton_fp16_inputs_float32_parameter():
     for name in grads:
         assert_close(grads[name], ref_grads[name].to(grads[name].dtype), f"grad {name}",
                      dtype=torch.float16)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_float64_q_pool_is_used_in_float32(backend):
+    """A float64 q_pool (any float dtype is documented) gives the float32 q_pool's results,
+    and its gradient comes back in float64."""
+    k, v, q_pool = make_inputs(2, 37, 2, 16, 8, 3)
+    q64 = q_pool.detach().double().requires_grad_()
+    out, grads = run_and_grad(lambda *a: chunk_compress(*a, backend=backend), k, v, q64, 8)
+    ref, ref_grads = run_and_grad(chunk_compress_ref, k, v, q_pool, 8)
+    assert [x.dtype for x in out] == [torch.float32] * 3
+    assert grads["q_pool"].dtype == torch.float64
+    for name, a, e in zip(("s_k", "s_v", "score"), out, ref):
+        assert_close(a, e, name)
+    for name in grads:
+        assert_close(grads[name].float(), ref_grads[name], f"grad {name}")
 
 
 @pytest.mark.gpu
@@ -213,6 +264,8 @@ def _good():
          r"q_pool: expected a tensor on cpu"),
         (lambda kw: kw.update(chunk_size=0), ValueError, r"chunk_size: expected a positive int"),
         (lambda kw: kw.update(chunk_size=4.0), ValueError, r"chunk_size: expected a positive"),
+        (lambda kw: kw.update(chunk_size=True), ValueError,
+         r"chunk_size: expected a positive int, got True"),
         (lambda kw: kw.update(scale=-1.0), ValueError, r"scale: .* positive number, got -1"),
         (lambda kw: kw.update(scale="1"), TypeError, r"scale: .* positive number, got str"),
         (lambda kw: kw.update(backend="cuda"), ValueError, r"backend: expected one of"),
@@ -220,7 +273,7 @@ def _good():
          r"k: dimension 1 \(T\) is 0"),
     ],
     ids=["k-rank", "v-T", "v-H", "q-H", "q-Dk", "mixed-dtype", "int-dtype", "device",
-         "C0", "C-float", "scale-neg", "scale-str", "backend", "T0"],
+         "C0", "C-float", "C-bool", "scale-neg", "scale-str", "backend", "T0"],
 )
 def test_bad_input_is_rejected(change, exc, pattern):
     kw = _good()

@@ -8,7 +8,7 @@ both Triton ones under TRITON_INTERPRET=1 on a CPU, so sizes stay tiny.
 
 import pytest
 import torch
-from helpers import assert_close, force_config
+from helpers import GRAD_LAYOUTS, assert_close, force_config, layout_loss
 
 from memmodel.kernels.gated_cache import (
     chunk_gated_cache,
@@ -141,12 +141,14 @@ def test_half_inputs_against_fp32_oracle(impl, dtype):
 
 @pytest.mark.parametrize("impl", ["torch", "fused", "chunk"])
 def test_exact_zero_and_one_weights_match_oracle(impl):
-    """w with exact 0s and 1s (keep / overwrite) and a gate near 1, gradients included."""
+    """w with exact 0s and 1s (keep / overwrite), a token that writes no slot and a gate
+    near 1, gradients included (dw of a zero weight is G . (k - M), k finite)."""
     w = torch.rand(1, 35, 2, 5)
     w[..., 0] = 0.0
     w[:, ::3, :, 1] = 1.0
     w[:, 5:9, :, 2] = 1.0
     w[..., 3] = 1.0 - 1e-4
+    w[:, 20] = 0.0
     check_against_oracle(impl, make_inputs(1, 35, 2, 5, 6, 4, w=w), chunk_size=16)
 
 
@@ -205,9 +207,11 @@ def test_step_equals_last_position(backend):
 ALL = ["ref", "torch", "fused", "chunk"]
 
 
-def _call(impl, *args, **kw):
+def _call(impl, *args, chunk_size=16, **kw):
     if impl == "ref":
         return gated_cache_write_ref(*args, **kw)
+    if impl != "fused":
+        kw["chunk_size"] = chunk_size
     return IMPLS[impl](*args, **kw)
 
 
@@ -223,6 +227,71 @@ def test_zero_weight_leaves_cache_bit_identical(impl):
     assert torch.equal(Mk[:, :, 2], st[0][:, :, 2]) and torch.equal(Mv[:, :, 2], st[1][:, :, 2])
     assert not torch.equal(Mk[:, :, 1], st[0][:, :, 1])
     assert torch.equal(Mk0, st[0]) and torch.equal(Mv0, st[1])
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # the interpreter's NaN
+@pytest.mark.parametrize("impl", ALL)
+def test_nan_at_a_token_does_not_reach_earlier_reads(impl):
+    """NaN in q, k, v and w at t = 21 (inside the second 16-token chunk, mid sub-chunk):
+    the reads before t are finite and equal the clean run's, bit for bit."""
+    t = 21
+    q, k, v, w, st = (x.detach() if isinstance(x, torch.Tensor) else x
+                      for x in make_inputs(1, 40, 2, 5, 6, 4))
+    with torch.no_grad():
+        r, _ = _call(impl, q, k, v, w, initial_state=st)
+        poisoned = [x.clone() for x in (q, k, v, w)]
+        for x in poisoned:
+            x[:, t] = float("nan")
+        r_nan, _ = _call(impl, *poisoned, initial_state=st)
+    assert torch.isfinite(r_nan[:, :t]).all()
+    assert torch.equal(r_nan[:, :t], r[:, :t])
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+@pytest.mark.parametrize("impl", ALL)
+def test_zero_weight_keeps_an_infinite_key_or_value_out(impl):
+    """Tokens that write nowhere (w = 0 on every slot) with keys holding +-inf (t = 5,
+    both heads) or a value holding inf (t = 20, in the second chunk, head 0): the slots
+    stay bit-identical, and reads, slots and every gradient equal those of the same tokens
+    with those rows set to 0 (0 * inf is not let turn into NaN)."""
+    q, k, v, w, st = make_inputs(1, 23, 2, 6, 5, 4)
+    w = w.detach().clone()
+    w[:, 5] = 0.0
+    w[:, 20] = 0.0
+    w[..., 2] = 0.0  # slot 2 is never written
+    k_inf, k_zero = k.detach().clone(), k.detach().clone()
+    k_inf[:, 5, 0, :2], k_inf[:, 5, 1, 3] = float("inf"), float("-inf")
+    k_zero[:, 5] = 0.0
+    v_inf, v_zero = v.detach().clone(), v.detach().clone()
+    v_inf[:, 20, 0, 1], v_zero[:, 20, 0] = float("inf"), 0.0
+    fn = lambda *a, **kw: _call(impl, *a, **kw)
+    inputs = (q, k_inf.requires_grad_(), v_inf.requires_grad_(), w.requires_grad_(), st)
+    r, fin, g = run_and_grad(fn, inputs)
+    clean = (q, k_zero.requires_grad_(), v_zero.requires_grad_(), w, st)
+    r0, fin0, g0 = run_and_grad(fn, clean)
+    assert torch.equal(fin[0][:, :, 2], st[0][:, :, 2]) and torch.equal(fin[1][:, :, 2],
+                                                                        st[1][:, :, 2])
+    assert torch.isfinite(r).all()
+    assert torch.equal(r, r0)
+    assert torch.equal(fin[0], fin0[0]) and torch.equal(fin[1], fin0[1])
+    for name in g:
+        assert torch.isfinite(g[name]).all(), f"grad {name} is not finite"
+        assert_close(g[name], g0[name], f"grad {name}")
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_step_with_zero_weight_keeps_an_infinite_key_out(backend):
+    q, k, v, w, st = (x.detach() if isinstance(x, torch.Tensor) else
+                      tuple(s.detach() for s in x) for x in make_inputs(2, 1, 2, 7, 5, 4))
+    k, v = k[:, 0].clone(), v[:, 0].clone()
+    k[0], v[1] = float("inf"), float("nan")
+    w = w[:, 0].clone()
+    w[0], w[1, :, 3] = 0.0, 0.0  # row 0 writes nowhere; row 1 leaves slot 3 alone
+    r, (Mk, Mv) = gated_cache_step(q[:, 0], k, v, w, st, backend=backend)
+    assert torch.equal(Mk[0], st[0][0]) and torch.equal(Mv[0], st[1][0])
+    assert torch.isfinite(r[0]).all()
+    assert torch.equal(Mv[1, :, 3], st[1][1, :, 3])
 
 
 @pytest.mark.parametrize("impl", ALL)
@@ -271,6 +340,22 @@ def test_noncontiguous_input(impl):
     inputs[3] = torch.rand(2, 2, 20, 5).transpose(1, 2).requires_grad_()  # T, H swapped
     assert not inputs[0].is_contiguous() and not inputs[3].is_contiguous()
     check_against_oracle(impl, tuple(inputs))
+
+
+@pytest.mark.parametrize("impl", ["torch", "fused", "chunk"])
+@pytest.mark.parametrize("layout", GRAD_LAYOUTS)
+def test_incoming_gradient_layouts(impl, layout):
+    """The gradients of r and of the final slots may come strided or broadcast (stride 0,
+    as a plain sum gives); every backward reads them as they are laid out."""
+    inputs = make_inputs(2, 9 if impl == "fused" else 20, 2, 5, 6, 4)  # 20: two chunks
+    q, k, v, w, st = inputs
+    leaves = [q, k, v, w, *st]
+    grads = []
+    for fn in (IMPLS[impl], gated_cache_write_ref):
+        r, fin = fn(q, k, v, w, initial_state=st, output_final_state=True)
+        grads.append(torch.autograd.grad(layout_loss((r, *fin), layout), leaves))
+    for name, g, g_ref in zip(NAMES, *grads):
+        assert_close(g, g_ref, f"grad {name}")
 
 
 def test_dispatch_rule():
@@ -356,13 +441,15 @@ def _good():
         (lambda kw: kw.update(scale="big"), TypeError, r"scale: expected None or a finite"),
         (lambda kw: kw.update(backend="cuda"), ValueError, r"backend: expected one of"),
         (lambda kw: kw.update(chunk_size=0), ValueError, r"chunk_size: expected a positive"),
+        (lambda kw: kw.update(chunk_size=True), ValueError,
+         r"chunk_size: expected a positive int, got True"),
         (lambda kw: kw.update(backend="triton", chunk_size=24), ValueError,
          r"chunk_size: the Triton backend needs a multiple of 16"),
         (lambda kw: kw.update(q="not a tensor"), TypeError, r"q: expected a torch.Tensor"),
     ],
     ids=["q-rank", "k-DK", "v-batch", "w-heads", "w-int", "k-double", "mixed-dtype",
          "w-negative", "w-above-one", "w-nan", "T0", "h0-not-pair", "h0-dtype", "h0-shape",
-         "scale-type", "backend", "chunk-zero", "chunk-not-16", "q-type"],
+         "scale-type", "backend", "chunk-zero", "chunk-bool", "chunk-not-16", "q-type"],
 )
 def test_bad_input_is_rejected(change, exc, pattern):
     kw = _good()

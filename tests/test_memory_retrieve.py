@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_close
+from helpers import GRAD_LAYOUTS, assert_close, layout_loss
 
 from memmodel.kernels.memory_retrieve import (
     live_blocks,
@@ -177,6 +177,37 @@ def test_unseen_rows_take_finite_zero_gradient_even_from_lse(backend):
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_nan_reaches_only_what_sees_it(backend):
+    """NaN in the key and value of entry 3, live on tokens [17, 30), and in the query of
+    token 34: the outputs of the other tokens, their q gradients and the k and v gradients
+    of the entries none of the poisoned tokens sees are finite and equal the clean run's,
+    bit for bit (0 * NaN from a masked-out pair must not enter any sum)."""
+    B, T, H, D, M, m_nan, t_nan = 1, 40, 2, 16, 12, 3, 34
+    start, end = random_intervals(B, M, T)
+    start[0, m_nan], end[0, m_nan] = 17, 30
+    fn = lambda *a: memory_retrieve(*a, backend=backend)
+    inputs = make_inputs(B, T, H, D, 8, M)
+    (o, lse), grads = run_and_grad(fn, *inputs, start, end)
+    q, k, v = (x.detach().clone() for x in inputs)
+    k[0, m_nan, 1], v[0, m_nan, 0, 3], q[0, t_nan, 0] = float("nan"), float("nan"), float("nan")
+    poisoned = [x.requires_grad_() for x in (q, k, v)]
+    (o_n, lse_n), grads_n = run_and_grad(fn, *poisoned, start, end)
+
+    vis = visibility_mask(start, end, T)[0]  # [T, M]
+    bad_t = vis[:, m_nan].clone()
+    bad_t[t_nan] = True
+    good_m = ~(vis & bad_t[:, None]).any(0)
+    good_m[m_nan] = False
+    assert 5 < int((~bad_t).sum()) < T and 0 < int(good_m.sum()) < M - 1, "a case of both"
+    for name, a, e in (("o", o_n, o), ("lse", lse_n, lse), ("grad q", grads_n["q"], grads["q"])):
+        assert not torch.isnan(a[0, ~bad_t]).any(), name
+        assert torch.equal(a[0, ~bad_t], e[0, ~bad_t]), name
+    for name in ("mem_k", "mem_v"):
+        a, e = grads_n[name][0, good_m], grads[name][0, good_m]
+        assert torch.isfinite(a).all() and torch.equal(a, e), f"grad {name}"
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_equals_sdpa_with_interval_mask(backend):
     B, T, H, D, M = 2, 96, 2, 16, 24
     start, end = fifo_intervals(B, M, 4, 10)  # tokens 0-3 see nothing yet
@@ -204,6 +235,23 @@ def test_triton_dkv_query_splits(monkeypatch, split):
     assert parallel._query_splits(T, 64, 1)[0] == (5 if split == 64 else 3)
     start, end = random_intervals(B, M, T)
     check_against(triton, memory_retrieve_ref, *make_inputs(B, T, H, D, D, M), start, end)
+
+
+@pytest.mark.parametrize("layout", GRAD_LAYOUTS)
+def test_triton_incoming_gradient_layouts(layout):
+    """The gradients of o and lse may come strided or broadcast (stride 0, as a plain sum
+    gives); the backward reads them as they are laid out. Entry 0 is seen by every token,
+    so every lse is finite."""
+    B, T, H, D, M = 2, 45, 2, 16, 12
+    start, end = random_intervals(B, M, T)
+    start[:, 0], end[:, 0] = 0, T
+    inputs = make_inputs(B, T, H, D, 8, M)
+    grads = []
+    for backend in ("triton", "torch"):
+        out = memory_retrieve(*inputs, start, end, backend=backend)
+        grads.append(torch.autograd.grad(layout_loss(out, layout), inputs))
+    for name, g, g_ref in zip(("q", "mem_k", "mem_v"), *grads):
+        assert_close(g, g_ref, f"grad {name}")
 
 
 def test_triton_noncontiguous_inputs():

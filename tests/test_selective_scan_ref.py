@@ -155,9 +155,18 @@ def _good():
         (lambda kw: kw.update(initial_state=torch.zeros(3, 6, 4)), ValueError,
          r"initial_state: expected shape \[2, E=6, N=4\]"),
         (lambda kw: kw.update(u="not a tensor"), TypeError, r"u: expected a torch.Tensor"),
+        (lambda kw: kw.update(chunk_size=True), ValueError,
+         r"chunk_size: expected a positive int, got True"),
+        (lambda kw: kw.update(chunk_size=0), ValueError,
+         r"chunk_size: expected a positive int, got 0"),
+        (lambda kw: kw.update(chunk_size=-4), ValueError,
+         r"chunk_size: expected a positive int, got -4"),
+        (lambda kw: kw.update(chunk_size=8.0), ValueError,
+         r"chunk_size: expected a positive int, got 8.0"),
     ],
     ids=["u-rank", "delta-T", "A-E", "B-batch", "C-N", "D-E", "z-dtype", "mixed-dtype", "T0",
-         "groups", "h0-dtype", "h0-shape", "u-type"],
+         "groups", "h0-dtype", "h0-shape", "u-type", "chunk-bool", "chunk-zero",
+         "chunk-negative", "chunk-float"],
 )
 def test_bad_input_is_rejected(change, exc, pattern):
     kw = _good()

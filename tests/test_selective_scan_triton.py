@@ -8,13 +8,14 @@ import importlib
 
 import pytest
 import torch
-from helpers import assert_close, force_config
-from scan_inputs import ALL_OPTS, detached_fp32, make_scan_inputs, run_and_grad
+from helpers import GRAD_LAYOUTS, assert_close, force_config, layout_loss
+from scan_inputs import ALL_OPTS, detached_fp32, grad_leaves, make_scan_inputs, run_and_grad
 
 from memmodel.config import MemoryConfig
 from memmodel.kernels.selective_scan import (
     chunk_selective_scan,
     selective_scan,
+    selective_scan_chunked,
     selective_scan_ref,
     selective_state_update,
 )
@@ -77,6 +78,45 @@ def test_triton_scan_noncontiguous_inputs():
     for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state"):
         kw[k].requires_grad_()
     _compare(kw, kw, torch.float32, chunk_size=8)
+
+
+@pytest.mark.parametrize("impl", ["triton", "torch"])
+@pytest.mark.parametrize("layout", GRAD_LAYOUTS)
+def test_scan_incoming_gradient_layouts(impl, layout):
+    """The gradients of y and of the final state may come strided or broadcast (stride 0,
+    as a plain sum gives); both backward paths read them as they are laid out."""
+    scan = chunk_selective_scan if impl == "triton" else selective_scan_chunked
+    kw = make_scan_inputs(2, 40, 8, 4, 1, opts=("D", "initial_state", "final_state"))
+    grads = []
+    for fn, extra in ((scan, dict(chunk_size=16)), (selective_scan_ref, {})):
+        leaves = grad_leaves(kw)
+        loss = layout_loss(fn(**kw, **extra), layout)
+        grads.append(dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values())))))
+    for name, g in grads[0].items():
+        assert_close(g, grads[1][name], f"grad {name}")
+
+
+SCANS = {"ref": selective_scan_ref,
+         "torch": lambda **kw: selective_scan_chunked(**kw, chunk_size=16),
+         "triton": lambda **kw: chunk_selective_scan(**kw, chunk_size=16)}
+
+
+@pytest.mark.parametrize("impl", ["ref", "torch", "triton"])
+def test_nan_at_a_token_does_not_reach_earlier_outputs(impl):
+    """NaN in every per-token input at t = 21 (inside the second 16-token chunk): y before
+    t is finite and equals the clean run's, bit for bit."""
+    t = 21
+    kw = make_scan_inputs(2, 40, 8, 4, 1, opts=("D", "z", "initial_state"),
+                          requires_grad=False)
+    with torch.no_grad():
+        y, _ = SCANS[impl](**kw)
+        for name in ("u", "delta", "B", "C", "z"):
+            kw[name] = kw[name].clone()
+            kw[name][:, t] = float("nan")
+        y_nan, _ = SCANS[impl](**kw)
+    assert torch.isfinite(y_nan[:, :t]).all()
+    assert torch.equal(y_nan[:, :t], y[:, :t])
+    assert torch.isnan(y_nan[:, t]).all()
 
 
 def test_triton_scan_varlen():

@@ -35,6 +35,16 @@ def test_check_tensor_errors(kwargs, exc, pattern):
         utils.check_tensor("x", **kwargs)
 
 
+def test_check_positive_int():
+    import numpy as np
+
+    assert utils.check_positive_int("n", 3) == 3
+    assert utils.check_positive_int("n", np.int64(5)) == 5
+    for bad in (True, False, 0, -1, 2.0, "4", None):
+        with pytest.raises(ValueError, match=rf"n: expected a positive int, got {bad!r}"):
+            utils.check_positive_int("n", bad)
+
+
 def test_resolve_backend(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     monkeypatch.delenv("MEMMODEL_BACKEND", raising=False)

@@ -15,11 +15,20 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..utils import check_same_dtype, check_scale, check_tensor, resolve_backend
+from ..utils import (
+    FLOAT_DTYPES,
+    check_positive_int,
+    check_same_dtype,
+    check_scale,
+    check_tensor,
+    resolve_backend,
+)
 from .chunk import MAX_HEAD_DIM, MAX_SUMMARIES, chunk_compress_triton
 from .ref import chunk_compress_ref
 
 __all__ = ["chunk_compress", "chunk_compress_ref", "chunk_compress_triton"]
+
+Q_POOL_DTYPES = FLOAT_DTYPES + (torch.float64,)  # a float64 q_pool is used in float32
 
 
 def chunk_compress(
@@ -38,9 +47,11 @@ def chunk_compress(
     Args:
         k: [B, T, H, Dk] keys, float32 / float16 / bfloat16; any strides.
         v: [B, T, H, Dv] values, k's dtype; Dv may differ from Dk.
-        q_pool: [H, P, Dk] pooling queries, any float dtype (a float32 parameter next to
-            bfloat16 activations is fine).
-        chunk_size: C, tokens per chunk, a positive int.
+        q_pool: [H, P, Dk] pooling queries, any float dtype: float32 / float16 /
+            bfloat16 / float64 (a float32 parameter next to bfloat16 activations is fine;
+            float64 is used in float32, as everything here computes in float32, and its
+            gradient comes back in float64).
+        chunk_size: C, tokens per chunk, a positive int (not a bool).
         scale: logit scale, a positive number; 1 / sqrt(Dk) when None.
         backend: "auto", "triton" or "torch" (see `resolve_backend`).
 
@@ -60,11 +71,12 @@ def chunk_compress(
     check_tensor("k", k, ("B", "T", "H", "Dk"), dims)
     dev = k.device
     check_tensor("v", v, ("B", "T", "H", "Dv"), dims, device=dev)
-    check_tensor("q_pool", q_pool, ("H", "P", "Dk"), dims, device=dev)
+    check_tensor("q_pool", q_pool, ("H", "P", "Dk"), dims, dtypes=Q_POOL_DTYPES, device=dev)
     check_same_dtype(("k", "v"), (k, v))
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
+    chunk_size = check_positive_int("chunk_size", chunk_size)
     check_scale(scale)
+    if q_pool.dtype == torch.float64:
+        q_pool = q_pool.float()  # the kernels compute in float32; autograd casts dq back
 
     impl = resolve_backend(backend, dev)
     if impl == "triton":

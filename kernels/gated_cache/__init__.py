@@ -22,6 +22,7 @@ import torch
 from ..utils import (
     FLOAT_DTYPES,
     check_cu_seqlens,
+    check_positive_int,
     check_same_dtype,
     check_scale,
     check_tensor,
@@ -89,7 +90,10 @@ def gated_cache_write(
         k: [B, T, H, Dk] keys, q's dtype.
         v: [B, T, H, Dv] values, q's dtype.
         w: [B, T, H, S] write weights in [0, 1] (any float dtype): w = 0 leaves a slot
-            bit-identical, w = 1 replaces it by (k_t, v_t).
+            bit-identical, even where k_t or v_t holds an inf or NaN (such a row counts
+            as 0 for the slots it does not write; a token that writes no slot then acts
+            as one with that row set to 0, gradients included); w = 1 replaces it by
+            (k_t, v_t).
         scale: the read's softmax temperature; default 1 / sqrt(Dk).
         initial_state: a pair (Mk [N, H, S, Dk], Mv [N, H, S, Dv]) of float32 slots, N = B
             (with cu_seqlens: the number of sequences); zeros when None.
@@ -99,12 +103,14 @@ def gated_cache_write(
         validate: check that w lies in [0, 1] (one pass over w, a device sync); ValueError
             naming w otherwise, NaN included.
         backend: "auto", "triton" or "torch" (see the module docstring).
-        chunk_size: tokens per chunk. None: for "torch" 8 when a backward will follow and
-            16 otherwise (see `ref.default_chunk_size`); for "triton" 64 (a multiple of 16
-            there), and sequences no longer than it run the fused recurrent kernel.
+        chunk_size: tokens per chunk, a positive int (not a bool). None: for "torch" 8
+            when a backward will follow and 16 otherwise (see `ref.default_chunk_size`);
+            for "triton" 64 (a multiple of 16 there), and sequences no longer than it run
+            the fused recurrent kernel.
 
     Returns:
-        r: [B, T, H, Dv] in v's dtype, the read after each token's write.
+        r: [B, T, H, Dv] in v's dtype, the read after each token's write. A NaN or inf at
+        token t never reaches the reads before t, on every backend.
         final_state: (Mk [N, H, S, Dk], Mv [N, H, S, Dv]) float32, or None.
 
     Example:
@@ -138,8 +144,7 @@ def gated_cache_write(
     if chunk_size is None:
         chunk_size = (default_chunk_size(q, k, v, w, *(initial_state or ())) if impl == "torch"
                       else TRITON_CHUNK)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
+    chunk_size = check_positive_int("chunk_size", chunk_size)
 
     args = (q, k, v, w, scale, initial_state, output_final_state, cu_seqlens)
     if impl == "torch":

@@ -9,6 +9,13 @@ the sub-chunk start (docs/kernels.md has the derivation):
     r_t     = (p_t * exp(gc_t)) @ Mv + sum_{i<=t} P[t, i] v_i,
               P[t, i] = sum_s p_t[s] w_i[s] E[t, i, s],   E[t, i, s] = exp(gc_t[s] - gc_i[s])
 
+The terms with i > t are selected away (`_write_decay`, `dot_hard_zeros`), never
+multiplied by a zero mask, so a NaN or inf at token i cannot reach the reads of earlier
+tokens through 0 * NaN. Likewise a zero weight is a hard zero: the state updates sum
+through `dot_hard_zeros`, and a k or v row that holds an inf or NaN is read as 0 for a
+token that writes no slot, so it leaves the slots, the reads and the gradients as a zero
+row would.
+
 Every exponent is a sum of log(1 - w) <= 0 over a range of tokens, so nothing overflows;
 log(1 - w) is floored at -GMIN so that w = 1 (a full overwrite) stays finite: the old
 slot then keeps a weight exp(-GMIN) ~ 1e-14 instead of 0.
@@ -33,6 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..common.dots import dot_hard_zeros, not_finite
 from ..utils import is_interpreter
 from .common import (
     FlatInputs,
@@ -72,6 +80,22 @@ def _rows(x, t0, eos, i_h, s_t, s_h, o_c, o_d, m_d):
 
 
 @triton.jit
+def _writers(b_w):
+    """[BC] True for the tokens whose weights b_w [BC, BS] are not all 0."""
+    return tl.max(tl.where(b_w != 0.0, 1, 0), axis=1) > 0
+
+
+@triton.jit
+def _written_rows(x, b_writes, t0, eos, i_h, s_t, s_h, o_c, o_d, m_d):
+    """`_rows` of k or v, with the rows that hold an inf or NaN read as 0 for the tokens
+    that write no slot (b_writes False): w = 0 multiplies them in every term, and 0 * inf
+    would be NaN where the math has 0. Finite rows stay: dw of a zero weight needs them."""
+    b_x = _rows(x, t0, eos, i_h, s_t, s_h, o_c, o_d, m_d)  # [BC, BD]
+    b_bad = tl.max(not_finite(b_x).to(tl.int32), axis=1) > 0  # [BC]
+    return tl.where((b_writes | ~b_bad)[:, None], b_x, 0.0)
+
+
+@triton.jit
 def _store_rows(y, b_y, t0, eos, i_h, o_c, o_d, m_d, H: tl.constexpr, D: tl.constexpr):
     """Store [BC, BD] rows t0 .. t0 + BC of the contiguous y[:, i_h, :] (up to eos and D)."""
     o_t = t0 + o_c
@@ -104,11 +128,22 @@ def _pair_decay(b_gc, o_c):
 
 
 @triton.jit
-def _read_weights(b_q, b_k, b_w, b_gc, b_E, b_mk, scale, m_s, PREC: tl.constexpr):
-    """Read weights p [BC, BS] of a sub-chunk that starts from slot keys b_mk [BS, BK]."""
+def _write_decay(b_w, b_gc, o_c):
+    """WE[t, i, s] = w_i[s] E[t, i, s] for i <= t, else 0, selected rather than multiplied
+    by a mask: a NaN in a later token's w must not reach token t. [BC, BC, BS]"""
+    m_ti = (o_c[:, None] >= o_c[None, :])[:, :, None]  # [BC, BC, 1]
+    b_d = tl.minimum(b_gc[:, None, :] - b_gc[None, :, :], 0.0)
+    return tl.where(m_ti, b_w[None, :, :] * tl.exp(b_d), 0.0)
+
+
+@triton.jit
+def _read_weights(b_q, b_k, b_gc, b_WE, b_mk, scale, m_s, PREC: tl.constexpr):
+    """Read weights p [BC, BS] of a sub-chunk that starts from slot keys b_mk [BS, BK];
+    b_WE from `_write_decay`."""
     b_qk = tl.dot(b_q, tl.trans(b_k), input_precision=PREC)  # [BC, BC]
     b_a = tl.exp(b_gc) * tl.dot(b_q, tl.trans(b_mk), input_precision=PREC)  # [BC, BS]
-    b_a += tl.sum(b_qk[:, :, None] * (b_w[None, :, :] * b_E), axis=1)
+    # q_t . k_i of a later (or non-writing) token i may be NaN or inf: select, not multiply
+    b_a += tl.sum(tl.where(b_WE == 0.0, 0.0, b_qk[:, :, None] * b_WE), axis=1)
     b_a = tl.where(m_s[None, :], b_a * scale, float("-inf"))
     b_p = tl.exp(b_a - tl.max(b_a, axis=1)[:, None])
     return b_p / tl.sum(b_p, axis=1)[:, None]
@@ -118,7 +153,8 @@ def _read_weights(b_q, b_k, b_w, b_gc, b_E, b_mk, scale, m_s, PREC: tl.constexpr
 def _advance(b_m, b_w, b_gc, b_gl, b_x, PREC: tl.constexpr):
     """Slots after a sub-chunk: exp(gl) M + sum_i (w_i exp(gl - gc_i)) x_i. [BS, BD]"""
     b_wd = b_w * tl.exp(b_gl[None, :] - b_gc)  # [BC, BS]
-    return tl.exp(b_gl)[:, None] * b_m + tl.dot(tl.trans(b_wd), b_x, input_precision=PREC)
+    # a zero weight leaves its slot as it was, even where x is inf or NaN
+    return tl.exp(b_gl)[:, None] * b_m + dot_hard_zeros(tl.trans(b_wd), b_x, PREC)
 
 
 @triton.jit
@@ -127,7 +163,7 @@ def _advance_block(b_m, b_w, b_g, b_gl, b_x, PREC: tl.constexpr):
     The decay after token i is a reverse cumsum, not gl - gc_i: over long blocks both sums
     grow large and their difference would lose digits. [BS, BD]"""
     b_wd = b_w * tl.exp(tl.cumsum(b_g, axis=0, reverse=True) - b_g)  # [BL, BS]
-    return tl.exp(b_gl)[:, None] * b_m + tl.dot(tl.trans(b_wd), b_x, input_precision=PREC)
+    return tl.exp(b_gl)[:, None] * b_m + dot_hard_zeros(tl.trans(b_wd), b_x, PREC)
 
 
 @triton.jit
@@ -225,11 +261,11 @@ def _chunk_fwd_kernel(
             b_q = _rows(q, t0, eos, i_h, sq_t, sq_h, o_c, o_k, m_k)  # [BC, BK]
             b_k = _rows(k, t0, eos, i_h, sk_t, sk_h, o_c, o_k, m_k)  # [BC, BK]
             b_v = _rows(v, t0, eos, i_h, sv_t, sv_h, o_c, o_v, m_v)  # [BC, BV]
-            b_E = _pair_decay(b_gc, o_c)  # [BC, BC, BS]
-            b_p = _read_weights(b_q, b_k, b_w, b_gc, b_E, b_mk, scale, m_s, PREC)
-            b_P = tl.sum(b_p[:, None, :] * (b_w[None, :, :] * b_E), axis=2)  # [BC, BC]
+            b_WE = _write_decay(b_w, b_gc, o_c)  # [BC, BC, BS]
+            b_p = _read_weights(b_q, b_k, b_gc, b_WE, b_mk, scale, m_s, PREC)
+            b_P = tl.sum(b_p[:, None, :] * b_WE, axis=2)  # [BC, BC], 0 for i > t
             b_r = tl.dot(b_p * tl.exp(b_gc), b_mv, input_precision=PREC)
-            b_r += tl.dot(b_P, b_v, input_precision=PREC)  # [BC, BV]
+            b_r += dot_hard_zeros(b_P, b_v, PREC)  # [BC, BV]: later v_i stay out of r_t
             _store_rows(r, b_r, t0, eos, i_h, o_c, o_v, m_v, H, DV)
             b_mk = _advance(b_mk, b_w, b_gc, b_gl, b_k, PREC)
             b_mv = _advance(b_mv, b_w, b_gc, b_gl, b_v, PREC)
@@ -267,13 +303,13 @@ def _chunk_dq_bwd_kernel(
         t0 = t_c + i_s * BC
         if t0 < eos:
             b_w, b_g, b_gc, b_gl = _gates(w, t0, eos, i_h, sw_t, sw_h, o_c, o_s, m_s, EPS)
+            b_writes = _writers(b_w)  # [BC]
             b_q = _rows(q, t0, eos, i_h, sq_t, sq_h, o_c, o_k, m_k)  # [BC, BK]
-            b_k = _rows(k, t0, eos, i_h, sk_t, sk_h, o_c, o_k, m_k)  # [BC, BK]
-            b_v = _rows(v, t0, eos, i_h, sv_t, sv_h, o_c, o_v, m_v)  # [BC, BV]
+            b_k = _written_rows(k, b_writes, t0, eos, i_h, sk_t, sk_h, o_c, o_k, m_k)
+            b_v = _written_rows(v, b_writes, t0, eos, i_h, sv_t, sv_h, o_c, o_v, m_v)
             b_dr = _rows(dr, t0, eos, i_h, sd_t, sd_h, o_c, o_v, m_v)  # [BC, BV]
-            b_E = _pair_decay(b_gc, o_c)  # [BC, BC, BS]
-            b_WE = b_w[None, :, :] * b_E  # [BC, BC, BS]
-            b_p = _read_weights(b_q, b_k, b_w, b_gc, b_E, b_mk, scale, m_s, PREC)
+            b_WE = _write_decay(b_w, b_gc, o_c)  # [BC, BC, BS]
+            b_p = _read_weights(b_q, b_k, b_gc, b_WE, b_mk, scale, m_s, PREC)
             # dp_t[s] = Mv_t[s] . dr_t, in the same chunked form as the scores
             b_dv = tl.dot(b_dr, tl.trans(b_v), input_precision=PREC)  # [BC, BC]
             b_dp = tl.exp(b_gc) * tl.dot(b_dr, tl.trans(b_mv), input_precision=PREC)
@@ -370,7 +406,7 @@ def _chunk_dkv_bwd_kernel(
             b_dr = _rows(dr, t0, eos, i_h, sd_t, sd_h, o_c, o_v, m_v)  # [BC, BV]
             b_p = _rows(pb, t0, eos, i_h, H * BS, BS, o_c, o_s, m_s)  # [BC, BS]
             b_da = _rows(dab, t0, eos, i_h, H * BS, BS, o_c, o_s, m_s)  # [BC, BS]
-            b_WE = b_w[None, :, :] * _pair_decay(b_gc, o_c)  # [BC, BC, BS]
+            b_WE = _write_decay(b_w, b_gc, o_c)  # [BC, BC, BS]
             b_P = tl.sum(b_p[:, None, :] * b_WE, axis=2)  # [BC, BC]
             b_Pq = tl.sum(b_da[:, None, :] * b_WE, axis=2)  # [BC, BC]
             b_wd = b_w * tl.exp(b_gl[None, :] - b_gc)  # [BC, BS] w_i exp(gl - gc_i)
@@ -433,9 +469,11 @@ def _chunk_dw_bwd_kernel(
                 b_mv = _advance(b_mv, b_w, b_gc, b_gl,
                                 _rows(v, tp, eos, i_h, sv_t, sv_h, o_c, o_v, m_v), PREC)
             b_w, b_g, b_gc, b_gl = _gates(w, t0, eos, i_h, sw_t, sw_h, o_c, o_s, m_s, EPS)
+            o_sa = tl.arange(0, BS)  # every slot: which tokens write anywhere
+            b_writes = _writers(_rows(w, t0, eos, i_h, sw_t, sw_h, o_c, o_sa, o_sa < S))
             b_q = _rows(q, t0, eos, i_h, sq_t, sq_h, o_c, o_k, m_k)  # [BC, BK]
-            b_k = _rows(k, t0, eos, i_h, sk_t, sk_h, o_c, o_k, m_k)  # [BC, BK]
-            b_v = _rows(v, t0, eos, i_h, sv_t, sv_h, o_c, o_v, m_v)  # [BC, BV]
+            b_k = _written_rows(k, b_writes, t0, eos, i_h, sk_t, sk_h, o_c, o_k, m_k)
+            b_v = _written_rows(v, b_writes, t0, eos, i_h, sv_t, sv_h, o_c, o_v, m_v)
             b_dr = _rows(dr, t0, eos, i_h, sd_t, sd_h, o_c, o_v, m_v)  # [BC, BV]
             b_p = _rows(pb, t0, eos, i_h, H * BS, BS, o_c, o_s, m_s)  # [BC, BSW]
             b_da = _rows(dab, t0, eos, i_h, H * BS, BS, o_c, o_s, m_s)  # [BC, BSW]

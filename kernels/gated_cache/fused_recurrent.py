@@ -24,6 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..common.dots import not_finite
 from .common import FlatInputs, block_sizes, flatten_inputs, num_warps, state_grads
 
 
@@ -40,9 +41,18 @@ def _store_token(y, b_y, t, i_h, o_d, m_d, H: tl.constexpr, D: tl.constexpr):
 
 
 @triton.jit
+def _written(b_w, b_x):
+    """x [BD] as each slot takes it: the zero vector in the slots whose weight is 0 when x
+    holds an inf or NaN, since a zero weight leaves a slot as it was and 0 * inf would be
+    NaN. [BS, BD]"""
+    b_bad = tl.max(not_finite(b_x).to(tl.int32), axis=0) > 0
+    return tl.where((b_w[:, None] == 0.0) & b_bad, 0.0, b_x[None, :])
+
+
+@triton.jit
 def _write(b_m, b_w, b_x):
     """(1 - w) M + w x per slot: keeps w = 0 and w = 1 exact. [BS, BD]"""
-    return (1.0 - b_w)[:, None] * b_m + b_w[:, None] * b_x[None, :]
+    return (1.0 - b_w)[:, None] * b_m + b_w[:, None] * _written(b_w, b_x)
 
 
 @triton.jit
@@ -228,8 +238,8 @@ def _bwd_kernel(
             b_dk = tl.sum(b_w[:, None] * b_gk, axis=0)  # [BK]
             b_dv = tl.sum(b_w[:, None] * b_gv, axis=0)  # [BV]
             # d/dw of (1 - w) M + w x is x - M_prev, per slot
-            b_dw = (tl.sum(b_gk * (b_k[None, :] - b_pk), axis=1)
-                    + tl.sum(b_gv * (b_v[None, :] - b_pv), axis=1))  # [BS]
+            b_dw = (tl.sum(b_gk * (_written(b_w, b_k) - b_pk), axis=1)
+                    + tl.sum(b_gv * (_written(b_w, b_v) - b_pv), axis=1))  # [BS]
             _store_token(dk, b_dk, t, i_h, o_k, m_k, H, DK)
             _store_token(dv, b_dv, t, i_h, o_v, m_v, H, DV)
             _store_token(dw, b_dw, t, i_h, o_s, m_s, H, S)

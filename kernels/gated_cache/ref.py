@@ -12,7 +12,9 @@ one autograd Function walks chunks of `chunk_size` tokens, keeps only the slots 
 chunk boundary, and in the backward recomputes each chunk's slots from its boundary
 before a reverse scan with hand-written gradients. Each chunk runs through one
 `torch.compile`d function where a C++ compiler is present, eagerly otherwise.
-Everything upcasts to float32; r comes back in v's dtype, slots in float32.
+Everything upcasts to float32; r comes back in v's dtype, slots in float32. A slot whose
+weight is 0 takes a k_t or v_t that holds an inf or NaN as the zero vector (`_written`),
+so it stays bit-identical as the math says rather than turning NaN through 0 * inf.
 """
 
 from __future__ import annotations
@@ -26,13 +28,25 @@ from ..utils import log_compile_fallback_once, maybe_compiled
 State = Tuple[torch.Tensor, torch.Tensor]
 
 
+def _written(w_e, x):
+    """x [B, H, 1, D] as each slot takes it: the zero vector in the slots whose weight
+    w_e [B, H, S, 1] is 0 when x holds an inf or NaN, since a zero weight leaves a slot
+    as it was and 0 * inf would be NaN. [B, H, S, D]; a finite x comes back unchanged
+    (gradients included)."""
+    return torch.where((w_e == 0) & ~torch.isfinite(x).all(-1, keepdim=True), 0.0, x)
+
+
+def _write(M, w_e, x):
+    """(1 - w) M + w x, not M + w (x - M): w = 0 and w = 1 are then exact (keep / replace)."""
+    return (1 - w_e) * M + w_e * _written(w_e, x)
+
+
 def _write_read(Mk, Mv, q_t, k_t, v_t, w_t, scale):
     """One token. Mk: [B, H, S, Dk], Mv: [B, H, S, Dv]; q_t, k_t: [B, H, Dk];
     v_t: [B, H, Dv]; w_t: [B, H, S]. Returns (r_t [B, H, Dv], p_t [B, H, S], Mk, Mv)."""
     w_e = w_t[..., None]
-    # (1 - w) M + w x, not M + w (x - M): w = 0 and w = 1 are then exact (keep / replace).
-    Mk = (1 - w_e) * Mk + w_e * k_t[:, :, None, :]
-    Mv = (1 - w_e) * Mv + w_e * v_t[:, :, None, :]
+    Mk = _write(Mk, w_e, k_t[:, :, None, :])
+    Mv = _write(Mv, w_e, v_t[:, :, None, :])
     p = torch.softmax(scale * (Mk @ q_t[..., None]).squeeze(-1), dim=-1)  # [B, H, S]
     r = (p[:, :, None, :] @ Mv).squeeze(-2)  # [B, H, Dv]
     return r, p, Mk, Mv
@@ -103,8 +117,8 @@ def _write_read_fused(Mk, Mv, q_t, k_t, v_t, w_t, scale):
     """`_write_read` with the products written as broadcasts and sums rather than batched
     matmuls, so torch.compile fuses each into the slot update that feeds it."""
     w_e = w_t[..., None]
-    Mk = (1 - w_e) * Mk + w_e * k_t[:, :, None, :]
-    Mv = (1 - w_e) * Mv + w_e * v_t[:, :, None, :]
+    Mk = _write(Mk, w_e, k_t[:, :, None, :])
+    Mv = _write(Mv, w_e, v_t[:, :, None, :])
     p = torch.softmax(scale * (Mk * q_t[:, :, None, :]).sum(-1), dim=-1)  # [B, H, S]
     return (p[..., None] * Mv).sum(-2), p, Mk, Mv
 
@@ -133,16 +147,16 @@ def _chunk_bwd(Mk, Mv, q, k, v, w, scale: float, dr, dMk, dMv):
     for t in range(L):
         prev.append((Mk, Mv))
         w_e = w[:, t, ..., None]
-        Mk = (1 - w_e) * Mk + w_e * k[:, t, :, None, :]
-        Mv = (1 - w_e) * Mv + w_e * v[:, t, :, None, :]
+        Mk = _write(Mk, w_e, k[:, t, :, None, :])
+        Mv = _write(Mv, w_e, v[:, t, :, None, :])
         probs.append(torch.softmax(scale * (Mk * q[:, t, :, None, :]).sum(-1), dim=-1))
     dq, dk, dv, dw = [None] * L, [None] * L, [None] * L, [None] * L
     Gk, Gv = dMk, dMv  # gradient of the slots after token t, from later tokens
     for t in range(L - 1, -1, -1):
         (Mk_prev, Mv_prev), p = prev[t], probs[t]
-        q_e, k_e = q[:, t, :, None, :], k[:, t, :, None, :]
-        v_e, dr_e = v[:, t, :, None, :], dr[:, t, :, None, :]
         w_e = w[:, t, ..., None]
+        q_e, dr_e = q[:, t, :, None, :], dr[:, t, :, None, :]
+        k_e, v_e = _written(w_e, k[:, t, :, None, :]), _written(w_e, v[:, t, :, None, :])
         # the slots after token t, recomputed where they are used (no stored copy)
         Mk_t = (1 - w_e) * Mk_prev + w_e * k_e
         Mv_t = (1 - w_e) * Mv_prev + w_e * v_e

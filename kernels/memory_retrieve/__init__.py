@@ -66,6 +66,12 @@ def memory_retrieve(
     A token that sees no entry gets o = 0 and lse = -inf; its gradients are zero (finite).
     Differentiable in q, mem_k and mem_v, through o and through lse.
 
+    Non-finite values stay where the mask puts them: an entry a token cannot see never
+    enters that token's o, lse or q gradient, and a token an entry is not visible to never
+    enters that entry's gradients (given finite gradients of o and lse), even when the
+    entry's key or value (or the token's query) holds NaN or inf. A token that sees such
+    an entry gets NaN (in its whole row).
+
     The Triton path is fastest when entries with nearby intervals sit next to each other
     (for instance ordered by start, as a FIFO bank naturally is): it skips whole blocks
     of entries that no token of a block of queries can see. Any order is correct.

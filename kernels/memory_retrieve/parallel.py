@@ -35,6 +35,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
+from ..common.dots import dot_hard_zeros
 from ..utils import is_interpreter
 
 MAX_HEAD_DIM = 256
@@ -126,7 +127,8 @@ def _fwd_kernel(
         b_r = tl.exp2(b_m - b_mu)
         b_p = tl.exp2(b_z - b_mu[:, None])  # [BT, BM]
         b_l = b_l * b_r + tl.sum(b_p, 1)
-        b_o = b_o * b_r[:, None] + tl.dot(b_p.to(b_v.dtype), b_v, input_precision=PRECISION)
+        # a NaN or inf in an entry this row cannot see (p = 0) stays out of its output
+        b_o = b_o * b_r[:, None] + dot_hard_zeros(b_p, b_v, PRECISION)
         b_m = b_mn
 
     b_seen = b_l > 0
@@ -243,8 +245,9 @@ def _dkv_bwd_kernel(
         b_pt = tl.where(m_vis, tl.exp2(b_zt - b_lse2[None, :]), 0.0)  # [BM, BT]
         b_dv += tl.dot(b_pt.to(b_do.dtype), b_do, input_precision=PRECISION)
         b_dpt = tl.dot(b_v, tl.trans(b_do), input_precision=PRECISION)  # [BM, BT]
-        b_dzt = b_pt * (b_dpt - b_delta[None, :])
-        b_dk += tl.dot(b_dzt.to(b_q.dtype), b_q, input_precision=PRECISION)
+        # selected, not multiplied: dp or delta may be NaN where the pair is masked out
+        b_dzt = tl.where(m_vis, b_pt * (b_dpt - b_delta[None, :]), 0.0)
+        b_dk += dot_hard_zeros(b_dzt, b_q, PRECISION)
 
     i_row = i_s * (tl.num_programs(1) // H) + i_b  # row of [NS * B, M, H, ...]
     p_dk = dk + ((i_row * M + o_m[:, None]) * H + i_h) * DK + o_k[None, :]
@@ -317,8 +320,8 @@ def _dq_bwd_kernel(
         m_vis = (b_s[None, :] <= o_t[:, None]) & (o_t[:, None] < b_e[None, :])
         b_p = tl.where(m_vis, tl.exp2(b_z - b_lse2[:, None]), 0.0)  # [BT, BM]
         b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)  # [BT, BM]
-        b_dz = b_p * (b_dp - b_delta[:, None])
-        b_dq += tl.dot(b_dz.to(b_k.dtype), b_k, input_precision=PRECISION)
+        b_dz = tl.where(m_vis, b_p * (b_dp - b_delta[:, None]), 0.0)
+        b_dq += dot_hard_zeros(b_dz, b_k, PRECISION)
 
     p_dq = dq + o_row[:, None] * DK + o_k[None, :]
     tl.store(p_dq, (b_dq * scale).to(dq.dtype.element_ty), mask=m_t[:, None] & m_k[None, :])

@@ -16,6 +16,7 @@ import torch
 from ..utils import (
     INT_DTYPES,
     check_cu_seqlens,
+    check_positive_int,
     check_same_dtype,
     check_tensor,
     resolve_backend,
@@ -83,8 +84,9 @@ def selective_scan(
         cu_seqlens: [num_seqs + 1] int offsets of sequences packed along T (B must be 1);
             each sequence starts from its own initial state (zeros when none is given).
         backend: "auto", "triton" or "torch" (see `resolve_backend`).
-        chunk_size: tokens per chunk: the spacing of the states kept for the backward.
-            None picks 64 for Triton (a power of two is required there), 32 for torch.
+        chunk_size: tokens per chunk: the spacing of the states kept for the backward, a
+            positive int (not a bool). None picks 64 for Triton (a power of two is
+            required there), 32 for torch.
 
     Returns:
         y: [B, T, E] in u's dtype.
@@ -115,8 +117,8 @@ def selective_scan(
     if initial_state is not None:
         check_tensor("initial_state", initial_state, (n_states, "E", "N"), dims,
                      dtypes=(torch.float32,), device=dev)
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
+    if chunk_size is not None:
+        chunk_size = check_positive_int("chunk_size", chunk_size)
 
     impl = resolve_backend(backend, dev)
     scan = chunk_selective_scan if impl == "triton" else selective_scan_chunked

@@ -203,7 +203,7 @@ def _selective_scan_bwd_kernel(
     u, delta, A, Bm, Cm, D, z, delta_bias,  # forward inputs, as in the forward kernel
     ckpt,  # [num_chunks_total, E, N] float32 chunk-start states from the forward
     dy,  # [B, T, E] gradient of y, contiguous
-    dht,  # [num_seqs, E, N] float32 gradient of the final state, or a dummy
+    dht,  # [num_seqs, E, N] float32 gradient of the final state, contiguous, or a dummy
     du, ddelta, dz,  # [B, T, E] gradients, contiguous, input dtype
     dB, dC,  # [B, T, G, N] float32 gradients, zeroed, accumulated atomically
     dA,  # [num_seqs, E, N] float32 per-sequence gradient of A
@@ -399,7 +399,10 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
 
 
 def _bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ckpt, dy, dht, cu_seqlens, lay):
+    # the kernel reads both gradients as contiguous arrays; autograd may hand them strided
+    # or broadcast (stride 0, e.g. the gradient of a plain sum)
     dy = dy.contiguous()
+    dht = dht.float().contiguous() if dht is not None else None
     du = torch.empty(u.shape, dtype=u.dtype, device=u.device)
     ddelta = torch.empty(delta.shape, dtype=delta.dtype, device=u.device)
     dz = torch.empty(z.shape, dtype=z.dtype, device=u.device) if z is not None else None
