@@ -92,7 +92,7 @@ class MemoryConfig:
         self._check_long_term_memory()
         if self.dt_rank == "auto":
             self.dt_rank = math.ceil(self.d_model / 16)
-        if not isinstance(self.dt_rank, int) or self.dt_rank < 1:
+        if not _is_int(self.dt_rank) or self.dt_rank < 1:
             raise ValueError(
                 f"MemoryConfig.dt_rank: expected 'auto' or a positive int, got {self.dt_rank!r}"
             )

@@ -260,3 +260,13 @@ def test_config_rejects_non_finite_or_negative_floats(name, value):
 def test_fifo_is_a_controller_that_keeps_no_mode_of_its_own():
     ctrl = FifoController()
     assert ctrl.training and not ctrl.eval().training and ctrl.train().training
+
+
+@pytest.mark.parametrize("kwargs,pattern", [
+    (dict(dt_rank=True), r"MemoryConfig.dt_rank: expected 'auto' or a positive int, got True"),
+    (dict(tie_embeddings=1), r"MemoryConfig.tie_embeddings: expected a bool, got 1"),
+    (dict(d_state=True), r"MemoryConfig.d_state: expected a positive int, got True"),
+], ids=["dt_rank", "tie", "d_state"])
+def test_config_rejects_bools_for_ints_and_ints_for_bools(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        MemoryConfig(**kwargs)
