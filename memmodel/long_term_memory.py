@@ -29,8 +29,9 @@ A drop-in `(B, T, D) -> (B, T, D)` module; `Block` adds it when
 
 from __future__ import annotations
 
+import copy
 import math
-from typing import NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Union
 
 import numpy as np
 import torch
@@ -38,7 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .bank import OPEN, Bank
-from .config import MemoryConfig
+from .config import CONTROLLER_NAMES, MemoryConfig
 from .controllers import (
     Action,
     ChunkFeatures,
@@ -51,6 +52,7 @@ from .controllers import (
 from .kernels.chunk_compress import chunk_compress
 from .kernels.memory_retrieve import memory_retrieve
 from .kernels.utils import check_same_dtype, check_tensor
+from .ssm import place
 from .state import LayerState, LTMState
 
 INT32_MIN = -(2**31) + 1
@@ -82,33 +84,59 @@ class Recall(NamedTuple):
 
 
 class LongTermMemory(nn.Module):
-    """Hierarchical compressed memory over chunks, driven by a `MemoryController`.
+    """Hierarchical compressed memory over chunks, driven by a `MemoryController`; a drop-in
+    `(B, T, D) -> (B, T, D)` layer.
 
     Args:
-        config: MemoryConfig; uses d_model, n_layers, ltm_heads (H), ltm_head_dim (Dh),
-            ltm_chunk_size (C), ltm_summaries (P), ltm_levels (L), ltm_capacity, ltm_merge
-            (r), ltm_controller, backend.
-        controller: overrides `build_controller(config)`; also settable later as
+        d_model: model width D.
+        controller: a controller name ("fifo", "importance", "store_all", "qlearning", or
+            one registered) or a `MemoryController`; also settable later as
             `module.controller` (a submodule: it takes the module's train / eval mode).
+        heads, head_dim: H and Dh (None: d_model // heads).
+        chunk_size: C, tokens compressed together.
+        summaries: P, entries made from each chunk.
+        levels: L, levels of the bank; level l + 1 holds merges of level-l entries.
+        capacity: entries per level, one int for every level or a list of L ints.
+        merge: r, entries of a full level merged into one entry of the next.
+        backend: "auto", "triton" or "torch" for compression and retrieval.
+        n_layers: depth of the model it sits in (its output projection starts scaled by
+            1 / sqrt(n_layers)).
+        device, dtype: where and in which dtype the weights are made.
+
+    The sizes are checked as the matching `MemoryConfig.ltm_*` fields (ValueError naming
+    the field). `LongTermMemory.from_config(config)` builds one from a model's config.
 
     Example:
-        >>> cfg = MemoryConfig(d_model=32, ltm_controller="fifo", ltm_heads=2,
-        ...                    ltm_chunk_size=8, ltm_summaries=2, ltm_capacity=[9, 4])
-        >>> ltm, state = LongTermMemory(cfg), LayerState()
+        >>> ltm = LongTermMemory(32, controller="fifo", heads=2, chunk_size=8, summaries=2,
+        ...                      capacity=[9, 4])
+        >>> state = LayerState()
         >>> ltm(torch.randn(2, 20, 32), state).shape     # 2 chunks stored, 4 tokens pending
         torch.Size([2, 20, 32])
         >>> state.ltm.k.shape, state.ltm.pending_k.shape
         (torch.Size([2, 4, 2, 16]), torch.Size([2, 4, 2, 16]))
     """
 
-    def __init__(self, config: MemoryConfig, controller: Optional[MemoryController] = None):
+    def __init__(self, d_model: int, controller: Union[str, MemoryController] = "fifo",
+                 heads: int = 4, head_dim: Optional[int] = None, chunk_size: int = 256,
+                 summaries: int = 4, levels: int = 2, capacity: Union[int, List[int]] = 256,
+                 merge: int = 4, backend: str = "auto", n_layers: int = 1, device=None,
+                 dtype=None):
         super().__init__()
-        if config.ltm_controller == "none":
+        name = controller if isinstance(controller, str) else getattr(controller, "name", None)
+        if controller == "none":
             raise ValueError(
-                "LongTermMemory: config.ltm_controller is 'none' (no long-term memory, so its "
-                "sizes are unchecked); name a controller, and switch a built module off with "
-                "module.controller = build_controller(name='none')")
-        self.config = config
+                "LongTermMemory: controller is 'none' (no long-term memory, so its sizes are "
+                "unchecked; config.ltm_controller is 'none'); name a controller, and switch a "
+                "built module off with module.controller = build_controller(name='none')")
+        if not isinstance(controller, (str, MemoryController)):
+            raise TypeError(f"LongTermMemory.controller: expected a name or a "
+                            f"MemoryController, got {type(controller).__name__}")
+        self.config = config = MemoryConfig(
+            d_model=d_model, n_layers=n_layers,
+            ltm_controller=name if name in CONTROLLER_NAMES else "fifo", ltm_heads=heads,
+            ltm_head_dim=head_dim, ltm_chunk_size=chunk_size, ltm_summaries=summaries,
+            ltm_levels=levels, ltm_capacity=copy.copy(capacity), ltm_merge=merge,
+            backend=backend)
         D, H, Dh = config.d_model, config.ltm_heads, config.ltm_head_dim
         P, L = config.ltm_summaries, config.ltm_levels
         self.capacity = tuple(config.ltm_capacity)
@@ -117,8 +145,27 @@ class LongTermMemory(nn.Module):
         self.out_proj = nn.Linear(H * Dh, D, bias=False)
         self.q_pool = nn.Parameter(torch.empty(H, P, Dh))
         self.merge_q = nn.Parameter(torch.empty(L - 1, H, 1, Dh))  # level l -> l + 1
-        self.controller = controller if controller is not None else build_controller(config)
+        self.controller = controller if isinstance(controller, MemoryController) else \
+            build_controller(config, controller)
         self.reset_parameters()
+        place(self, device, dtype)
+
+    @classmethod
+    def from_config(cls, config: MemoryConfig, controller: Optional[MemoryController] = None,
+                    device=None, dtype=None) -> "LongTermMemory":
+        """The long-term memory of a model: d_model, n_layers, the ltm_* fields and backend
+        from `config`; `controller` overrides `config.ltm_controller`."""
+        c = config
+        if c.ltm_controller == "none" and controller is None:
+            raise ValueError(
+                "LongTermMemory: config.ltm_controller is 'none' (no long-term memory, so its "
+                "sizes are unchecked); name a controller, and switch a built module off with "
+                "module.controller = build_controller(name='none')")
+        return cls(c.d_model, controller=controller if controller is not None
+                   else c.ltm_controller, heads=c.ltm_heads, head_dim=c.ltm_head_dim,
+                   chunk_size=c.ltm_chunk_size, summaries=c.ltm_summaries, levels=c.ltm_levels,
+                   capacity=c.ltm_capacity, merge=c.ltm_merge, backend=c.backend,
+                   n_layers=c.n_layers, device=device, dtype=dtype)
 
     @torch.no_grad()
     def reset_parameters(self):
@@ -203,6 +250,12 @@ class LongTermMemory(nn.Module):
         q, k, v, gate = self.in_proj(x).split(self.splits, dim=-1)
         rec = self.remember(q.reshape(shape), k.reshape(shape), v.reshape(shape), state)
         return self.out_proj(rec.o.reshape(Bsz, T, -1) * torch.sigmoid(gate))
+
+    def step(self, x: torch.Tensor, state: LayerState) -> torch.Tensor:
+        """One token per row: `forward` on x [B, D] as a segment of one token (the token
+        joins the unfinished chunk, which is compressed and stored once complete).
+        Returns [B, D]."""
+        return self(x[:, None], state)[:, 0]
 
     def remember(self, q, k, v, state: Optional[LayerState] = None) -> Recall:
         """The memory without the projections: write k, v, read with q.

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from .config import MemoryConfig
 from .long_term_memory import LongTermMemory
-from .ssm import SelectiveSSM
+from .ssm import SelectiveSSM, place
 from .state import LayerState, MemoryState
 from .working_memory import WorkingMemory
 
@@ -117,28 +117,63 @@ class RMSNorm(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm residual block:
+    """Pre-norm residual block, a drop-in `(B, T, D) -> (B, T, D)` layer:
     x + mixer(norm(x)) [+ working_memory(norm(x))] [+ long_term_memory(norm(x))].
 
-    `(B, T, D) -> (B, T, D)`; the working memory is there when config.wm_slots > 0, the
-    long-term memory when config.ltm_controller != "none".
+    Args:
+        d_model: model width D.
+        device, dtype: where and in which dtype the weights are made.
+        **options: any size or switch of `MemoryConfig` (d_state, expand, d_conv, wm_slots,
+            wm_heads, ltm_controller, ltm_chunk_size, ltm_capacity, backend, ...; checked
+            as there). The working memory is there when wm_slots > 0, the long-term memory
+            when ltm_controller != "none".
+
+    `Block.from_config(config)` builds one from a model's config.
+
+    Example:
+        >>> block = Block(64, wm_slots=8, ltm_controller="fifo", ltm_chunk_size=32)
+        >>> state = LayerState()
+        >>> block(torch.randn(2, 100, 64), state).shape
+        torch.Size([2, 100, 64])
+        >>> block.step(torch.randn(2, 64), state).shape
+        torch.Size([2, 64])
     """
 
-    def __init__(self, config: MemoryConfig):
+    def __init__(self, d_model: int, device=None, dtype=None, **options):
         super().__init__()
+        self.config = config = MemoryConfig(d_model=d_model, **options)
         self.norm = RMSNorm(config.d_model, config.norm_eps)
-        self.mixer = SelectiveSSM(config)
-        self.working_memory = WorkingMemory(config) if config.wm_slots else None
-        self.long_term_memory = (LongTermMemory(config)
+        self.mixer = SelectiveSSM.from_config(config)
+        self.working_memory = WorkingMemory.from_config(config) if config.wm_slots else None
+        self.long_term_memory = (LongTermMemory.from_config(config)
                                  if config.ltm_controller != "none" else None)
+        place(self, device, dtype, keep_float32=("A_log", "D", "dt_bias"))
+
+    @classmethod
+    def from_config(cls, config: MemoryConfig, device=None, dtype=None) -> "Block":
+        options = {k: v for k, v in config.to_dict().items() if k != "d_model"}
+        return cls(config.d_model, device=device, dtype=dtype, **options)
 
     def forward(self, x: torch.Tensor, state: Optional[LayerState] = None) -> torch.Tensor:
+        """x: [B, T, D] -> [B, T, D]; with a LayerState, continues the stream it holds."""
         h = self.norm(x)
         y = self.mixer(h, state)
         if self.working_memory is not None:
             y = y + self.working_memory(h, state)
         if self.long_term_memory is not None:
             y = y + self.long_term_memory(h, state)
+        return x + y
+
+    def step(self, x: torch.Tensor, state: LayerState, inplace: bool = False) -> torch.Tensor:
+        """One token per row: x [B, D] -> [B, D] through each part's `step` (the decode
+        kernels); equal to the last position of `forward` over the same tokens.
+        `inplace`: the SSM state is updated in place (see `SelectiveSSM.step`)."""
+        h = self.norm(x)
+        y = self.mixer.step(h, state, inplace=inplace)
+        if self.working_memory is not None:
+            y = y + self.working_memory.step(h, state)
+        if self.long_term_memory is not None:
+            y = y + self.long_term_memory.step(h, state)
         return x + y
 
 
@@ -176,7 +211,7 @@ class MemoryLM(nn.Module):
         super().__init__()
         self.config = config
         self.embedding = nn.Embedding(config.vocab_size, config.d_model)
-        self.layers = nn.ModuleList([Block(config) for _ in range(config.n_layers)])
+        self.layers = nn.ModuleList([Block.from_config(config) for _ in range(config.n_layers)])
         self.norm_f = RMSNorm(config.d_model, config.norm_eps)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
@@ -230,18 +265,74 @@ class MemoryLM(nn.Module):
         B, T = input_ids.shape
         if labels is not None:
             self._check_ids("labels", labels, shape=(B, T), ignore=IGNORE_INDEX)
+        state, logits = self._advance(input_ids, state, lambda layer, h, ls: layer(h, ls))
+        loss = None
+        if labels is not None:
+            total = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten().long(),
+                                    ignore_index=IGNORE_INDEX, reduction="sum")
+            loss = total / (labels != IGNORE_INDEX).sum().clamp_min(1)
+        return LMOutput(logits, loss, state)
+
+    def step(self, input_ids: torch.Tensor, state: Optional[MemoryState] = None,
+             inplace: bool = False) -> LMOutput:
+        """One token per row through every layer's `step` (the decode kernels).
+
+        Args:
+            input_ids: [B] (or [B, 1]) int64 token ids, the tokens after `state`.
+            state: the MemoryState to continue (None: a fresh stream); updated in place
+                and returned. A step that raises leaves it as it was, unless `inplace`.
+            inplace: update the SSM states in place, with no copy (as an inference cache
+                from `allocate_inference_cache`, which `generate` uses).
+
+        Returns:
+            LMOutput(logits [B, vocab], None, state); the logits equal the last position of
+            `forward` over the same tokens.
+        """
+        if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 1:
+            input_ids = input_ids[:, None]
+        self._check_ids("input_ids", input_ids)
+        if input_ids.shape[1] != 1:
+            raise ValueError(f"input_ids: expected one token per row ([B] or [B, 1]), got "
+                             f"{tuple(input_ids.shape)}")
+        state, logits = self._advance(
+            input_ids, state,
+            lambda layer, h, ls: layer.step(h[:, 0], ls, inplace=inplace)[:, None])
+        return LMOutput(logits[:, 0], None, state)
+
+    def allocate_inference_cache(self, batch_size: int, device=None) -> MemoryState:
+        """A MemoryState for `batch_size` fresh streams with every fixed-size tensor made
+        once (conv and SSM states zero, the working memory's learned slots), for `step`
+        with `inplace=True`. The long-term memory's bank grows up to its capacity."""
+        if not _is_count(batch_size) or batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+        c = self.config
+        device = device if device is not None else self.embedding.weight.device
+        state = MemoryState.empty(len(self.layers))
+        for layer, ls in zip(self.layers, state.layers):
+            if c.d_conv > 1:
+                ls.conv = torch.zeros(batch_size, c.d_inner, c.d_conv - 1, device=device,
+                                      dtype=layer.mixer.in_proj.weight.dtype)
+            ls.ssm = torch.zeros(batch_size, c.d_inner, c.d_state, device=device)
+            if layer.working_memory is not None:
+                ls.wm = tuple(t.contiguous() for t in
+                              layer.working_memory.initial_slots(batch_size))
+        return state
+
+    def _advance(self, input_ids, state, run):
+        """(state, logits [B, T, vocab]): `run(layer, h, layer_state)` over the layers on
+        copies of the layer states; the caller's state changes only once every layer has
+        succeeded, and the controllers' per-stream records are rolled back when one
+        fails."""
+        B, T = input_ids.shape
         if state is None:
             state = MemoryState.empty(len(self.layers))
         self._check_state(state, B)
-        # Layers write their states into copies; the caller's state changes only once every
-        # layer has succeeded, and the controllers' per-stream records are rolled back when
-        # one fails.
         work = [copy.copy(layer_state) for layer_state in state.layers]
         marks = [_mark(layer_state) for layer_state in state.layers]
         try:
             h = self.embedding(input_ids)
             for layer, layer_state in zip(self.layers, work):
-                h = layer(h, layer_state)
+                h = run(layer, h, layer_state)
             logits = self.lm_head(self.norm_f(h))
         except BaseException:
             for layer_state, mark in zip(state.layers, marks):
@@ -252,12 +343,7 @@ class MemoryLM(nn.Module):
         state.position += T
         if state.signature is None:
             state.signature = dict(self.state_signature(), batch_size=B)
-        loss = None
-        if labels is not None:
-            total = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten().long(),
-                                    ignore_index=IGNORE_INDEX, reduction="sum")
-            loss = total / (labels != IGNORE_INDEX).sum().clamp_min(1)
-        return LMOutput(logits, loss, state)
+        return state, logits
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int,
@@ -268,7 +354,8 @@ class MemoryLM(nn.Module):
         """Continue each row of `input_ids` by `max_new_tokens` sampled tokens.
 
         The prompt is read in segments of `prefill_segment` tokens with the state carried
-        (a long prompt never holds full-length logits), then one token at a time; the
+        (a long prompt never holds full-length logits), then one token at a time through
+        `step` (the decode kernels, the SSM states updated in place); the
         long-term memory compresses and stores at chunk boundaries as it goes, exactly as
         in a forward over the same tokens. Runs in the model's current mode (call
         `eval()` first for greedy controllers).
@@ -312,8 +399,8 @@ class MemoryLM(nn.Module):
         for _ in range(max_new_tokens):
             nxt = _sample(logits, temperature, top_k, generator).to(input_ids.dtype)
             pieces.append(nxt[:, None])
-            out = self(nxt[:, None], state=state)
-            state, logits = out.state, out.logits[:, -1]
+            out = self.step(nxt, state=state, inplace=True)
+            state, logits = out.state, out.logits
         return GenerateOutput(torch.cat(pieces, 1), state, logits)
 
     def save_pretrained(self, path) -> None:

@@ -155,7 +155,7 @@ def _episode_run(rl, B=3, segments=(9, 14), seed=0, config=ONE_LEVEL):
     cfg = MemoryConfig(ltm_controller="qlearning", **config)
     ctrl = QLearningController(cfg, rl)
     rec = Recorder(ctrl)
-    ltm = LongTermMemory(cfg, controller=rec)
+    ltm = LongTermMemory.from_config(cfg, controller=rec)
     state, banks = LayerState(), []
     g = torch.Generator().manual_seed(seed)
     for T in segments:
@@ -258,7 +258,7 @@ def test_eval_mode_is_greedy_and_records_nothing():
     logs = []
     for _ in range(2):
         rec.log = []
-        ltm = LongTermMemory(cfg, controller=rec).eval()  # the module's mode reaches ctrl
+        ltm = LongTermMemory.from_config(cfg, controller=rec).eval()  # the module's mode reaches ctrl
         st = LayerState()
         with torch.no_grad():
             ltm(torch.ones(2, 40, 16), st)
@@ -288,7 +288,7 @@ def test_three_levels_compress_merge_and_evict_within_capacity():
 
 def test_importance_keeps_the_highest_scores():
     cfg = MemoryConfig(ltm_controller="importance", **{**ONE_LEVEL, "ltm_capacity": 3})
-    ltm = LongTermMemory(cfg)
+    ltm = LongTermMemory.from_config(cfg)
     q, k, v = (torch.randn(2, 41, 1, 16) for _ in range(3))
     state = LayerState()
     with torch.no_grad():
@@ -301,13 +301,13 @@ def test_importance_keeps_the_highest_scores():
     # several levels: every summary is stored and the lowest-scored entries are merged
     cfg3 = MemoryConfig(ltm_controller="importance", **THREE_LEVELS)
     rec = Recorder(build_controller(cfg3))
-    LongTermMemory(cfg3, controller=rec)(torch.randn(2, 40, 16), LayerState())
+    LongTermMemory.from_config(cfg3, controller=rec)(torch.randn(2, 40, 16), LayerState())
     assert all((a == int(Action.STORE)).all() for a, _ in rec.log) and rec.selects > 0
 
 
 def test_store_all_bypasses_the_capacity():
     cfg = MemoryConfig(ltm_controller="store_all", **ONE_LEVEL)  # capacity 2 is ignored
-    ltm = LongTermMemory(cfg)
+    ltm = LongTermMemory.from_config(cfg)
     assert isinstance(ltm.controller, StoreAllController) and not ltm.controller.bounded
     state = LayerState()
     ltm(torch.randn(2, 23, 16), state)
@@ -329,7 +329,7 @@ def _toy_memory():
     """One level holding one entry; summaries pooled towards the fact's direction."""
     cfg = MemoryConfig(d_model=4, ltm_controller="fifo", ltm_heads=1, ltm_chunk_size=TOY_C,
                        ltm_summaries=1, ltm_levels=1, ltm_capacity=1, backend="torch")
-    ltm = LongTermMemory(cfg)
+    ltm = LongTermMemory.from_config(cfg)
     with torch.no_grad():
         ltm.q_pool.copy_(4 * FACT.view(1, 1, 4))
     return cfg, ltm
@@ -572,5 +572,5 @@ def test_passkey_task_layout_and_metrics():
         torch.allclose(acc, torch.full((64,), 2 / 3))
     st = LayerState()
     cfg = MemoryConfig(ltm_controller="store_all", **{**ONE_LEVEL, "ltm_chunk_size": 16})
-    LongTermMemory(cfg)(torch.randn(64, 100, 16), st)
+    LongTermMemory.from_config(cfg)(torch.randn(64, 100, 16), st)
     assert key_kept(st.ltm, batch.key_chunk, 16).all()

@@ -43,7 +43,7 @@ def live_counts(bank, position, levels):
 
 
 def test_drop_in_shape_and_gradients():
-    ltm = LongTermMemory(MemoryConfig(**LTM))
+    ltm = LongTermMemory.from_config(MemoryConfig(**LTM))
     x = torch.randn(2, 37, 16, requires_grad=True)
     y = ltm(x)
     assert y.shape == x.shape
@@ -58,7 +58,7 @@ def test_drop_in_shape_and_gradients():
 @pytest.mark.parametrize("lengths", [[5, 13, 1, 20, 22], [8, 4, 49], [61]],
                          ids=["ragged", "multiples-of-C", "one-call"])
 def test_streaming_in_segments_equals_one_call(lengths):
-    ltm = LongTermMemory(MemoryConfig(**LTM))
+    ltm = LongTermMemory.from_config(MemoryConfig(**LTM))
     x = torch.randn(2, 61, 16)
     ref_state = LayerState()
     full = ltm(x, ref_state)
@@ -110,8 +110,8 @@ def test_model_with_long_term_memory_is_causal(controller):
 
 def test_triton_backend_matches_torch():
     cfg = dict(LTM, ltm_capacity=[3, 2, 1], ltm_summaries=1, ltm_chunk_size=5)
-    ltm_t = LongTermMemory(MemoryConfig(**cfg))
-    ltm_g = LongTermMemory(MemoryConfig(**{**cfg, "backend": "triton"}))
+    ltm_t = LongTermMemory.from_config(MemoryConfig(**cfg))
+    ltm_g = LongTermMemory.from_config(MemoryConfig(**{**cfg, "backend": "triton"}))
     ltm_g.load_state_dict(ltm_t.state_dict())
     x = torch.randn(1, 23, 16)
     y_t, y_g = ltm_t(x), ltm_g(x)
@@ -126,7 +126,7 @@ def test_bank_stays_within_capacity_over_a_1m_token_stream():
     """1M tokens in 8K segments (tiny widths): at every chunk boundary of every segment,
     no level holds more than its capacity, and the carried state stays that small."""
     cap, C, seg = [8, 8, 8], 256, 8192
-    ltm = LongTermMemory(MemoryConfig(d_model=4, ltm_controller="fifo", ltm_heads=1,
+    ltm = LongTermMemory.from_config(MemoryConfig(d_model=4, ltm_controller="fifo", ltm_heads=1,
                                       ltm_chunk_size=C, ltm_summaries=1, ltm_levels=3,
                                       ltm_capacity=cap, ltm_merge=4, backend="torch"))
     state, pos, full_levels = LayerState(), 0, set()
@@ -152,7 +152,7 @@ def test_planted_fact_is_retrieved_or_lost_by_capacity(cap, kept):
     projections: with fifo it is still retrieved at the end when levels of capacity
     [8, 8, 32] cover the ~390 chunks (8 + 4*8 + 16*32 chunks), and lost with [8, 8, 8]."""
     D = 4
-    ltm = LongTermMemory(MemoryConfig(d_model=D, ltm_controller="fifo", ltm_heads=1,
+    ltm = LongTermMemory.from_config(MemoryConfig(d_model=D, ltm_controller="fifo", ltm_heads=1,
                                       ltm_chunk_size=256, ltm_summaries=1, ltm_levels=3,
                                       ltm_capacity=cap, ltm_merge=4, backend="torch"))
     fact_dir = torch.tensor([1.0, 0.0, 0.0, 0.0])
@@ -191,7 +191,7 @@ def test_intervals_entry_invisible_before_its_chunk_ends_and_after_eviction():
     """One level holding one entry: the summary of chunk c is read exactly by the tokens
     of chunk c + 1, in one call and across a segment boundary."""
     C = 4
-    ltm = LongTermMemory(MemoryConfig(d_model=16, ltm_controller="fifo", ltm_heads=1,
+    ltm = LongTermMemory.from_config(MemoryConfig(d_model=16, ltm_controller="fifo", ltm_heads=1,
                                       ltm_chunk_size=C, ltm_summaries=1, ltm_levels=1,
                                       ltm_capacity=1, backend="torch"))
     q, k, v = qkv(2, 18, H=1, Dh=16)
@@ -258,7 +258,7 @@ def test_a_controller_reading_the_bank_leaves_values_and_gradients_alone():
     must neither change the values nor cut the gradients of the entries."""
     cfg = MemoryConfig(**LTM)
     torch.manual_seed(0)
-    ltm = LongTermMemory(cfg)
+    ltm = LongTermMemory.from_config(cfg)
     x = torch.randn(2, 45, 16)
     results = []
     for ctrl in (FifoController(), LookingFifo()):
@@ -295,7 +295,7 @@ def test_replayed_boundaries_equal_the_controller_calls(kw, segments, pair):
     each one."""
     cfg = MemoryConfig(**{**LTM, **kw})
     torch.manual_seed(0)
-    ltm = LongTermMemory(cfg)
+    ltm = LongTermMemory.from_config(cfg)
     x = torch.randn(3, sum(segments), 16)
     fast = ltm._replay_boundaries
     taken = []
@@ -337,7 +337,7 @@ def test_replay_steps_aside_when_rows_differ():
     """A stream begun under another controller (rows' banks differ) goes through the
     controller calls, with the same result as the general path."""
     cfg = MemoryConfig(**LTM)
-    ltm = LongTermMemory(cfg, controller=build_controller(name="importance"))
+    ltm = LongTermMemory.from_config(cfg, controller=build_controller(name="importance"))
     st = LayerState()
     with torch.no_grad():
         ltm(torch.randn(3, 33, 16), st)
@@ -374,7 +374,7 @@ def test_fifo_boundaries_launch_no_device_work():
     """Under fifo, merges are pooled once per segment, level by level: a segment of 16
     chunk boundaries does the same device work as one of 8 (both merge into every level)."""
     cfg = MemoryConfig(**{**LTM, "ltm_capacity": [4, 3, 2]})
-    ltm = LongTermMemory(cfg)
+    ltm = LongTermMemory.from_config(cfg)
     warm = LayerState()
     with torch.no_grad():
         ltm(torch.randn(2, 64, 16), warm)  # the bank is full: every boundary merges
@@ -388,8 +388,8 @@ def test_fifo_boundaries_launch_no_device_work():
 
 def test_per_row_decisions_compress_skip_and_usage():
     cfg = MemoryConfig(**{**LTM, "ltm_capacity": [64, 64, 64]})
-    ltm = LongTermMemory(cfg, controller=RowwiseController())
-    fifo = LongTermMemory(cfg, controller=FifoController())
+    ltm = LongTermMemory.from_config(cfg, controller=RowwiseController())
+    fifo = LongTermMemory.from_config(cfg, controller=FifoController())
     fifo.load_state_dict(ltm.state_dict())
     q, k, v = qkv(2, 26)
     state = LayerState()
@@ -420,7 +420,7 @@ def test_per_row_decisions_compress_skip_and_usage():
 
 
 def test_compress_pools_each_rows_selected_summaries():
-    ltm = LongTermMemory(MemoryConfig(**{**LTM, "ltm_summaries": 3, "ltm_capacity": [4, 3, 2]}))
+    ltm = LongTermMemory.from_config(MemoryConfig(**{**LTM, "ltm_summaries": 3, "ltm_capacity": [4, 3, 2]}))
     new_k, new_v = torch.randn(3, 3, 2, 8), torch.randn(3, 3, 2, 8)
     selected = torch.tensor([[True, False, True], [True, True, True], [False] * 3])
     k1, v1, score = ltm._merge_selected(new_k, new_v, selected)
@@ -441,7 +441,7 @@ class BadSelect(FifoController):
 
 
 def test_bad_controller_answers_and_inputs_raise():
-    ltm = LongTermMemory(MemoryConfig(**LTM), controller=BadSelect())
+    ltm = LongTermMemory.from_config(MemoryConfig(**LTM), controller=BadSelect())
     with pytest.raises(ValueError, match=r"select: expected 2 distinct live entries of level"):
         ltm(torch.randn(1, 40, 16))
     ltm.controller = FifoController()
@@ -465,11 +465,11 @@ def test_none_adds_nothing():
     assert torch.equal(out.logits, plain(ids).logits)
     assert all(layer.ltm is None for layer in out.state.layers)
 
-    ltm, state = LongTermMemory(MemoryConfig(**LTM)), LayerState()
+    ltm, state = LongTermMemory.from_config(MemoryConfig(**LTM)), LayerState()
     ltm.controller = build_controller(name="none")
     assert ltm(torch.randn(2, 9, 16), state).abs().max() == 0 and state.ltm is None
     with pytest.raises(ValueError, match="ltm_controller is 'none'"):
-        LongTermMemory(MemoryConfig(**base))
+        LongTermMemory.from_config(MemoryConfig(**base))
 
 
 @pytest.mark.parametrize(

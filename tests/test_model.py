@@ -17,7 +17,7 @@ SMALL = dict(d_model=32, n_layers=2, d_state=8, backend="torch")
 
 
 def test_ssm_is_a_drop_in_module():
-    ssm = SelectiveSSM(MemoryConfig(**SMALL))
+    ssm = SelectiveSSM.from_config(MemoryConfig(**SMALL))
     x = torch.randn(3, 17, 32, requires_grad=True)
     y = ssm(x)
     assert y.shape == x.shape and y.dtype == x.dtype
@@ -28,7 +28,7 @@ def test_ssm_is_a_drop_in_module():
 
 def test_ssm_init_matches_mamba():
     c = MemoryConfig(**SMALL)
-    ssm = SelectiveSSM(c)
+    ssm = SelectiveSSM.from_config(c)
     dt = torch.nn.functional.softplus(ssm.dt_bias)
     assert dt.min() >= c.dt_init_floor * 0.999 and dt.max() <= c.dt_max * 1.001
     assert torch.allclose(-torch.exp(ssm.A_log[0]), -torch.arange(1.0, c.d_state + 1))
@@ -146,7 +146,7 @@ def test_training_lowers_the_validation_loss():
 
 
 def test_layer_state_round_trip():
-    ssm = SelectiveSSM(MemoryConfig(**SMALL))
+    ssm = SelectiveSSM.from_config(MemoryConfig(**SMALL))
     state = LayerState()
     ssm(torch.randn(1, 5, 32), state)
     assert state.conv.shape == (1, 64, 3) and state.ssm.shape == (1, 64, 8)

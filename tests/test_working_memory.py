@@ -13,7 +13,7 @@ WM = dict(d_model=32, n_layers=2, d_state=8, wm_slots=6, wm_heads=2, backend="to
 
 
 def test_working_memory_is_a_drop_in_module():
-    wm = WorkingMemory(MemoryConfig(**WM))
+    wm = WorkingMemory.from_config(MemoryConfig(**WM))
     x = torch.randn(2, 13, 32, requires_grad=True)
     y = wm(x)
     assert y.shape == x.shape
@@ -24,7 +24,7 @@ def test_working_memory_is_a_drop_in_module():
 
 
 def test_slots_are_carried_in_the_layer_state():
-    wm = WorkingMemory(MemoryConfig(**WM))
+    wm = WorkingMemory.from_config(MemoryConfig(**WM))
     x = torch.randn(1, 20, 32)
     full = wm(x)
     state = LayerState()

@@ -404,7 +404,7 @@ class QLearningController(MemoryController):
         >>> cfg = MemoryConfig(d_model=16, ltm_controller="qlearning", ltm_heads=1,
         ...                    ltm_chunk_size=4, ltm_summaries=1, ltm_levels=1, ltm_capacity=2)
         >>> ctrl = QLearningController(cfg, QLearningConfig(min_buffer=1, batch_size=4))
-        >>> ltm, state = LongTermMemory(cfg, controller=ctrl), LayerState()
+        >>> ltm, state = LongTermMemory.from_config(cfg, controller=ctrl), LayerState()
         >>> y = ltm(torch.randn(3, 20, 16), state)
         >>> n = ctrl.finish(state.ltm, task_reward=torch.ones(3))   # transitions stored
         >>> loss = ctrl.update()
