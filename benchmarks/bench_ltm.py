@@ -218,7 +218,7 @@ def bench_module(args, device):
     cfg = MemoryConfig(d_model=H * D, ltm_controller="fifo", ltm_heads=H, ltm_chunk_size=C,
                        ltm_summaries=P, ltm_levels=2, ltm_capacity=[half, half], ltm_merge=2,
                        backend="triton")
-    ltm = LongTermMemory(cfg).to(device)
+    ltm = LongTermMemory.from_config(cfg).to(device)
     x = torch.randn(B, T, H * D, device=device)
     warm = LayerState()
     with torch.no_grad():

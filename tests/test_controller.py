@@ -258,7 +258,8 @@ def test_eval_mode_is_greedy_and_records_nothing():
     logs = []
     for _ in range(2):
         rec.log = []
-        ltm = LongTermMemory.from_config(cfg, controller=rec).eval()  # the module's mode reaches ctrl
+        # the module's mode reaches the controller
+        ltm = LongTermMemory.from_config(cfg, controller=rec).eval()
         st = LayerState()
         with torch.no_grad():
             ltm(torch.ones(2, 40, 16), st)

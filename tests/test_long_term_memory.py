@@ -420,7 +420,8 @@ def test_per_row_decisions_compress_skip_and_usage():
 
 
 def test_compress_pools_each_rows_selected_summaries():
-    ltm = LongTermMemory.from_config(MemoryConfig(**{**LTM, "ltm_summaries": 3, "ltm_capacity": [4, 3, 2]}))
+    ltm = LongTermMemory.from_config(
+        MemoryConfig(**{**LTM, "ltm_summaries": 3, "ltm_capacity": [4, 3, 2]}))
     new_k, new_v = torch.randn(3, 3, 2, 8), torch.randn(3, 3, 2, 8)
     selected = torch.tensor([[True, False, True], [True, True, True], [False] * 3])
     k1, v1, score = ltm._merge_selected(new_k, new_v, selected)
