@@ -25,6 +25,7 @@ setup(
         "torch>=2.4",
         "triton>=3.1",
         "numpy",
+        "tqdm",  # progress bars of long evaluations
     ],
     extras_require={
         "test": ["pytest", "pytest-benchmark", "hypothesis"],
