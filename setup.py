@@ -18,7 +18,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=["memmodel", "memmodel.tasks", "memmodel.kernels"] + KERNEL_PACKAGES,
+    packages=["memmodel", "memmodel.tasks", "memmodel.training", "memmodel.kernels"]
+    + KERNEL_PACKAGES,
     package_dir={"memmodel": "memmodel", "memmodel.kernels": "kernels"},
     install_requires=[
         # A range, never a pinned CPU build: a GPU machine keeps its CUDA torch.
