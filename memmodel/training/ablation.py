@@ -195,10 +195,7 @@ class AblationSpec:
         unknown = sorted(set(data) - set(names))
         if unknown:
             raise ValueError(f"AblationSpec: unknown fields {unknown}; expected some of {names}")
-        defaults = cls.__new__(cls)
-        for f in dataclasses.fields(cls):
-            setattr(defaults, f.name, f.default_factory() if f.default_factory
-                    is not dataclasses.MISSING else f.default)
+        defaults = cls()
         merged = {}
         for name in names:
             value = data.get(name, getattr(defaults, name))
