@@ -54,7 +54,11 @@ def test_runner_end_to_end(tmp_path):
     assert (out / "results.png").stat().st_size > 0
 
 
-def test_defaults_resolve_and_bind_the_capacity():
+def test_defaults_resolve_and_bind_the_capacity(capsys):
+    main(["--print-spec", "--variants", "ssm,full", "--steps", "7"])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["variants"] == ["ssm", "full"] and printed["train"]["steps"] == 7
+    assert AblationSpec.from_dict(printed).resolved() == printed
     spec = AblationSpec()
     assert spec.variants == ["ssm", "wm", "fifo", "importance", "store_all", "qlearning",
                              "full"]
