@@ -301,7 +301,8 @@ def train_variant(spec: AblationSpec, variant: str, checkpoint: Optional[str] = 
 
 def run_ablation(spec: AblationSpec, out, progress: bool = False) -> List[Dict[str, Any]]:
     """Train and evaluate every variant of `spec`, writing the files listed in the module
-    docstring under `out` (results are rewritten after each evaluation).
+    docstring under `out` (the JSON files rewritten after each evaluation, the table and
+    the figure after each variant).
 
     Returns:
         The rows of results.json.
@@ -332,8 +333,8 @@ def run_ablation(spec: AblationSpec, out, progress: bool = False) -> List[Dict[s
                                for b in d["depth_bins"]]
                 _write_json(out / "results.json", rows)
                 _write_json(out / "depth.json", depth_rows)
-    (out / "results.md").write_text(markdown_table(rows), encoding="utf-8")
-    plot_results(rows, out / "results.png")
+        (out / "results.md").write_text(markdown_table(rows), encoding="utf-8")
+        plot_results(rows, out / "results.png")
     return rows
 
 
