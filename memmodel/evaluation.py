@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
+from tqdm.auto import tqdm
 
 from .model import MemoryLM
 from .state import MemoryState
@@ -256,8 +257,6 @@ def evaluate_stream(model: MemoryLM, task: Task, seq_len: Optional[int] = None, 
     if seq_len is not None and seq_len != task.seq_len:
         task = dataclasses.replace(task, seq_len=seq_len)
     T = task.seq_len
-    from tqdm.auto import tqdm  # a dependency of the package; imported here to stay light
-
     rss0 = rss_peak_mb()
     was_training = model.training
     model.eval()

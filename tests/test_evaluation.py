@@ -26,6 +26,12 @@ def _ssm_model():
     return MemoryLM(MemoryConfig(d_model=16, n_layers=1, d_state=4, backend="torch"))
 
 
+def _wm_model():
+    torch.manual_seed(0)
+    return MemoryLM(MemoryConfig(d_model=16, n_layers=1, d_state=4, wm_slots=4, wm_heads=2,
+                                 backend="torch"))
+
+
 def _ltm_model():
     torch.manual_seed(0)
     return MemoryLM(MemoryConfig(d_model=16, n_layers=2, d_state=4, ltm_controller="fifo",
@@ -48,7 +54,8 @@ def _one_call(model, task, n, batch_size):
     return correct.float().mean().item(), tok / n, loss / n
 
 
-@pytest.mark.parametrize("make", [_ssm_model, _ltm_model], ids=["ssm", "ltm-fifo"])
+@pytest.mark.parametrize("make", [_ssm_model, _wm_model, _ltm_model],
+                         ids=["ssm", "wm", "ltm-fifo"])
 def test_streamed_equals_one_call(make):
     model = make().train()
     ref = _one_call(model.eval(), NEEDLES, n=3, batch_size=2)
