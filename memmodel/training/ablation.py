@@ -344,10 +344,20 @@ def _write_json(path: Path, data):
     os.replace(tmp, path)
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def provenance() -> str:
     """The command, machine, versions and date of this run, as a markdown paragraph."""
-    device = (torch.cuda.get_device_name(0) if torch.cuda.is_available()
-              else platform.processor() or platform.machine())
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else _cpu_name()
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (f"Command: `python -m memmodel.training.ablation {' '.join(sys.argv[1:])}`  \n"
             f"Machine: {device}, {os.cpu_count()} CPUs, {platform.system()}  \n"
