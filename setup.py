@@ -28,6 +28,7 @@ setup(
         "triton>=3.1",
         "numpy",
         "safetensors",  # save_pretrained / from_pretrained, loaded without pickle
+        "tqdm",  # progress bars of long evaluations
     ],
     extras_require={
         "test": ["pytest", "pytest-benchmark", "hypothesis"],

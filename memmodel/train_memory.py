@@ -53,7 +53,7 @@ from .controllers import (
     build_controller,
 )
 from .model import MemoryLM
-from .tasks import PasskeyTask, answer_metrics, key_kept
+from .tasks import SPLITS, PasskeyTask, Task, answer_metrics, key_kept
 from .train import (
     FINITE_AT_LEAST_0,
     FINITE_POSITIVE,
@@ -88,6 +88,9 @@ class MemoryTrainConfig:
             checkpoint_every steps). None: not saved.
         checkpoint_every: steps between saves (None: only at the end).
         seed: seeds the batches (the model and controller take their own seeds).
+        split: the split training batches come from ("train", "val", "test"; the task's
+            answers and text of that split only); None: unrestricted answers, the train
+            text (as `task.sample(B, generator)`).
 
     `steps` counts the whole run: a resumed run goes on from the checkpoint's step to it.
     """
@@ -105,6 +108,7 @@ class MemoryTrainConfig:
     checkpoint: Optional[str] = None
     checkpoint_every: Optional[int] = None
     seed: int = 0
+    split: Optional[str] = None
 
     def __post_init__(self):
         check_fields(self, {
@@ -116,13 +120,16 @@ class MemoryTrainConfig:
         if self.reward not in ("loss", "accuracy"):
             raise ValueError(f"MemoryTrainConfig.reward: expected 'loss' or 'accuracy', got "
                              f"{self.reward!r}")
+        if self.split not in (None,) + SPLITS:
+            raise ValueError(f"MemoryTrainConfig.split: expected None or one of {SPLITS}, got "
+                             f"{self.split!r}")
         check_checkpointing(self)
 
 
 # The settings a resumed run must share with its checkpoint; the others (the budget,
 # logging, where to save) may change.
 RESUME_SETTINGS = ("batch_size", "lr", "weight_decay", "grad_clip", "q_updates", "reward",
-                   "seed")
+                   "seed", "split")
 
 
 @dataclass
@@ -203,13 +210,14 @@ def learning_controllers(model: MemoryLM) -> list:
 
 
 @torch.no_grad()
-def evaluate_memory(model: MemoryLM, task: PasskeyTask, batches: int = 4, batch_size: int = 16,
+def evaluate_memory(model: MemoryLM, task: Task, batches: int = 4, batch_size: int = 16,
                     seed: int = 1234) -> Dict[str, float]:
     """Greedy controllers on fixed batches (the same for every call with this seed).
 
     Returns:
-        answer_loss, answer_accuracy: on the answer tokens; key_kept: the fraction of
-        (row, layer) banks still holding the key chunk's summary at the end; entries: live
+        answer_loss, answer_accuracy: on the answer tokens; key_kept (passkey batches
+        only; 0 otherwise): the fraction of (row, layer) banks still holding the key
+        chunk's summary at the end; entries: live
         entries per bank at the end; kept: the fraction of summaries stored or compressed;
         reads: the fraction of chunks that read the bank.
     """
@@ -238,8 +246,9 @@ def evaluate_memory(model: MemoryLM, task: PasskeyTask, batches: int = 4, batch_
                 sums["answer_accuracy"] += acc.mean().item() / batches
                 for layer in out.state.layers:
                     if layer.ltm is not None:
-                        sums["key_kept"] += key_kept(layer.ltm, batch.key_chunk,
-                                                     task.chunk_size).float().sum().item()
+                        if hasattr(batch, "key_chunk"):
+                            sums["key_kept"] += key_kept(layer.ltm, batch.key_chunk,
+                                                         task.chunk_size).float().sum().item()
                         sums["entries"] += layer.ltm.live.sum().item()
                         banks += batch_size
     finally:
@@ -254,14 +263,16 @@ def evaluate_memory(model: MemoryLM, task: PasskeyTask, batches: int = 4, batch_
     return sums
 
 
-def train_memory(model: MemoryLM, task: PasskeyTask, tc: MemoryTrainConfig,
+def train_memory(model: MemoryLM, task: Task, tc: MemoryTrainConfig,
                  controller: Optional[MemoryController] = None,
                  resume: Optional[str] = None) -> MemoryTrainResult:
     """Train `model` (unless tc.lr == 0) and, when it learns, `controller` on `task`.
 
     Args:
-        model: a MemoryLM; its long-term memory's chunk size must be task.chunk_size.
-        task: the passkey task.
+        model: a MemoryLM; its long-term memory's chunk size must be task.chunk_size when
+            the task has one (passkey).
+        task: a task (`memmodel.tasks`, or any dataclass with the same `sample(B,
+            generator, split=...)`), e.g. the passkey task.
         tc: MemoryTrainConfig.
         controller: attached to every layer first (None: keep the model's controllers).
         resume: a checkpoint written by this loop: the model, optimiser, controller state,
@@ -274,7 +285,8 @@ def train_memory(model: MemoryLM, task: PasskeyTask, tc: MemoryTrainConfig,
     """
     if controller is not None:
         attach_controller(model, controller)
-    if model.config.ltm_controller != "none" and model.config.ltm_chunk_size != task.chunk_size:
+    if (model.config.ltm_controller != "none" and hasattr(task, "chunk_size")
+            and model.config.ltm_chunk_size != task.chunk_size):
         raise ValueError(f"train_memory: expected task.chunk_size == config.ltm_chunk_size = "
                          f"{model.config.ltm_chunk_size}, got {task.chunk_size}")
     learners = learning_controllers(model)
@@ -303,7 +315,7 @@ def train_memory(model: MemoryLM, task: PasskeyTask, tc: MemoryTrainConfig,
     model.train()
     result.steps = start
     for step in range(start + 1, tc.steps + 1):
-        batch = task.sample(tc.batch_size, gen)
+        batch = task.sample(tc.batch_size, gen, split=tc.split)
         if learners:
             with torch.no_grad(), swap_controllers(model, lambda c: NoMemoryController()):
                 base = answer_metrics(model(batch.input_ids).logits, batch.labels)
@@ -348,7 +360,7 @@ def train_memory(model: MemoryLM, task: PasskeyTask, tc: MemoryTrainConfig,
     return result
 
 
-def _restore(path, model: MemoryLM, task: PasskeyTask, tc: MemoryTrainConfig,
+def _restore(path, model: MemoryLM, task: Task, tc: MemoryTrainConfig,
              opt: Optional[torch.optim.Optimizer], gen: torch.Generator):
     """Load the checkpoint at `path` into this run's objects: (its step, its log window)."""
     payload = read_checkpoint(path, "memory")
@@ -381,7 +393,7 @@ def _restore(path, model: MemoryLM, task: PasskeyTask, tc: MemoryTrainConfig,
                               ) from e
 
 
-def save_checkpoint(path, model: MemoryLM, task: PasskeyTask, tc: MemoryTrainConfig,
+def save_checkpoint(path, model: MemoryLM, task: Task, tc: MemoryTrainConfig,
                     step: int, optimizer: Optional[torch.optim.Optimizer] = None,
                     generator: Optional[torch.Generator] = None,
                     log_window: Optional[List[Dict[str, float]]] = None):

@@ -1,0 +1,1 @@
+"""Experiments built on the training loops: the ablation runner (`memmodel.training.ablation`)."""

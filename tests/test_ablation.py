@@ -1,0 +1,80 @@
+"""The ablation runner end to end at a tiny size, and its spec's checks."""
+
+import json
+
+import pytest
+
+from memmodel.train_memory import load_checkpoint
+from memmodel.training.ablation import ROW_FIELDS, AblationSpec, main
+
+TINY = dict(
+    variants=["ssm", "fifo"],
+    model=dict(d_model=16, n_layers=1, d_state=4, backend="torch"),
+    ltm=dict(ltm_heads=1, ltm_chunk_size=8, ltm_summaries=1, ltm_levels=1, ltm_capacity=2,
+             ltm_merge=2),
+    train_tasks=[dict(name="passkey", seq_len=63, chunk_size=8, key_len=1),
+                 dict(name="multi_needle", seq_len=64, n_facts=2, n_decoys=1, n_queries=1)],
+    train=dict(steps=2, batch_size=2, eval_batches=1, log_every=1),
+    eval_tasks=[dict(name="passkey", chunk_size=8, key_len=1)],
+    eval_lengths=[128, 256],
+    eval_n=2,
+    eval_batch_size=2,
+    segment=64,
+)
+
+
+def test_runner_end_to_end(tmp_path):
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(TINY))
+    out = tmp_path / "results"
+    main(["--spec", str(spec_path), "--out", str(out), "--no-progress"])
+    rows = json.loads((out / "results.json").read_text())
+    assert [(r["variant"], r["T"]) for r in rows] == [("ssm", 128), ("ssm", 256),
+                                                      ("fifo", 128), ("fifo", 256)]
+    for r in rows:
+        assert set(ROW_FIELDS) <= set(r)
+        assert r["task"] == "passkey" and r["n"] == 2 and r["train_steps"] == 2
+        assert 0 <= r["ci_low"] <= r["accuracy"] <= r["ci_high"] <= 1
+        assert r["state_bytes"] > 0 and r["tokens_per_s"] > 0 and r["peak_rss_mb"] > 0
+    assert [r["entries"] for r in rows] == [0, 0, 2, 2]  # the bank of 2 is full
+    depth = json.loads((out / "depth.json").read_text())
+    assert len(depth) == 4 * 5 and sum(d["n"] for d in depth) == 4 * 2
+    table = (out / "results.md").read_text()
+    assert "| fifo | 256 | 2 |" in table and "Command:" in table
+    resolved = json.loads((out / "spec.json").read_text())
+    assert AblationSpec.from_dict(resolved).resolved() == resolved
+    for variant in ("ssm", "fifo"):
+        model, controller, payload = load_checkpoint(out / "models" / f"{variant}.pt")
+        assert payload["step"] == 2
+        assert (controller is None) == (variant == "ssm")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    assert (out / "results.png").stat().st_size > 0
+
+
+def test_defaults_resolve_and_bind_the_capacity(capsys):
+    main(["--print-spec", "--variants", "ssm,full", "--steps", "7"])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["variants"] == ["ssm", "full"] and printed["train"]["steps"] == 7
+    assert AblationSpec.from_dict(printed).resolved() == printed
+    spec = AblationSpec()
+    assert spec.variants == ["ssm", "wm", "fifo", "importance", "store_all", "qlearning",
+                             "full"]
+    full, wm, ssm = spec.config("full"), spec.config("wm"), spec.config("ssm")
+    assert full.wm_slots and full.ltm_controller == "qlearning"
+    assert wm.wm_slots and wm.ltm_controller == "none"
+    assert not ssm.wm_slots and ssm.ltm_controller == "none"
+    assert spec.qlearning_config().horizon == 1024
+
+
+@pytest.mark.parametrize("change, pattern", [
+    (dict(variants=["ssm", "lstm"]), "variants: expected distinct names"),
+    (dict(colour="red"), r"unknown fields \['colour'\]"),
+    (dict(train=dict(seed=3)), r"runner sets \['seed'\] itself"),
+    (dict(ltm={**TINY["ltm"], "ltm_capacity": 9}), "must overflow at training length"),
+], ids=["variant", "unknown", "own-field", "capacity"])
+def test_spec_refuses(change, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        AblationSpec.from_dict({**TINY, **change})
