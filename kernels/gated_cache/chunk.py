@@ -44,13 +44,13 @@ from ..common.dots import dot_hard_zeros, not_finite
 from ..utils import is_interpreter
 from .common import (
     FlatInputs,
+    apply_flat,
     block_sizes,
     chunk_layout,
     dot_precision,
     num_warps,
     state_grads,
 )
-from .fused_recurrent import _apply
 
 GMIN = 32.0  # floor of -log(1 - w)
 EPS = math.exp(-GMIN)  # ~1.3e-14, the floor of 1 - w
@@ -633,5 +633,5 @@ def chunk_gated_cache(
     """The chunked Triton path. Arguments and results as `gated_cache_write` (no input
     checks here: call that function for validated input); chunk_size: a multiple of 16,
     the tokens between stored slot checkpoints."""
-    return _apply(ChunkGatedCacheFn, q, k, v, w, scale, initial_state, output_final_state,
-                  cu_seqlens, chunk_size)
+    return apply_flat(ChunkGatedCacheFn, q, k, v, w, scale, initial_state,
+                      output_final_state, cu_seqlens, chunk_size)

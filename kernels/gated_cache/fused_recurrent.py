@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from ..common.dots import not_finite
-from .common import FlatInputs, block_sizes, flatten_inputs, num_warps, state_grads
+from .common import FlatInputs, apply_flat, block_sizes, num_warps, state_grads
 
 
 @triton.jit
@@ -339,16 +339,6 @@ def fused_recurrent_gated_cache(
 ):
     """The fused recurrent Triton path. Arguments and results as `gated_cache_write`
     (no input checks here: call that function for validated input)."""
-    return _apply(FusedRecurrentGatedCacheFn, q, k, v, w, scale, initial_state,
-                  output_final_state, cu_seqlens)
+    return apply_flat(FusedRecurrentGatedCacheFn, q, k, v, w, scale, initial_state,
+                      output_final_state, cu_seqlens)
 
-
-def _apply(fn, q, k, v, w, scale, initial_state, output_final_state, cu_seqlens, *extra):
-    Bsz, T, H, _ = q.shape
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    x = flatten_inputs(q, k, v, w, cu_seqlens)
-    h0k, h0v = (None, None) if initial_state is None else (
-        initial_state[0].contiguous(), initial_state[1].contiguous())
-    r, htk, htv = fn.apply(x.q, x.k, x.v, x.w, h0k, h0v, scale, x, output_final_state, *extra)
-    r = r.view(Bsz, T, H, v.shape[-1])
-    return r, ((htk, htv) if output_final_state else None)
