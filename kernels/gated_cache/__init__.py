@@ -29,8 +29,9 @@ from ..utils import (
     resolve_backend,
 )
 from .chunk import chunk_gated_cache
+from .cpu import default_chunk_size, gated_cache_write_chunked
 from .fused_recurrent import fused_recurrent_gated_cache
-from .ref import default_chunk_size, gated_cache_write_chunked, gated_cache_write_ref
+from .ref import gated_cache_write_ref
 
 __all__ = [
     "gated_cache_write",
@@ -104,7 +105,7 @@ def gated_cache_write(
             naming w otherwise, NaN included.
         backend: "auto", "triton" or "torch" (see the module docstring).
         chunk_size: tokens per chunk, a positive int (not a bool). None: for "torch" 8
-            when a backward will follow and 16 otherwise (see `ref.default_chunk_size`);
+            when a backward will follow and 16 otherwise (see `cpu.default_chunk_size`);
             for "triton" 64 (a multiple of 16 there), and sequences no longer than it run
             the fused recurrent kernel.
 

@@ -22,7 +22,8 @@ from ..utils import (
     resolve_backend,
 )
 from .chunk import chunk_selective_scan
-from .ref import selective_scan_chunked, selective_scan_ref, selective_state_update_ref
+from .cpu import selective_scan_chunked
+from .ref import selective_scan_ref, selective_state_update_ref
 from .step import fused_selective_state_update
 
 __all__ = [
