@@ -11,19 +11,20 @@ import torch
 from helpers import GRAD_LAYOUTS, assert_close, force_config, layout_loss
 
 from memmodel.kernels.gated_cache import (
-    chunk_gated_cache,
-    fused_recurrent_gated_cache,
+    chunk_gated_cache_write,
+    cpu_gated_cache_write,
+    fused_recurrent_gated_cache_write,
     gated_cache_step,
     gated_cache_write,
-    gated_cache_write_chunked,
     gated_cache_write_ref,
 )
 
 IMPLS = {
-    "torch": lambda *a, chunk_size=16, **kw: gated_cache_write_chunked(
+    "torch": lambda *a, chunk_size=16, **kw: cpu_gated_cache_write(
         *a, chunk_size=chunk_size, **kw),
-    "fused": lambda *a, chunk_size=None, **kw: fused_recurrent_gated_cache(*a, **kw),
-    "chunk": lambda *a, chunk_size=16, **kw: chunk_gated_cache(*a, chunk_size=chunk_size, **kw),
+    "fused": lambda *a, chunk_size=None, **kw: fused_recurrent_gated_cache_write(*a, **kw),
+    "chunk": lambda *a, chunk_size=16, **kw: chunk_gated_cache_write(
+        *a, chunk_size=chunk_size, **kw),
 }
 NAMES = ("q", "k", "v", "w", "h0k", "h0v")
 
@@ -367,8 +368,8 @@ def test_dispatch_rule():
                                      chunk_size=cs)
             assert torch.equal(r, IMPLS[impl](q, k, v, w, initial_state=st, chunk_size=cs)[0])
         r, _ = gated_cache_write(q, k, v, w, initial_state=st, backend="torch", chunk_size=7)
-        assert torch.equal(r, gated_cache_write_chunked(q, k, v, w, initial_state=st,
-                                                        chunk_size=7)[0])
+        assert torch.equal(r, cpu_gated_cache_write(q, k, v, w, initial_state=st,
+                                                    chunk_size=7)[0])
 
 
 def test_compiled_chunk_equals_eager(monkeypatch):

@@ -588,7 +588,7 @@ def chunk_bwd(x: FlatInputs, scale: float, hk, hv, layout, dr, dhtk, dhtv, chunk
     return dq, dk, dv, dw, dh0k, dh0v
 
 
-class ChunkGatedCacheFn(torch.autograd.Function):
+class ChunkGatedCacheWriteFunction(torch.autograd.Function):
     """Autograd wrapper around the chunked kernels (inputs already flattened). Saves the
     inputs and the slots at every chunk start, [NT, H, S, Dk + Dv] float32."""
 
@@ -619,7 +619,7 @@ class ChunkGatedCacheFn(torch.autograd.Function):
         return dq, dk, dv, dw, dh0k, dh0v, None, None, None, None
 
 
-def chunk_gated_cache(
+def chunk_gated_cache_write(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -633,5 +633,5 @@ def chunk_gated_cache(
     """The chunked Triton path. Arguments and results as `gated_cache_write` (no input
     checks here: call that function for validated input); chunk_size: a multiple of 16,
     the tokens between stored slot checkpoints."""
-    return apply_flat(ChunkGatedCacheFn, q, k, v, w, scale, initial_state,
+    return apply_flat(ChunkGatedCacheWriteFunction, q, k, v, w, scale, initial_state,
                       output_final_state, cu_seqlens, chunk_size)

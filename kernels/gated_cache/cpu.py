@@ -1,6 +1,6 @@
 """Gated cache write in PyTorch, chunked: the CPU fast path (the "torch" backend).
 
-`gated_cache_write_chunked` computes what `ref.gated_cache_write_ref` computes without a
+`cpu_gated_cache_write` computes what `ref.gated_cache_write_ref` computes without a
 graph per token: one autograd Function walks chunks of `chunk_size` tokens, keeps only
 the slots at each chunk boundary, and in the backward recomputes each chunk's slots from
 its boundary before a reverse scan with hand-written gradients. Each chunk runs through
@@ -151,7 +151,7 @@ def default_chunk_size(*tensors) -> int:
     return 8 if grad else 16
 
 
-def gated_cache_write_chunked(
+def cpu_gated_cache_write(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,

@@ -301,7 +301,7 @@ def fused_recurrent_bwd(x: FlatInputs, scale: float, h0k, h0v, dr, dhtk, dhtv, b
     return dq, dk, dv, dw, dh0k, dh0v
 
 
-class FusedRecurrentGatedCacheFn(torch.autograd.Function):
+class FusedRecurrentGatedCacheWriteFunction(torch.autograd.Function):
     """Autograd wrapper around the fused recurrent kernels (inputs already flattened)."""
 
     @staticmethod
@@ -327,7 +327,7 @@ class FusedRecurrentGatedCacheFn(torch.autograd.Function):
         return dq, dk, dv, dw, dh0k, dh0v, None, None, None
 
 
-def fused_recurrent_gated_cache(
+def fused_recurrent_gated_cache_write(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -339,6 +339,6 @@ def fused_recurrent_gated_cache(
 ):
     """The fused recurrent Triton path. Arguments and results as `gated_cache_write`
     (no input checks here: call that function for validated input)."""
-    return apply_flat(FusedRecurrentGatedCacheFn, q, k, v, w, scale, initial_state,
+    return apply_flat(FusedRecurrentGatedCacheWriteFunction, q, k, v, w, scale, initial_state,
                       output_final_state, cu_seqlens)
 

@@ -456,7 +456,7 @@ def memory_retrieve_bwd(q, mem_k, mem_v, mem_start, mem_end, o, lse, n_live, liv
     return dq, dk.sum(0).to(mem_k.dtype), dv.sum(0).to(mem_v.dtype)
 
 
-class MemoryRetrieveFunction(torch.autograd.Function):
+class ParallelMemoryRetrieveFunction(torch.autograd.Function):
     """(q, mem_k, mem_v) -> (o, lse) over the given intervals, Triton forward and backward."""
 
     @staticmethod
@@ -477,8 +477,8 @@ class MemoryRetrieveFunction(torch.autograd.Function):
         return dq, dk, dv, None, None, None
 
 
-def memory_retrieve_triton(q, mem_k, mem_v, mem_start, mem_end, scale=None):
+def parallel_memory_retrieve(q, mem_k, mem_v, mem_start, mem_end, scale=None):
     """The Triton path of `memory_retrieve`, differentiable in q, mem_k, mem_v; no checks."""
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
-    return MemoryRetrieveFunction.apply(q, mem_k, mem_v, mem_start, mem_end, float(scale))
+    return ParallelMemoryRetrieveFunction.apply(q, mem_k, mem_v, mem_start, mem_end, float(scale))

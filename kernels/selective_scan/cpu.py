@@ -1,6 +1,6 @@
 """Selective scan in PyTorch, chunked: the CPU fast path (the "torch" backend).
 
-`selective_scan_chunked` computes what `ref.selective_scan_ref` computes without a graph
+`cpu_selective_scan` computes what `ref.selective_scan_ref` computes without a graph
 per token: the core recurrence is one autograd Function that walks chunks of
 `chunk_size` tokens, keeps only the state at each chunk boundary, and in the backward
 recomputes each chunk's states from its boundary before a reverse scan. Each chunk's
@@ -138,7 +138,7 @@ def _scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, chunk
     return finish_output(y, u, D, z), h
 
 
-def selective_scan_chunked(
+def cpu_selective_scan(
     u: torch.Tensor,
     delta: torch.Tensor,
     A: torch.Tensor,

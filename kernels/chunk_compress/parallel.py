@@ -253,7 +253,7 @@ def chunk_compress_bwd(k, v, q_pool, s_k, s_v, score, ds_k, ds_v, dscore, chunk_
     return dk, dv, dq.sum((0, 1)).to(q_pool.dtype)
 
 
-class ChunkCompressFunction(torch.autograd.Function):
+class ParallelChunkCompressFunction(torch.autograd.Function):
     """(k, v, q_pool) -> (s_k, s_v, score) with the Triton forward and backward."""
 
     @staticmethod
@@ -274,8 +274,9 @@ class ChunkCompressFunction(torch.autograd.Function):
         return dk, dv, dq, None, None
 
 
-def chunk_compress_triton(k, v, q_pool, chunk_size, scale=None):
-    """The Triton path of `chunk_compress`, differentiable; no input checks."""
+def parallel_chunk_compress(k, v, q_pool, chunk_size, scale=None):
+    """The Triton path of `chunk_compress` (every chunk pooled independently, in parallel),
+    differentiable; no input checks."""
     if scale is None:
         scale = 1.0 / math.sqrt(k.shape[-1])
-    return ChunkCompressFunction.apply(k, v, q_pool, chunk_size, float(scale))
+    return ParallelChunkCompressFunction.apply(k, v, q_pool, chunk_size, float(scale))
