@@ -185,8 +185,8 @@ def run_gpu(args):
             res[f"{name}_{mode}_floor_frac"] = floors[mode] / bw / (ms * 1e-3)
     # slots per program the state walks' tuners picked at this shape
     from memmodel.kernels.gated_cache import chunk as gc_chunk
-    res["state_walk_configs"] = [str(k.best_config) for k in (gc_chunk._state_fwd_kernel,
-                                                               gc_chunk._state_bwd_kernel)]
+    res["state_walk_configs"] = [str(k.best_config) for k in (
+        gc_chunk._chunk_gated_cache_state_fwd_kernel, gc_chunk._chunk_gated_cache_state_bwd_kernel)]
 
     print(f"gated cache write, {res['device']}, B={B} T={T} H={H} S={S} Dk={DK} Dv={DV} "
           f"{args.dtype}, torch {torch.__version__}, triton {triton.__version__}")

@@ -110,7 +110,8 @@ def test_chunk_state_walks_with_wider_slot_blocks(monkeypatch, bs):
     block at S = 20) give the oracle's results too; on a GPU the tuner may pick them."""
     from memmodel.kernels.gated_cache import chunk
 
-    for kernel in (chunk._state_fwd_kernel, chunk._state_bwd_kernel):
+    for kernel in (chunk._chunk_gated_cache_state_fwd_kernel,
+                   chunk._chunk_gated_cache_state_bwd_kernel):
         force_config(monkeypatch, kernel, BS=bs)
     check_against_oracle("chunk", make_inputs(1, 50, 2, 20, 8, 6), chunk_size=32)
 
