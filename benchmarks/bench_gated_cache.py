@@ -37,9 +37,9 @@ import torch
 from harness import add_tiny_flag, copy_bandwidth, median_seconds
 
 from memmodel.kernels.gated_cache import (
-    chunk_gated_cache,
-    fused_recurrent_gated_cache,
-    gated_cache_write_chunked,
+    chunk_gated_cache_write,
+    cpu_gated_cache_write,
+    fused_recurrent_gated_cache_write,
     gated_cache_write_ref,
 )
 
@@ -135,9 +135,9 @@ def run_gpu(args):
     cs = dict(chunk_size=args.chunk_size)
     small = make_inputs(2, args.check_T, 2, args.S, args.DK, args.DV, dtype, dev)
     oracle = fp32_copy(small)
-    res["check_chunk_vs_oracle"] = compare(chunk_gated_cache, small, gated_cache_write_ref,
+    res["check_chunk_vs_oracle"] = compare(chunk_gated_cache_write, small, gated_cache_write_ref,
                                            oracle, kw_a=cs)
-    res["check_fused_vs_oracle"] = compare(fused_recurrent_gated_cache, small,
+    res["check_fused_vs_oracle"] = compare(fused_recurrent_gated_cache_write, small,
                                            gated_cache_write_ref, oracle)
     bound = 2e-2 if dtype != torch.float32 else 1e-4
     for key in ("check_chunk_vs_oracle", "check_fused_vs_oracle"):
@@ -150,8 +150,8 @@ def run_gpu(args):
 
     x = make_inputs(args.B, args.T, args.H, args.S, args.DK, args.DV, dtype, dev)
     with torch.no_grad():
-        r_c, _ = chunk_gated_cache(**x, **cs)
-        r_f, _ = fused_recurrent_gated_cache(**x)
+        r_c, _ = chunk_gated_cache_write(**x, **cs)
+        r_f, _ = fused_recurrent_gated_cache_write(**x)
     res["check_chunk_vs_fused_full_size"] = rel_err(r_c, r_f)
     assert res["check_chunk_vs_fused_full_size"] < bound
     del r_c, r_f
@@ -165,7 +165,8 @@ def run_gpu(args):
     res.update(copy_GBps=bw / 1e9, floor_bytes_fwd=floors["fwd"],
                floor_bytes_fwdbwd=floors["fwdbwd"])
 
-    paths = {"chunk": (chunk_gated_cache, cs), "fused_recurrent": (fused_recurrent_gated_cache, {})}
+    paths = {"chunk": (chunk_gated_cache_write, cs),
+             "fused_recurrent": (fused_recurrent_gated_cache_write, {})}
     if fla is not None:
         paths["fla_chunk_gsa"] = (lambda **kw: fla_call(fla[0], **kw), {})
         paths["fla_fused_recurrent_gsa"] = (lambda **kw: fla_call(fla[1], **kw), {})
@@ -184,8 +185,8 @@ def run_gpu(args):
             res[f"{name}_{mode}_floor_frac"] = floors[mode] / bw / (ms * 1e-3)
     # slots per program the state walks' tuners picked at this shape
     from memmodel.kernels.gated_cache import chunk as gc_chunk
-    res["state_walk_configs"] = [str(k.best_config) for k in (gc_chunk._state_fwd_kernel,
-                                                               gc_chunk._state_bwd_kernel)]
+    res["state_walk_configs"] = [str(k.best_config) for k in (
+        gc_chunk._chunk_gated_cache_state_fwd_kernel, gc_chunk._chunk_gated_cache_state_bwd_kernel)]
 
     print(f"gated cache write, {res['device']}, B={B} T={T} H={H} S={S} Dk={DK} Dv={DV} "
           f"{args.dtype}, torch {torch.__version__}, triton {triton.__version__}")
@@ -222,11 +223,11 @@ def run_cpu(args):
     small = make_inputs(1, 100, 2, args.S, 16, 8, seed=1)
     res = {"B": args.B, "T": args.T, "H": args.H, "S": args.S, "DK": args.DK, "DV": args.DV,
            "chunk_size": args.chunk_size, "threads": args.threads, "torch": torch.__version__,
-           "check_chunked_vs_loop_small_grads": compare(gated_cache_write_chunked, small,
+           "check_chunked_vs_loop_small_grads": compare(cpu_gated_cache_write, small,
                                                         gated_cache_write_ref, small, kw_a=cs)}
     with torch.no_grad():
         r_ref, fin_ref = gated_cache_write_ref(**x, output_final_state=True)
-        r_chk, fin_chk = gated_cache_write_chunked(**x, output_final_state=True, **cs)
+        r_chk, fin_chk = cpu_gated_cache_write(**x, output_final_state=True, **cs)
     res["check_chunked_vs_loop"] = max(rel_err(r_chk, r_ref), rel_err(fin_chk[0], fin_ref[0]))
     for key in ("check_chunked_vs_loop", "check_chunked_vs_loop_small_grads"):
         assert res[key] < 1e-5, f"{key}: relative RMS error {res[key]:.2e}"
@@ -235,18 +236,18 @@ def run_cpu(args):
         bwd = mode == "fwdbwd"
         fwd_bwd(gated_cache_write_ref, x, bwd)  # warm-up
         res[f"loop_{mode}_s"] = timed(gated_cache_write_ref, x, bwd, args.repeats)
-        fwd_bwd(gated_cache_write_chunked, x, bwd, **cs)
-        res[f"chunked_{mode}_s"] = timed(gated_cache_write_chunked, x, bwd, args.repeats, **cs)
+        fwd_bwd(cpu_gated_cache_write, x, bwd, **cs)
+        res[f"chunked_{mode}_s"] = timed(cpu_gated_cache_write, x, bwd, args.repeats, **cs)
     os.environ["MEMMODEL_COMPILE"] = "1"
     for mode in ("fwd", "fwdbwd"):
         bwd = mode == "fwdbwd"
         t0 = time.perf_counter()
-        fwd_bwd(gated_cache_write_chunked, x, bwd, **cs)
+        fwd_bwd(cpu_gated_cache_write, x, bwd, **cs)
         first = time.perf_counter() - t0
-        res[f"compiled_{mode}_s"] = timed(gated_cache_write_chunked, x, bwd, args.repeats, **cs)
+        res[f"compiled_{mode}_s"] = timed(cpu_gated_cache_write, x, bwd, args.repeats, **cs)
         res[f"compile_{mode}_s"] = first - res[f"compiled_{mode}_s"]
     with torch.no_grad():
-        r_cmp, _ = gated_cache_write_chunked(**x, output_final_state=True, **cs)
+        r_cmp, _ = cpu_gated_cache_write(**x, output_final_state=True, **cs)
     res["check_compiled_vs_loop"] = rel_err(r_cmp, r_ref)
     assert res["check_compiled_vs_loop"] < 1e-5
 

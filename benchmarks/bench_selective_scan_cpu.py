@@ -26,7 +26,7 @@ os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="memmod
 import torch  # noqa: E402
 from harness import median_seconds  # noqa: E402
 
-from memmodel.kernels.selective_scan import selective_scan_chunked, selective_scan_ref  # noqa: E402
+from memmodel.kernels.selective_scan import cpu_selective_scan, selective_scan_ref  # noqa: E402
 
 
 def make_inputs(B, T, E, N, seed=0):
@@ -72,7 +72,7 @@ def main():
 
     os.environ["MEMMODEL_COMPILE"] = "0"
     y_ref = run(selective_scan_ref, x, False).detach()
-    y_chk = run(selective_scan_chunked, x, False, **chunk).detach()
+    y_chk = run(cpu_selective_scan, x, False, **chunk).detach()
     err = ((y_chk - y_ref).norm() / y_ref.norm()).item()
     assert err < 1e-5, f"chunked scan differs from the loop: relative RMS error {err:.2e}"
 
@@ -81,17 +81,17 @@ def main():
     for mode in ("fwd", "fwdbwd"):
         bwd = mode == "fwdbwd"
         res[f"loop_{mode}_s"] = timed(selective_scan_ref, x, bwd, args.repeats)
-        res[f"chunked_{mode}_s"] = timed(selective_scan_chunked, x, bwd, args.repeats, **chunk)
+        res[f"chunked_{mode}_s"] = timed(cpu_selective_scan, x, bwd, args.repeats, **chunk)
 
     os.environ["MEMMODEL_COMPILE"] = "1"
     for mode in ("fwd", "fwdbwd"):
         bwd = mode == "fwdbwd"
         t0 = time.perf_counter()
-        run(selective_scan_chunked, x, bwd, **chunk)
+        run(cpu_selective_scan, x, bwd, **chunk)
         first = time.perf_counter() - t0
-        res[f"compiled_{mode}_s"] = timed(selective_scan_chunked, x, bwd, args.repeats, **chunk)
+        res[f"compiled_{mode}_s"] = timed(cpu_selective_scan, x, bwd, args.repeats, **chunk)
         res[f"compile_{mode}_s"] = first - res[f"compiled_{mode}_s"]
-    y_cmp = run(selective_scan_chunked, x, False, **chunk).detach()
+    y_cmp = run(cpu_selective_scan, x, False, **chunk).detach()
     res["compiled_rel_err"] = ((y_cmp - y_ref).norm() / y_ref.norm()).item()
 
     print(f"selective scan, CPU, B={args.B} T={args.T} E={args.E} N={args.N}, "

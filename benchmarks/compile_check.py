@@ -94,10 +94,10 @@ def ptxas_report(ptx: str, arch: int) -> str:
 
 def run_ops(dtype):
     """Call every op's Triton path, forward and backward, on small CPU tensors."""
-    from memmodel.kernels.chunk_compress.chunk import chunk_compress_triton
-    from memmodel.kernels.gated_cache.chunk import chunk_gated_cache
-    from memmodel.kernels.gated_cache.fused_recurrent import fused_recurrent_gated_cache
-    from memmodel.kernels.memory_retrieve.parallel import memory_retrieve_triton
+    from memmodel.kernels.chunk_compress.parallel import parallel_chunk_compress
+    from memmodel.kernels.gated_cache.chunk import chunk_gated_cache_write
+    from memmodel.kernels.gated_cache.fused_recurrent import fused_recurrent_gated_cache_write
+    from memmodel.kernels.memory_retrieve.parallel import parallel_memory_retrieve
     from memmodel.kernels.selective_scan.chunk import chunk_selective_scan
     from memmodel.kernels.selective_scan.step import fused_selective_state_update
 
@@ -120,19 +120,19 @@ def run_ops(dtype):
                                  torch.ones(E), torch.randn(B, E).to(dtype), torch.zeros(E), True)
     H, S, D = 8, 64, 64
     w = torch.rand(B, T, H, S).requires_grad_()
-    for op in (chunk_gated_cache, fused_recurrent_gated_cache):
+    for op in (chunk_gated_cache_write, fused_recurrent_gated_cache_write):
         r, final = op(leaf(B, T, H, D), leaf(B, T, H, D), leaf(B, T, H, D), w,
                       initial_state=(leaf(B, H, S, D, dt=torch.float32),
                                      leaf(B, H, S, D, dt=torch.float32)),
                       output_final_state=True)
         backward(r, *final)
-    outs = chunk_compress_triton(leaf(B, 1024, H, D), leaf(B, 1024, H, D),
-                                 leaf(H, 4, D, dt=torch.float32), 256)
+    outs = parallel_chunk_compress(leaf(B, 1024, H, D), leaf(B, 1024, H, D),
+                                   leaf(H, 4, D, dt=torch.float32), 256)
     backward(*outs)
     M = 512
     start = torch.arange(M).repeat(B, 1).to(torch.int32) * 2
-    o, lse = memory_retrieve_triton(leaf(B, 1024, H, D), leaf(B, M, H, D), leaf(B, M, H, D),
-                                    start, start + 256)
+    o, lse = parallel_memory_retrieve(leaf(B, 1024, H, D), leaf(B, M, H, D), leaf(B, M, H, D),
+                                      start, start + 256)
     backward(o, lse)
 
 

@@ -11,19 +11,20 @@ import torch
 from helpers import GRAD_LAYOUTS, assert_close, force_config, layout_loss
 
 from memmodel.kernels.gated_cache import (
-    chunk_gated_cache,
-    fused_recurrent_gated_cache,
+    chunk_gated_cache_write,
+    cpu_gated_cache_write,
+    fused_recurrent_gated_cache_write,
     gated_cache_step,
     gated_cache_write,
-    gated_cache_write_chunked,
     gated_cache_write_ref,
 )
 
 IMPLS = {
-    "torch": lambda *a, chunk_size=16, **kw: gated_cache_write_chunked(
+    "torch": lambda *a, chunk_size=16, **kw: cpu_gated_cache_write(
         *a, chunk_size=chunk_size, **kw),
-    "fused": lambda *a, chunk_size=None, **kw: fused_recurrent_gated_cache(*a, **kw),
-    "chunk": lambda *a, chunk_size=16, **kw: chunk_gated_cache(*a, chunk_size=chunk_size, **kw),
+    "fused": lambda *a, chunk_size=None, **kw: fused_recurrent_gated_cache_write(*a, **kw),
+    "chunk": lambda *a, chunk_size=16, **kw: chunk_gated_cache_write(
+        *a, chunk_size=chunk_size, **kw),
 }
 NAMES = ("q", "k", "v", "w", "h0k", "h0v")
 
@@ -109,7 +110,8 @@ def test_chunk_state_walks_with_wider_slot_blocks(monkeypatch, bs):
     block at S = 20) give the oracle's results too; on a GPU the tuner may pick them."""
     from memmodel.kernels.gated_cache import chunk
 
-    for kernel in (chunk._state_fwd_kernel, chunk._state_bwd_kernel):
+    for kernel in (chunk._chunk_gated_cache_state_fwd_kernel,
+                   chunk._chunk_gated_cache_state_bwd_kernel):
         force_config(monkeypatch, kernel, BS=bs)
     check_against_oracle("chunk", make_inputs(1, 50, 2, 20, 8, 6), chunk_size=32)
 
@@ -367,8 +369,8 @@ def test_dispatch_rule():
                                      chunk_size=cs)
             assert torch.equal(r, IMPLS[impl](q, k, v, w, initial_state=st, chunk_size=cs)[0])
         r, _ = gated_cache_write(q, k, v, w, initial_state=st, backend="torch", chunk_size=7)
-        assert torch.equal(r, gated_cache_write_chunked(q, k, v, w, initial_state=st,
-                                                        chunk_size=7)[0])
+        assert torch.equal(r, cpu_gated_cache_write(q, k, v, w, initial_state=st,
+                                                    chunk_size=7)[0])
 
 
 def test_compiled_chunk_equals_eager(monkeypatch):

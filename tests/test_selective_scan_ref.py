@@ -6,8 +6,8 @@ from helpers import assert_close
 from scan_inputs import ALL_OPTS, detached_fp32, make_scan_inputs, run_and_grad
 
 from memmodel.kernels.selective_scan import (
+    cpu_selective_scan,
     selective_scan,
-    selective_scan_chunked,
     selective_scan_ref,
     selective_state_update,
 )
@@ -25,7 +25,7 @@ CASES = [
 
 
 def _check_against_oracle(kw_test, kw_oracle, dtype, cu_seqlens=None, **extra):
-    y, h, g = run_and_grad(selective_scan_chunked, kw_test, cu_seqlens=cu_seqlens, **extra)
+    y, h, g = run_and_grad(cpu_selective_scan, kw_test, cu_seqlens=cu_seqlens, **extra)
     y_ref, h_ref, g_ref = run_and_grad(selective_scan_ref, kw_oracle, cu_seqlens=cu_seqlens)
     assert y.dtype == kw_test["u"].dtype
     assert_close(y, y_ref.to(y.dtype), "y", dtype=dtype)
@@ -121,9 +121,9 @@ def test_compiled_chunk_equals_eager(monkeypatch):
     if not compiler_available():
         pytest.skip("no C++ compiler")
     kw = make_scan_inputs(1, 20, 6, 4, 1)
-    y0, h0, g0 = run_and_grad(selective_scan_chunked, kw, chunk_size=4)
+    y0, h0, g0 = run_and_grad(cpu_selective_scan, kw, chunk_size=4)
     monkeypatch.setenv("MEMMODEL_COMPILE", "1")
-    y1, h1, g1 = run_and_grad(selective_scan_chunked, kw, chunk_size=4)
+    y1, h1, g1 = run_and_grad(cpu_selective_scan, kw, chunk_size=4)
     assert_close(y1, y0, "y")
     assert_close(h1, h0, "final_state")
     for name in g0:

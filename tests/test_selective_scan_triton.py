@@ -14,8 +14,8 @@ from scan_inputs import ALL_OPTS, detached_fp32, grad_leaves, make_scan_inputs, 
 from memmodel.config import MemoryConfig
 from memmodel.kernels.selective_scan import (
     chunk_selective_scan,
+    cpu_selective_scan,
     selective_scan,
-    selective_scan_chunked,
     selective_scan_ref,
     selective_state_update,
 )
@@ -85,7 +85,7 @@ def test_triton_scan_noncontiguous_inputs():
 def test_scan_incoming_gradient_layouts(impl, layout):
     """The gradients of y and of the final state may come strided or broadcast (stride 0,
     as a plain sum gives); both backward paths read them as they are laid out."""
-    scan = chunk_selective_scan if impl == "triton" else selective_scan_chunked
+    scan = chunk_selective_scan if impl == "triton" else cpu_selective_scan
     kw = make_scan_inputs(2, 40, 8, 4, 1, opts=("D", "initial_state", "final_state"))
     grads = []
     for fn, extra in ((scan, dict(chunk_size=16)), (selective_scan_ref, {})):
@@ -97,7 +97,7 @@ def test_scan_incoming_gradient_layouts(impl, layout):
 
 
 SCANS = {"ref": selective_scan_ref,
-         "torch": lambda **kw: selective_scan_chunked(**kw, chunk_size=16),
+         "torch": lambda **kw: cpu_selective_scan(**kw, chunk_size=16),
          "triton": lambda **kw: chunk_selective_scan(**kw, chunk_size=16)}
 
 

@@ -5,7 +5,7 @@
     score[c, h, p] = logsumexp_t (scale * q_pool[h, p] . k[t, h])
 
 `chunk_compress` checks its inputs once and dispatches to a backend (see
-`memmodel.kernels.utils.resolve_backend`): the Triton kernels in `chunk.py` or the
+`memmodel.kernels.utils.resolve_backend`): the Triton kernels in `parallel.py` or the
 PyTorch reference in `ref.py`.
 """
 
@@ -23,10 +23,10 @@ from ..utils import (
     check_tensor,
     resolve_backend,
 )
-from .chunk import MAX_HEAD_DIM, MAX_SUMMARIES, chunk_compress_triton
+from .parallel import MAX_HEAD_DIM, MAX_SUMMARIES, parallel_chunk_compress
 from .ref import chunk_compress_ref
 
-__all__ = ["chunk_compress", "chunk_compress_ref", "chunk_compress_triton"]
+__all__ = ["chunk_compress", "chunk_compress_ref", "parallel_chunk_compress"]
 
 Q_POOL_DTYPES = FLOAT_DTYPES + (torch.float64,)  # a float64 q_pool is used in float32
 
@@ -90,5 +90,5 @@ def chunk_compress(
                 f"q_pool: the Triton kernels take up to {MAX_SUMMARIES} summaries per chunk, "
                 f"got P={dims['P']}; use backend='torch'"
             )
-        return chunk_compress_triton(k, v, q_pool, chunk_size, scale)
+        return parallel_chunk_compress(k, v, q_pool, chunk_size, scale)
     return chunk_compress_ref(k, v, q_pool, chunk_size, scale)

@@ -6,9 +6,9 @@
 
 `gated_cache_write` checks its inputs once and dispatches to a backend (see
 `memmodel.kernels.utils.resolve_backend`):
-  "torch"   the chunked PyTorch path (`gated_cache_write_chunked`, torch.compile'd chunks);
-  "triton"  `fused_recurrent_gated_cache` when every sequence fits in one chunk
-            (T <= chunk_size, decoding included), `chunk_gated_cache` otherwise.
+  "torch"   the chunked PyTorch path (`cpu_gated_cache_write`, torch.compile'd chunks);
+  "triton"  `fused_recurrent_gated_cache_write` when every sequence fits in one chunk
+            (T <= chunk_size, decoding included), `chunk_gated_cache_write` otherwise.
 `gated_cache_step` is one decode step that returns the new slots (like fla's recurrent
 states; the slots passed in are not modified).
 """
@@ -28,17 +28,18 @@ from ..utils import (
     check_tensor,
     resolve_backend,
 )
-from .chunk import chunk_gated_cache
-from .fused_recurrent import fused_recurrent_gated_cache
-from .ref import default_chunk_size, gated_cache_write_chunked, gated_cache_write_ref
+from .chunk import chunk_gated_cache_write
+from .cpu import cpu_gated_cache_write, default_chunk_size
+from .fused_recurrent import fused_recurrent_gated_cache_write
+from .ref import gated_cache_write_ref
 
 __all__ = [
     "gated_cache_write",
     "gated_cache_step",
     "gated_cache_write_ref",
-    "gated_cache_write_chunked",
-    "fused_recurrent_gated_cache",
-    "chunk_gated_cache",
+    "cpu_gated_cache_write",
+    "fused_recurrent_gated_cache_write",
+    "chunk_gated_cache_write",
 ]
 
 State = Tuple[torch.Tensor, torch.Tensor]
@@ -104,7 +105,7 @@ def gated_cache_write(
             naming w otherwise, NaN included.
         backend: "auto", "triton" or "torch" (see the module docstring).
         chunk_size: tokens per chunk, a positive int (not a bool). None: for "torch" 8
-            when a backward will follow and 16 otherwise (see `ref.default_chunk_size`);
+            when a backward will follow and 16 otherwise (see `cpu.default_chunk_size`);
             for "triton" 64 (a multiple of 16 there), and sequences no longer than it run
             the fused recurrent kernel.
 
@@ -148,7 +149,7 @@ def gated_cache_write(
 
     args = (q, k, v, w, scale, initial_state, output_final_state, cu_seqlens)
     if impl == "torch":
-        return gated_cache_write_chunked(*args, chunk_size=chunk_size)
+        return cpu_gated_cache_write(*args, chunk_size=chunk_size)
     if chunk_size % 16:
         raise ValueError(f"chunk_size: the Triton backend needs a multiple of 16, got {chunk_size}")
     for name in ("S", "DK", "DV"):
@@ -158,8 +159,8 @@ def gated_cache_write(
                 f"{dims[name]}; use backend='torch'")
     max_len = dims["T"] if cu_seqlens is None else int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
     if max_len <= chunk_size:
-        return fused_recurrent_gated_cache(*args)
-    return chunk_gated_cache(*args, chunk_size=chunk_size)
+        return fused_recurrent_gated_cache_write(*args)
+    return chunk_gated_cache_write(*args, chunk_size=chunk_size)
 
 
 def gated_cache_step(

@@ -20,13 +20,15 @@ Every exponent is a sum of log(1 - w) <= 0 over a range of tokens, so nothing ov
 log(1 - w) is floored at -GMIN so that w = 1 (a full overwrite) stays finite: the old
 slot then keeps a weight exp(-GMIN) ~ 1e-14 instead of 0.
 
-Forward: `_state_fwd_kernel` walks each sequence once (64 tokens a step, parallel over
-heads and blocks of slots and features) and stores the slots at every chunk start;
-`_chunk_fwd_kernel` then runs every chunk in parallel from its stored slots.
-Backward: `_chunk_dq_bwd_kernel` (per chunk) recomputes p, gets the score gradients dA and
-dq; `_state_bwd_kernel` carries the slot gradients back across chunks;
-`_chunk_dkv_bwd_kernel` (per chunk) gives dk and dv; `_chunk_dw_bwd_kernel` (per chunk and
-block of BSW_DW slots: every term of dw is per slot) gives dw = d(write) - d(decay), with
+Forward: `_chunk_gated_cache_state_fwd_kernel` walks each sequence once (64 tokens a
+step, parallel over heads and blocks of slots and features) and stores the slots at every
+chunk start; `_chunk_gated_cache_fwd_kernel` then runs every chunk in parallel from its
+stored slots.
+Backward: `_chunk_gated_cache_dq_bwd_kernel` (per chunk) recomputes p, gets the score
+gradients dA and dq; `_chunk_gated_cache_state_bwd_kernel` carries the slot gradients back
+across chunks; `_chunk_gated_cache_dkv_bwd_kernel` (per chunk) gives dk and dv;
+`_chunk_gated_cache_dw_bwd_kernel` (per chunk and block of BSW_DW slots: every term of dw
+is per slot) gives dw = d(write) - d(decay), with
 the decay part sum_d G_t[s, d] M_{t-1}[s, d] expanded into four chunk-local terms (T1-T4
 below) instead of the usual reverse cumsum of dlog(1 - w), which would divide by 1 - w.
 """
@@ -44,13 +46,13 @@ from ..common.dots import dot_hard_zeros, not_finite
 from ..utils import is_interpreter
 from .common import (
     FlatInputs,
+    apply_flat,
     block_sizes,
     chunk_layout,
     dot_precision,
     num_warps,
     state_grads,
 )
-from .fused_recurrent import _apply
 
 GMIN = 32.0  # floor of -log(1 - w)
 EPS = math.exp(-GMIN)  # ~1.3e-14, the floor of 1 - w
@@ -190,7 +192,7 @@ def _prune_slot_blocks(configs, named_args, **kwargs):
 @triton.autotune(configs=_state_configs(), key=["H", "S", "D", "BT", "BL"],
                  prune_configs_by={"early_config_prune": _prune_slot_blocks})
 @triton.jit
-def _state_fwd_kernel(
+def _chunk_gated_cache_state_fwd_kernel(
     x,  # [T_all, H, D] keys or values, strides (sx_t, sx_h, 1)
     w,  # [T_all, H, S] write weights, strides (sw_t, sw_h, 1)
     h0,  # [N, H, S, D] float32 initial slots, contiguous (read if USE_H0)
@@ -230,7 +232,7 @@ def _state_fwd_kernel(
 
 
 @triton.jit(do_not_specialize=["scale"])
-def _chunk_fwd_kernel(
+def _chunk_gated_cache_fwd_kernel(
     q,  # [T_all, H, DK] queries, strides (sq_t, sq_h, 1)
     k,  # [T_all, H, DK] keys, strides (sk_t, sk_h, 1)
     v,  # [T_all, H, DV] values, strides (sv_t, sv_h, 1)
@@ -272,7 +274,7 @@ def _chunk_fwd_kernel(
 
 
 @triton.jit(do_not_specialize=["scale"])
-def _chunk_dq_bwd_kernel(
+def _chunk_gated_cache_dq_bwd_kernel(
     q,  # [T_all, H, DK] queries, strides (sq_t, sq_h, 1)
     k,  # [T_all, H, DK] keys, strides (sk_t, sk_h, 1)
     v,  # [T_all, H, DV] values, strides (sv_t, sv_h, 1)
@@ -328,7 +330,7 @@ def _chunk_dq_bwd_kernel(
 @triton.autotune(configs=_state_configs(), key=["H", "S", "D", "BT", "BL"],
                  prune_configs_by={"early_config_prune": _prune_slot_blocks})
 @triton.jit
-def _state_bwd_kernel(
+def _chunk_gated_cache_state_bwd_kernel(
     y,  # [T_all, H, BSY] float32 per-slot weights of the reads: dA (keys) or p (values)
     z,  # [T_all, H, D] the read vectors: q (keys) or dr (values), strides (sz_t, sz_h, 1)
     w,  # [T_all, H, S] write weights, strides (sw_t, sw_h, 1)
@@ -373,7 +375,7 @@ def _state_bwd_kernel(
 
 
 @triton.jit
-def _chunk_dkv_bwd_kernel(
+def _chunk_gated_cache_dkv_bwd_kernel(
     q,  # [T_all, H, DK] queries, strides (sq_t, sq_h, 1)
     w,  # [T_all, H, S] write weights, strides (sw_t, sw_h, 1)
     dr,  # [T_all, H, DV] gradient of the reads, strides (sd_t, sd_h, 1)
@@ -422,7 +424,7 @@ def _chunk_dkv_bwd_kernel(
 
 
 @triton.jit
-def _chunk_dw_bwd_kernel(
+def _chunk_gated_cache_dw_bwd_kernel(
     q,  # [T_all, H, DK] queries, strides (sq_t, sq_h, 1)
     k,  # [T_all, H, DK] keys, strides (sk_t, sk_h, 1)
     v,  # [T_all, H, DV] values, strides (sv_t, sv_h, 1)
@@ -521,7 +523,7 @@ def _state_launch(kernel, args, D, S, N, H, chunk_size, meta):
     kernel[grid](*args, D=D, BD=BD, BT=chunk_size, BL=BL, **meta)
 
 
-def chunk_fwd(x: FlatInputs, scale: float, h0k, h0v, chunk_size: int):
+def _fwd(x: FlatInputs, scale: float, h0k, h0v, chunk_size: int):
     """Launch the forward. Returns (r [T_all, H, DV], htk, htv [N, H, S, D], hk, hv
     [NT, H, S, D] the slots at every chunk start, chunk layout)."""
     T_all, H, DK = x.q.shape
@@ -535,11 +537,12 @@ def chunk_fwd(x: FlatInputs, scale: float, h0k, h0v, chunk_size: int):
     meta = dict(H=H, S=S, EPS=EPS, USE_H0=h0k is not None, STORE_HT=True,
                 PREC=dot_precision(x.q.dtype))
     for xs, h0, hs, ht in ((x.k, h0k, hk, htk), (x.v, h0v, hv, htv)):
-        _state_launch(_state_fwd_kernel, (xs, x.w, h0, hs, ht, x.cu_seqlens, chunk_offsets,
-                                          *xs.stride()[:2], *x.w.stride()[:2]),
+        _state_launch(_chunk_gated_cache_state_fwd_kernel,
+                      (xs, x.w, h0, hs, ht, x.cu_seqlens, chunk_offsets,
+                       *xs.stride()[:2], *x.w.stride()[:2]),
                       xs.shape[-1], S, N, H, chunk_size, meta)
     r = x.q.new_empty(T_all, H, DV, dtype=x.v.dtype)
-    _chunk_fwd_kernel[(NT, H)](
+    _chunk_gated_cache_fwd_kernel[(NT, H)](
         x.q, x.k, x.v, x.w, r, hk, hv, x.cu_seqlens, chunk_indices, scale,
         *x.q.stride()[:2], *x.k.stride()[:2], *x.v.stride()[:2], *x.w.stride()[:2],
         H=H, S=S, DK=DK, DV=DV, BS=BS, BK=BK, BV=BV, BT=chunk_size, BC=BC, EPS=EPS,
@@ -548,8 +551,8 @@ def chunk_fwd(x: FlatInputs, scale: float, h0k, h0v, chunk_size: int):
     return r, htk, htv, hk, hv, (chunk_offsets, chunk_indices, NT)
 
 
-def chunk_bwd(x: FlatInputs, scale: float, hk, hv, layout, dr, dhtk, dhtv, chunk_size: int,
-              need_dh0: bool):
+def _bwd(x: FlatInputs, scale: float, hk, hv, layout, dr, dhtk, dhtv, chunk_size: int,
+         need_dh0: bool):
     """Launch the backward. Returns (dq, dk, dv, dw, dh0k, dh0v); dh0 None unless need_dh0."""
     T_all, H, DK = x.q.shape
     DV, S, N = x.v.shape[-1], x.w.shape[-1], x.num_seqs
@@ -563,7 +566,7 @@ def chunk_bwd(x: FlatInputs, scale: float, hk, hv, layout, dr, dhtk, dhtv, chunk
                   EPS=EPS, PREC=prec, num_warps=num_warps(BS, BK, BV))
     dq = x.q.new_empty(T_all, H, DK)
     pb, dab = torch.empty(T_all, H, BS, **f32), torch.empty(T_all, H, BS, **f32)
-    _chunk_dq_bwd_kernel[(NT, H)](
+    _chunk_gated_cache_dq_bwd_kernel[(NT, H)](
         x.q, x.k, x.v, x.w, dr, hk, hv, dq, pb, dab, x.cu_seqlens, chunk_indices, scale,
         *strides, **consts)
     dhk, dhv = torch.empty(NT, H, S, DK, **f32), torch.empty(NT, H, S, DV, **f32)
@@ -572,23 +575,24 @@ def chunk_bwd(x: FlatInputs, scale: float, hk, hv, layout, dr, dhtk, dhtv, chunk
     meta = dict(H=H, S=S, EPS=EPS, BSY=BS, USE_DHT=dhtk is not None, STORE_DH0=need_dh0,
                 PREC=prec)
     for y, z, dht, dhs, dh0 in ((dab, x.q, dhtk, dhk, dh0k), (pb, dr, dhtv, dhv, dh0v)):
-        _state_launch(_state_bwd_kernel, (y, z, x.w, dht, dhs, dh0, x.cu_seqlens, chunk_offsets,
-                                          *z.stride()[:2], *x.w.stride()[:2]),
+        _state_launch(_chunk_gated_cache_state_bwd_kernel,
+                      (y, z, x.w, dht, dhs, dh0, x.cu_seqlens, chunk_offsets,
+                       *z.stride()[:2], *x.w.stride()[:2]),
                       z.shape[-1], S, N, H, chunk_size, meta)
     dk, dv, dw = x.k.new_empty(T_all, H, DK), x.v.new_empty(T_all, H, DV), x.w.new_empty(
         T_all, H, S)
-    _chunk_dkv_bwd_kernel[(NT, H)](
+    _chunk_gated_cache_dkv_bwd_kernel[(NT, H)](
         x.q, x.w, dr, pb, dab, dhk, dhv, dk, dv, x.cu_seqlens, chunk_indices,
         *x.q.stride()[:2], *x.w.stride()[:2], *dr.stride()[:2], **consts)
     BSW = min(BS, BSW_DW)
-    _chunk_dw_bwd_kernel[(triton.cdiv(S, BSW) * NT, H)](
+    _chunk_gated_cache_dw_bwd_kernel[(triton.cdiv(S, BSW) * NT, H)](
         x.q, x.k, x.v, x.w, dr, pb, dab, hk, hv, dhk, dhv, dw, x.cu_seqlens,
         chunk_indices, *strides, BSW=BSW,
         **dict(consts, num_warps=8))  # ptxas (sm_90): fewest spills of 2, 4, 8, 16 warps
     return dq, dk, dv, dw, dh0k, dh0v
 
 
-class ChunkGatedCacheFn(torch.autograd.Function):
+class ChunkGatedCacheWriteFunction(torch.autograd.Function):
     """Autograd wrapper around the chunked kernels (inputs already flattened). Saves the
     inputs and the slots at every chunk start, [NT, H, S, Dk + Dv] float32."""
 
@@ -596,7 +600,7 @@ class ChunkGatedCacheFn(torch.autograd.Function):
     @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, q, k, v, w, h0k, h0v, scale, x: FlatInputs, output_final_state,
                 chunk_size):
-        r, htk, htv, hk, hv, layout = chunk_fwd(x, scale, h0k, h0v, chunk_size)
+        r, htk, htv, hk, hv, layout = _fwd(x, scale, h0k, h0v, chunk_size)
         ctx.save_for_backward(q, k, v, w, hk, hv)
         # the tensors go through save_for_backward; ctx keeps only the layout
         ctx.x = x.with_tensors(None, None, None, None)
@@ -614,12 +618,12 @@ class ChunkGatedCacheFn(torch.autograd.Function):
         dr = torch.zeros_like(v) if dr is None else dr
         dr = dr if dr.stride(-1) == 1 else dr.contiguous()
         dhtk, dhtv = state_grads(dhtk, dhtv, x, q.shape[-1], v.shape[-1])
-        dq, dk, dv, dw, dh0k, dh0v = chunk_bwd(x, ctx.scale, hk, hv, ctx.layout, dr, dhtk,
-                                               dhtv, ctx.chunk_size, ctx.need_dh0)
+        dq, dk, dv, dw, dh0k, dh0v = _bwd(x, ctx.scale, hk, hv, ctx.layout, dr, dhtk, dhtv,
+                                          ctx.chunk_size, ctx.need_dh0)
         return dq, dk, dv, dw, dh0k, dh0v, None, None, None, None
 
 
-def chunk_gated_cache(
+def chunk_gated_cache_write(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -633,5 +637,5 @@ def chunk_gated_cache(
     """The chunked Triton path. Arguments and results as `gated_cache_write` (no input
     checks here: call that function for validated input); chunk_size: a multiple of 16,
     the tokens between stored slot checkpoints."""
-    return _apply(ChunkGatedCacheFn, q, k, v, w, scale, initial_state, output_final_state,
-                  cu_seqlens, chunk_size)
+    return apply_flat(ChunkGatedCacheWriteFunction, q, k, v, w, scale, initial_state,
+                      output_final_state, cu_seqlens, chunk_size)

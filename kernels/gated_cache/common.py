@@ -1,5 +1,6 @@
 """Launcher helpers shared by the Triton variants of the gated cache: flattening the
-inputs to packed [T_all, H, D] sequences, block sizes, and chunk bookkeeping."""
+inputs to packed [T_all, H, D] sequences and shaping the results back, block sizes, and
+chunk bookkeeping."""
 
 from __future__ import annotations
 
@@ -94,3 +95,17 @@ def state_grads(dhtk, dhtv, x: FlatInputs, DK: int, DV: int):
     dhtk = torch.zeros(x.num_seqs, H, S, DK, **f32) if dhtk is None else dhtk
     dhtv = torch.zeros(x.num_seqs, H, S, DV, **f32) if dhtv is None else dhtv
     return dhtk.float().contiguous(), dhtv.float().contiguous()
+
+
+def apply_flat(fn, q, k, v, w, scale, initial_state, output_final_state, cu_seqlens, *extra):
+    """Run the autograd Function `fn` of a Triton variant on the flattened inputs and shape
+    its results as `gated_cache_write` returns them: (r [B, T, H, Dv], (Mk, Mv) or None).
+    `extra`: the variant's own trailing arguments (the chunked one's chunk_size)."""
+    Bsz, T, H, _ = q.shape
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    x = flatten_inputs(q, k, v, w, cu_seqlens)
+    h0k, h0v = (None, None) if initial_state is None else (
+        initial_state[0].contiguous(), initial_state[1].contiguous())
+    r, htk, htv = fn.apply(x.q, x.k, x.v, x.w, h0k, h0v, scale, x, output_final_state, *extra)
+    r = r.view(Bsz, T, H, v.shape[-1])
+    return r, ((htk, htv) if output_final_state else None)

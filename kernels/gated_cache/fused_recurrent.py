@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from ..common.dots import not_finite
-from .common import FlatInputs, block_sizes, flatten_inputs, num_warps, state_grads
+from .common import FlatInputs, apply_flat, block_sizes, num_warps, state_grads
 
 
 @triton.jit
@@ -74,7 +74,7 @@ def _slots_or_zeros(h, p_h, m_h, BS: tl.constexpr, BD: tl.constexpr, LOAD: tl.co
 
 
 @triton.jit(do_not_specialize=["scale"])
-def _fwd_kernel(
+def _fused_recurrent_gated_cache_fwd_kernel(
     q,  # [T_all, H, DK] queries, strides (sq_t, sq_h, 1)
     k,  # [T_all, H, DK] keys, strides (sk_t, sk_h, 1)
     v,  # [T_all, H, DV] values, strides (sv_t, sv_h, 1)
@@ -124,7 +124,7 @@ def _fwd_kernel(
 
 
 @triton.jit(do_not_specialize=["scale"])
-def _bwd_kernel(
+def _fused_recurrent_gated_cache_bwd_kernel(
     q,  # [T_all, H, DK] queries, strides (sq_t, sq_h, 1)
     k,  # [T_all, H, DK] keys, strides (sk_t, sk_h, 1)
     v,  # [T_all, H, DV] values, strides (sv_t, sv_h, 1)
@@ -252,7 +252,7 @@ def _bwd_kernel(
         tl.store(dh0v + p_hv, b_gv, mask=m_sv)
 
 
-def fused_recurrent_fwd(x: FlatInputs, scale: float, h0k, h0v, store_final: bool):
+def _fwd(x: FlatInputs, scale: float, h0k, h0v, store_final: bool):
     """Launch the forward. Returns (r [T_all, H, DV], htk, htv or None, None)."""
     T_all, H, DK = x.q.shape
     DV, S, N = x.v.shape[-1], x.w.shape[-1], x.num_seqs
@@ -260,7 +260,7 @@ def fused_recurrent_fwd(x: FlatInputs, scale: float, h0k, h0v, store_final: bool
     r = x.q.new_empty(T_all, H, DV, dtype=x.v.dtype)
     htk = x.q.new_empty(N, H, S, DK, dtype=torch.float32) if store_final else None
     htv = x.q.new_empty(N, H, S, DV, dtype=torch.float32) if store_final else None
-    _fwd_kernel[(N, H)](
+    _fused_recurrent_gated_cache_fwd_kernel[(N, H)](
         x.q, x.k, x.v, x.w, r, h0k, h0v, htk, htv, x.cu_seqlens, scale,
         *x.q.stride()[:2], *x.k.stride()[:2], *x.v.stride()[:2], *x.w.stride()[:2],
         H=H, S=S, DK=DK, DV=DV, BS=BS, BK=BK, BV=BV,
@@ -270,7 +270,7 @@ def fused_recurrent_fwd(x: FlatInputs, scale: float, h0k, h0v, store_final: bool
     return r, htk, htv
 
 
-def fused_recurrent_bwd(x: FlatInputs, scale: float, h0k, h0v, dr, dhtk, dhtv, bt: int = 32):
+def _bwd(x: FlatInputs, scale: float, h0k, h0v, dr, dhtk, dhtv, bt: int = 32):
     """Launch the backward. Returns (dq, dk, dv, dw, dh0k, dh0v); dh0 are None without h0."""
     T_all, H, DK = x.q.shape
     DV, S, N = x.v.shape[-1], x.w.shape[-1], x.num_seqs
@@ -289,7 +289,7 @@ def fused_recurrent_bwd(x: FlatInputs, scale: float, h0k, h0v, dr, dhtk, dhtv, b
     cv = torch.empty(N, H, nck, BS, BV, **f32)
     stk = torch.empty(N, H, bt, BS, BK, **f32)
     stv = torch.empty(N, H, bt, BS, BV, **f32)
-    _bwd_kernel[(N, H)](
+    _fused_recurrent_gated_cache_bwd_kernel[(N, H)](
         x.q, x.k, x.v, x.w, dr, h0k, h0v, dhtk, dhtv, dq, dk, dv, dw, dh0k, dh0v,
         pa, ck, cv, stk, stv, x.cu_seqlens, scale,
         *x.q.stride()[:2], *x.k.stride()[:2], *x.v.stride()[:2], *x.w.stride()[:2],
@@ -301,13 +301,13 @@ def fused_recurrent_bwd(x: FlatInputs, scale: float, h0k, h0v, dr, dhtk, dhtv, b
     return dq, dk, dv, dw, dh0k, dh0v
 
 
-class FusedRecurrentGatedCacheFn(torch.autograd.Function):
+class FusedRecurrentGatedCacheWriteFunction(torch.autograd.Function):
     """Autograd wrapper around the fused recurrent kernels (inputs already flattened)."""
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, q, k, v, w, h0k, h0v, scale, x: FlatInputs, output_final_state):
-        r, htk, htv = fused_recurrent_fwd(x, scale, h0k, h0v, output_final_state)
+        r, htk, htv = _fwd(x, scale, h0k, h0v, output_final_state)
         ctx.save_for_backward(q, k, v, w, h0k, h0v)
         # the tensors go through save_for_backward; ctx keeps only the layout
         ctx.x, ctx.scale = x.with_tensors(None, None, None, None), scale
@@ -323,11 +323,11 @@ class FusedRecurrentGatedCacheFn(torch.autograd.Function):
         if dr.stride(-1) != 1:
             dr = dr.contiguous()
         dhtk, dhtv = state_grads(dhtk, dhtv, x, q.shape[-1], v.shape[-1])
-        dq, dk, dv, dw, dh0k, dh0v = fused_recurrent_bwd(x, ctx.scale, h0k, h0v, dr, dhtk, dhtv)
+        dq, dk, dv, dw, dh0k, dh0v = _bwd(x, ctx.scale, h0k, h0v, dr, dhtk, dhtv)
         return dq, dk, dv, dw, dh0k, dh0v, None, None, None
 
 
-def fused_recurrent_gated_cache(
+def fused_recurrent_gated_cache_write(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -339,16 +339,6 @@ def fused_recurrent_gated_cache(
 ):
     """The fused recurrent Triton path. Arguments and results as `gated_cache_write`
     (no input checks here: call that function for validated input)."""
-    return _apply(FusedRecurrentGatedCacheFn, q, k, v, w, scale, initial_state,
-                  output_final_state, cu_seqlens)
+    return apply_flat(FusedRecurrentGatedCacheWriteFunction, q, k, v, w, scale, initial_state,
+                      output_final_state, cu_seqlens)
 
-
-def _apply(fn, q, k, v, w, scale, initial_state, output_final_state, cu_seqlens, *extra):
-    Bsz, T, H, _ = q.shape
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    x = flatten_inputs(q, k, v, w, cu_seqlens)
-    h0k, h0v = (None, None) if initial_state is None else (
-        initial_state[0].contiguous(), initial_state[1].contiguous())
-    r, htk, htv = fn.apply(x.q, x.k, x.v, x.w, h0k, h0v, scale, x, output_final_state, *extra)
-    r = r.view(Bsz, T, H, v.shape[-1])
-    return r, ((htk, htv) if output_final_state else None)

@@ -1,4 +1,5 @@
-"""Gated cache write in pure PyTorch: the per-token oracle and the chunked CPU fast path.
+"""Gated cache write in pure PyTorch: the per-token oracle, the ground truth of every
+other path.
 
 Math (per sequence, head and slot s; docs/kernels.md derives it in full):
 
@@ -6,15 +7,12 @@ Math (per sequence, head and slot s; docs/kernels.md derives it in full):
     Mv_t[s] = (1 - w_t[s]) * Mv_{t-1}[s] + w_t[s] * v_t          slot values  [S, Dv]
     p_t = softmax_s(scale * Mk_t q_t),   r_t = p_t @ Mv_t         read after the write
 
-`gated_cache_write_ref` is the oracle: a plain loop over tokens, differentiated by
-autograd. `gated_cache_write_chunked` computes the same thing without a graph per token:
-one autograd Function walks chunks of `chunk_size` tokens, keeps only the slots at each
-chunk boundary, and in the backward recomputes each chunk's slots from its boundary
-before a reverse scan with hand-written gradients. Each chunk runs through one
-`torch.compile`d function where a C++ compiler is present, eagerly otherwise.
-Everything upcasts to float32; r comes back in v's dtype, slots in float32. A slot whose
-weight is 0 takes a k_t or v_t that holds an inf or NaN as the zero vector (`_written`),
-so it stays bit-identical as the math says rather than turning NaN through 0 * inf.
+`gated_cache_write_ref` is a plain loop over tokens, differentiated by autograd; the
+chunked CPU fast path (`cpu.py`) uses its slot update (`write`, `written`) and its
+per-sequence driver (`run_varlen`). Everything upcasts to float32; r comes back in v's
+dtype, slots in float32. A slot whose weight is 0 takes a k_t or v_t that holds an inf or
+NaN as the zero vector (`written`), so it stays bit-identical as the math says rather
+than turning NaN through 0 * inf.
 """
 
 from __future__ import annotations
@@ -23,12 +21,10 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..utils import log_compile_fallback_once, maybe_compiled
-
 State = Tuple[torch.Tensor, torch.Tensor]
 
 
-def _written(w_e, x):
+def written(w_e, x):
     """x [B, H, 1, D] as each slot takes it: the zero vector in the slots whose weight
     w_e [B, H, S, 1] is 0 when x holds an inf or NaN, since a zero weight leaves a slot
     as it was and 0 * inf would be NaN. [B, H, S, D]; a finite x comes back unchanged
@@ -36,23 +32,25 @@ def _written(w_e, x):
     return torch.where((w_e == 0) & ~torch.isfinite(x).all(-1, keepdim=True), 0.0, x)
 
 
-def _write(M, w_e, x):
+def write(M, w_e, x):
     """(1 - w) M + w x, not M + w (x - M): w = 0 and w = 1 are then exact (keep / replace)."""
-    return (1 - w_e) * M + w_e * _written(w_e, x)
+    return (1 - w_e) * M + w_e * written(w_e, x)
 
 
 def _write_read(Mk, Mv, q_t, k_t, v_t, w_t, scale):
     """One token. Mk: [B, H, S, Dk], Mv: [B, H, S, Dv]; q_t, k_t: [B, H, Dk];
     v_t: [B, H, Dv]; w_t: [B, H, S]. Returns (r_t [B, H, Dv], p_t [B, H, S], Mk, Mv)."""
     w_e = w_t[..., None]
-    Mk = _write(Mk, w_e, k_t[:, :, None, :])
-    Mv = _write(Mv, w_e, v_t[:, :, None, :])
+    Mk = write(Mk, w_e, k_t[:, :, None, :])
+    Mv = write(Mv, w_e, v_t[:, :, None, :])
     p = torch.softmax(scale * (Mk @ q_t[..., None]).squeeze(-1), dim=-1)  # [B, H, S]
     r = (p[:, :, None, :] @ Mv).squeeze(-2)  # [B, H, Dv]
     return r, p, Mk, Mv
 
 
-def _zero_state(q, v, S):
+def zero_state(q, v, S):
+    """Empty slots for q [B, T, H, Dk], v [B, T, H, Dv] and S slots: float32 zeros
+    ([B, H, S, Dk], [B, H, S, Dv])."""
     Bsz, _, H, Dk = q.shape
     Mk = q.new_zeros(Bsz, H, S, Dk, dtype=torch.float32)
     return Mk, q.new_zeros(Bsz, H, S, v.shape[-1], dtype=torch.float32)
@@ -60,7 +58,7 @@ def _zero_state(q, v, S):
 
 def _loop(q, k, v, w, scale, state):
     """One batch of equal-length sequences [B, T, H, *], per-token loop (autograd)."""
-    Mk, Mv = _zero_state(q, v, w.shape[-1]) if state is None else (s.float() for s in state)
+    Mk, Mv = zero_state(q, v, w.shape[-1]) if state is None else (s.float() for s in state)
     rs = []
     # unbind once: indexing x[:, t] in the loop would make autograd build a full-size zero
     # gradient per token, O(T^2) work in the backward.
@@ -71,7 +69,7 @@ def _loop(q, k, v, w, scale, state):
     return torch.stack(rs, dim=1), (Mk, Mv)
 
 
-def _run_varlen(fn, q, k, v, w, scale, initial_state, cu_seqlens):
+def run_varlen(fn, q, k, v, w, scale, initial_state, cu_seqlens):
     """Run `fn` on each packed sequence alone; return (r, stacked final slots)."""
     rs, mks, mvs = [], [], []
     offsets = cu_seqlens.tolist()
@@ -84,7 +82,8 @@ def _run_varlen(fn, q, k, v, w, scale, initial_state, cu_seqlens):
     return torch.cat(rs, dim=1), (torch.cat(mks, dim=0), torch.cat(mvs, dim=0))
 
 
-def _default_scale(q, scale):
+def default_scale(q, scale):
+    """The read's softmax temperature: `scale`, or 1 / sqrt(Dk) when None."""
     return q.shape[-1] ** -0.5 if scale is None else float(scale)
 
 
@@ -105,171 +104,10 @@ def gated_cache_write_ref(
     ([N, H, S, Dk], [N, H, S, Dv]) float32; returns r [B, T, H, Dv] in v's dtype and the
     final pair or None). No input checks.
     """
-    scale = _default_scale(q, scale)
+    scale = default_scale(q, scale)
     if cu_seqlens is None:
         r, st = _loop(q, k, v, w, scale, initial_state)
     else:
-        r, st = _run_varlen(_loop, q, k, v, w, scale, initial_state, cu_seqlens)
+        r, st = run_varlen(_loop, q, k, v, w, scale, initial_state, cu_seqlens)
     return r.to(v.dtype), (st if output_final_state else None)
 
-
-def _write_read_fused(Mk, Mv, q_t, k_t, v_t, w_t, scale):
-    """`_write_read` with the products written as broadcasts and sums rather than batched
-    matmuls, so torch.compile fuses each into the slot update that feeds it."""
-    w_e = w_t[..., None]
-    Mk = _write(Mk, w_e, k_t[:, :, None, :])
-    Mv = _write(Mv, w_e, v_t[:, :, None, :])
-    p = torch.softmax(scale * (Mk * q_t[:, :, None, :]).sum(-1), dim=-1)  # [B, H, S]
-    return (p[..., None] * Mv).sum(-2), p, Mk, Mv
-
-
-@maybe_compiled
-def _chunk_fwd(Mk, Mv, q, k, v, w, scale: float):
-    """One chunk forward. Mk: [B, H, S, Dk]; Mv: [B, H, S, Dv]; q, k: [B, L, H, Dk];
-    v: [B, L, H, Dv]; w: [B, L, H, S]. Returns (r [B, L, H, Dv], Mk, Mv after the chunk)."""
-    rs = []
-    for t in range(q.shape[1]):
-        r, _, Mk, Mv = _write_read_fused(Mk, Mv, q[:, t], k[:, t], v[:, t], w[:, t], scale)
-        rs.append(r)
-    return torch.stack(rs, dim=1), Mk, Mv
-
-
-@maybe_compiled
-def _chunk_bwd(Mk, Mv, q, k, v, w, scale: float, dr, dMk, dMv):
-    """One chunk backward, recomputing the chunk's slots from its boundary state (Mk, Mv).
-
-    dr: [B, L, H, Dv], the gradient of r; dMk, dMv: gradients of the slots after the chunk.
-    Returns (dq, dk [B, L, H, Dk]; dv [B, L, H, Dv]; dw [B, L, H, S]; dMk, dMv of the slots
-    before the chunk).
-    """
-    L = q.shape[1]
-    prev, probs = [], []  # slots before each token, read weights
-    for t in range(L):
-        prev.append((Mk, Mv))
-        w_e = w[:, t, ..., None]
-        Mk = _write(Mk, w_e, k[:, t, :, None, :])
-        Mv = _write(Mv, w_e, v[:, t, :, None, :])
-        probs.append(torch.softmax(scale * (Mk * q[:, t, :, None, :]).sum(-1), dim=-1))
-    dq, dk, dv, dw = [None] * L, [None] * L, [None] * L, [None] * L
-    Gk, Gv = dMk, dMv  # gradient of the slots after token t, from later tokens
-    for t in range(L - 1, -1, -1):
-        (Mk_prev, Mv_prev), p = prev[t], probs[t]
-        w_e = w[:, t, ..., None]
-        q_e, dr_e = q[:, t, :, None, :], dr[:, t, :, None, :]
-        k_e, v_e = _written(w_e, k[:, t, :, None, :]), _written(w_e, v[:, t, :, None, :])
-        # the slots after token t, recomputed where they are used (no stored copy)
-        Mk_t = (1 - w_e) * Mk_prev + w_e * k_e
-        Mv_t = (1 - w_e) * Mv_prev + w_e * v_e
-        dp = (Mv_t * dr_e).sum(-1)  # [B, H, S]
-        da = scale * p * (dp - (p * dp).sum(-1, keepdim=True))  # through the softmax
-        dq[t] = (da[..., None] * Mk_t).sum(-2)
-        Gk = Gk + da[..., None] * q_e
-        Gv = Gv + p[..., None] * dr_e
-        dk[t] = (w_e * Gk).sum(-2)
-        dv[t] = (w_e * Gv).sum(-2)
-        dw[t] = (Gk * (k_e - Mk_prev)).sum(-1) + (Gv * (v_e - Mv_prev)).sum(-1)
-        Gk, Gv = (1 - w_e) * Gk, (1 - w_e) * Gv
-    stack = lambda xs: torch.stack(xs, dim=1)
-    return stack(dq), stack(dk), stack(dv), stack(dw), Gk, Gv
-
-
-def _pad_time(x, Tp):
-    T = x.shape[1]
-    if T == Tp:
-        return x
-    return torch.cat([x, x.new_zeros((x.shape[0], Tp - T) + tuple(x.shape[2:]))], dim=1)
-
-
-class _ChunkedCacheFn(torch.autograd.Function):
-    """The gated cache recurrence on float32 inputs [B, T, H, *], chunk by chunk.
-
-    Padding to a whole number of chunks uses w = 0 (and q = k = v = 0): the slots pass
-    through unchanged, so every chunk has one shape and compiles once; padded outputs are
-    dropped.
-    """
-
-    @staticmethod
-    def forward(ctx, q, k, v, w, Mk0, Mv0, scale, chunk_size):
-        T, L = q.shape[1], chunk_size
-        n_chunks = -(-T // L)
-        q_p, k_p, v_p, w_p = (_pad_time(x, n_chunks * L) for x in (q, k, v, w))
-        # contiguous starting slots: every call of the compiled chunk sees one layout
-        Mk, Mv = Mk0.contiguous(), Mv0.contiguous()
-        rs, bk, bv = [], [], []
-        for c in range(n_chunks):
-            sl = slice(c * L, (c + 1) * L)
-            bk.append(Mk)
-            bv.append(Mv)
-            r, Mk, Mv = _chunk_fwd(Mk, Mv, q_p[:, sl], k_p[:, sl], v_p[:, sl], w_p[:, sl], scale)
-            rs.append(r)
-        ctx.save_for_backward(q_p, k_p, v_p, w_p, torch.stack(bk), torch.stack(bv))
-        ctx.T, ctx.L, ctx.scale = T, L, scale
-        return torch.cat(rs, dim=1)[:, :T], Mk, Mv
-
-    @staticmethod
-    def backward(ctx, dr, dMk, dMv):
-        q_p, k_p, v_p, w_p, bk, bv = ctx.saved_tensors
-        T, L, scale = ctx.T, ctx.L, ctx.scale
-        dr = (_pad_time(dr.float(), q_p.shape[1]).contiguous() if dr is not None
-              else v_p.new_zeros(v_p.shape))
-        Gk = dMk.float().contiguous() if dMk is not None else torch.zeros_like(bk[0])
-        Gv = dMv.float().contiguous() if dMv is not None else torch.zeros_like(bv[0])
-        outs = []
-        for c in range(bk.shape[0] - 1, -1, -1):
-            sl = slice(c * L, (c + 1) * L)
-            *grads, Gk, Gv = _chunk_bwd(bk[c], bv[c], q_p[:, sl], k_p[:, sl], v_p[:, sl],
-                                        w_p[:, sl], scale, dr[:, sl], Gk, Gv)
-            outs.append(grads)
-        dq, dk, dv, dw = (torch.cat(g[::-1], dim=1)[:, :T] for g in zip(*outs))
-        return dq, dk, dv, dw, Gk, Gv, None, None
-
-
-def _chunked(q, k, v, w, scale, state, chunk_size):
-    Mk0, Mv0 = _zero_state(q, v, w.shape[-1]) if state is None else state
-    r, Mk, Mv = _ChunkedCacheFn.apply(q.float(), k.float(), v.float(), w.float(),
-                                      Mk0.float(), Mv0.float(), scale, chunk_size)
-    return r, (Mk, Mv)
-
-
-def default_chunk_size(*tensors) -> int:
-    """Tokens per chunk of the CPU fast path: 8 when a backward will follow, 16 otherwise.
-
-    Measured on a 2-core CPU (B=2, H=4, S=64, Dk=Dv=64): the compiled backward of a chunk
-    costs 0.10 ms a token at 8 tokens, 0.24 at 16 and 0.67 at 32 (the compiler's code for
-    the unrolled reverse scan grows worse than linearly); the forward alone is fastest at 16.
-    """
-    grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in tensors)
-    return 8 if grad else 16
-
-
-def gated_cache_write_chunked(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    w: torch.Tensor,
-    scale: Optional[float] = None,
-    initial_state: Optional[State] = None,
-    output_final_state: bool = False,
-    cu_seqlens: Optional[torch.Tensor] = None,
-    chunk_size: Optional[int] = None,
-) -> Tuple[torch.Tensor, Optional[State]]:
-    """The CPU fast path: same arguments and results as `gated_cache_write_ref`;
-    chunk_size: tokens per chunk, None for `default_chunk_size`.
-
-    Memory: the forward keeps one pair of [B, H, S, D] float32 slot tensors per chunk; the
-    backward holds one chunk's per-token slots at a time. No [B, T, H, S, D] tensor is made.
-    """
-    log_compile_fallback_once()
-    scale = _default_scale(q, scale)
-    if chunk_size is None:
-        chunk_size = default_chunk_size(q, k, v, w, *(initial_state or ()))
-
-    def run(q, k, v, w, scale, state):
-        return _chunked(q, k, v, w, scale, state, chunk_size)
-
-    if cu_seqlens is None:
-        r, st = run(q, k, v, w, scale, initial_state)
-    else:
-        r, st = _run_varlen(run, q, k, v, w, scale, initial_state, cu_seqlens)
-    return r.to(v.dtype), (st if output_final_state else None)

@@ -18,13 +18,13 @@ from typing import Optional, Tuple
 import torch
 
 from ..utils import INT_DTYPES, check_same_dtype, check_scale, check_tensor, resolve_backend
-from .parallel import MAX_HEAD_DIM, live_blocks, memory_retrieve_triton
+from .parallel import MAX_HEAD_DIM, live_blocks, parallel_memory_retrieve
 from .ref import memory_retrieve_ref, visibility_mask
 
 __all__ = [
     "memory_retrieve",
     "memory_retrieve_ref",
-    "memory_retrieve_triton",
+    "parallel_memory_retrieve",
     "live_blocks",
     "visibility_mask",
 ]
@@ -116,5 +116,5 @@ def memory_retrieve(
                 f"q, mem_v: the Triton kernels take head widths up to {MAX_HEAD_DIM}, got "
                 f"Dk={dims['Dk']}, Dv={dims['Dv']}; use backend='torch'"
             )
-        return memory_retrieve_triton(q, mem_k, mem_v, mem_start, mem_end, scale)
+        return parallel_memory_retrieve(q, mem_k, mem_v, mem_start, mem_end, scale)
     return memory_retrieve_ref(q, mem_k, mem_v, mem_start, mem_end, scale)

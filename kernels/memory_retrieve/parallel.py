@@ -15,11 +15,12 @@ the listed entry blocks, keeping the running max, the running sum and the unnorm
 output in float32. Inside a listed block the exact interval mask applies; a row that has
 seen nothing keeps max = -inf, sum = 0, and ends with o = 0 and lse = -inf.
 
-Backward (recomputes the weights from lse): `_delta_bwd_kernel` forms
+Backward (recomputes the weights from lse): `_memory_retrieve_delta_bwd_kernel` forms
 delta = rowsum(do * o) - dlse and a base-2 lse with +inf where lse = -inf (so that those
-rows get weight exp2(z - inf) = 0 and zero gradient); `_dkv_bwd_kernel` and
-`_dq_bwd_kernel` then form dk, dv and dq without atomics (several splits write float32
-partials of dk and dv, summed by the launcher), so results are deterministic.
+rows get weight exp2(z - inf) = 0 and zero gradient); `_memory_retrieve_dkv_bwd_kernel`
+and `_memory_retrieve_dq_bwd_kernel` then form dk, dv and dq without atomics (several
+splits write float32 partials of dk and dv, summed by the launcher), so results are
+deterministic.
 
 Dots take the inputs' own dtype (float16 / bfloat16 tensor cores with float32
 accumulation, the softmax weights rounded to that dtype for the second dot, as every flash
@@ -65,7 +66,7 @@ def _intervals(start, end, i_b, o_m, m_m, s_sb, s_sm, s_eb, s_em):
 
 @triton.autotune(configs=_configs(), key=["BT", "BM", "BK", "BV"])
 @triton.jit(do_not_specialize=["T", "M", "NQ", "NL"])
-def _fwd_kernel(
+def _memory_retrieve_fwd_kernel(
     q,  # [B, T, H, DK] queries, strides (s_qb, s_qt, s_qh, s_qd)
     k,  # [B, M, H, DK] entry keys, strides (s_kb, s_km, s_kh, s_kd)
     v,  # [B, M, H, DV] entry values, strides (s_vb, s_vm, s_vh, s_vd)
@@ -141,7 +142,7 @@ def _fwd_kernel(
 
 
 @triton.jit(do_not_specialize=["T"])
-def _delta_bwd_kernel(
+def _memory_retrieve_delta_bwd_kernel(
     o,  # [B, T, H, DV] forward output, contiguous
     do,  # [B, T, H, DV] gradient of o, strides (s_ob, s_ot, s_oh, s_od)
     lse,  # [B, T, H] forward logsumexp, float32, contiguous
@@ -175,7 +176,7 @@ def _delta_bwd_kernel(
 
 @triton.autotune(configs=_configs(), key=["BT", "BM", "BK", "BV"])
 @triton.jit(do_not_specialize=["T", "M", "TS"])
-def _dkv_bwd_kernel(
+def _memory_retrieve_dkv_bwd_kernel(
     q,  # [B, T, H, DK] queries, strides (s_qb, s_qt, s_qh, s_qd)
     k,  # [B, M, H, DK] entry keys, strides (s_kb, s_km, s_kh, s_kd)
     v,  # [B, M, H, DV] entry values, strides (s_vb, s_vm, s_vh, s_vd)
@@ -258,7 +259,7 @@ def _dkv_bwd_kernel(
 
 @triton.autotune(configs=_configs(), key=["BT", "BM", "BK", "BV"])
 @triton.jit(do_not_specialize=["T", "M", "NQ", "NL"])
-def _dq_bwd_kernel(
+def _memory_retrieve_dq_bwd_kernel(
     q,  # [B, T, H, DK] queries, strides (s_qb, s_qt, s_qh, s_qd)
     k,  # [B, M, H, DK] entry keys, strides (s_kb, s_km, s_kh, s_kd)
     v,  # [B, M, H, DV] entry values, strides (s_vb, s_vm, s_vh, s_vd)
@@ -403,7 +404,7 @@ def live_blocks(mem_start, mem_end, T, BT, BM):
     return n_live, live
 
 
-def memory_retrieve_fwd(q, mem_k, mem_v, mem_start, mem_end, scale):
+def _fwd(q, mem_k, mem_v, mem_start, mem_end, scale):
     """Launch the forward. Returns (o, lse, n_live, live)."""
     B, T, H, DK = q.shape
     M, DV = mem_k.shape[1], mem_v.shape[-1]
@@ -412,7 +413,7 @@ def memory_retrieve_fwd(q, mem_k, mem_v, mem_start, mem_end, scale):
     NQ, NL = n_live.shape[1], live.shape[2]
     o = q.new_empty(B, T, H, DV)
     lse = q.new_empty(B, T, H, dtype=torch.float32)
-    _fwd_kernel[(NQ, B * H)](
+    _memory_retrieve_fwd_kernel[(NQ, B * H)](
         q, mem_k, mem_v, mem_start, mem_end, n_live, live, o, lse, T, M, NQ, NL, scale,
         *q.stride(), *mem_k.stride(), *mem_v.stride(), *mem_start.stride(), *mem_end.stride(),
         H=H, DK=DK, DV=DV, BT=BT, BM=BM, BK=BK, BV=BV, PRECISION=_precision(q.dtype),
@@ -420,8 +421,7 @@ def memory_retrieve_fwd(q, mem_k, mem_v, mem_start, mem_end, scale):
     return o, lse, n_live, live
 
 
-def memory_retrieve_bwd(q, mem_k, mem_v, mem_start, mem_end, o, lse, n_live, live, do, dlse,
-                        scale):
+def _bwd(q, mem_k, mem_v, mem_start, mem_end, o, lse, n_live, live, do, dlse, scale):
     """Launch the backward. Returns (dq, dmem_k, dmem_v) in the inputs' dtypes."""
     B, T, H, DK = q.shape
     M, DV = mem_k.shape[1], mem_v.shape[-1]
@@ -430,7 +430,7 @@ def memory_retrieve_bwd(q, mem_k, mem_v, mem_start, mem_end, o, lse, n_live, liv
     delta = q.new_empty(B, T, H, dtype=torch.float32)
     lse2 = q.new_empty(B, T, H, dtype=torch.float32)
     BTD = 64
-    _delta_bwd_kernel[(triton.cdiv(T, BTD), B * H)](
+    _memory_retrieve_delta_bwd_kernel[(triton.cdiv(T, BTD), B * H)](
         o, do, lse, dlse.contiguous(), delta, lse2, T, *do.stride(),
         H=H, DV=DV, BT=BTD, BV=BV,
     )
@@ -438,7 +438,7 @@ def memory_retrieve_bwd(q, mem_k, mem_v, mem_start, mem_end, o, lse, n_live, liv
                *mem_end.stride(), *do.stride())
     consts = dict(H=H, DK=DK, DV=DV, BK=BK, BV=BV, PRECISION=_precision(q.dtype))
     dq = q.new_empty(B, T, H, DK)
-    _dq_bwd_kernel[(NQ, B * H)](
+    _memory_retrieve_dq_bwd_kernel[(NQ, B * H)](
         q, mem_k, mem_v, mem_start, mem_end, n_live, live, do, delta, lse2, dq,
         T, M, NQ, NL, scale, *strides, BT=BT, BM=BM, **consts,
     )
@@ -447,7 +447,7 @@ def memory_retrieve_bwd(q, mem_k, mem_v, mem_start, mem_end, o, lse, n_live, liv
     dk = mem_k.new_empty(NS, B, M, H, DK, dtype=mem_k.dtype if NS == 1 else torch.float32)
     dv = mem_v.new_empty(NS, B, M, H, DV, dtype=mem_v.dtype if NS == 1 else torch.float32)
     if M > 0:
-        _dkv_bwd_kernel[(triton.cdiv(M, BM2), B * H, NS)](
+        _memory_retrieve_dkv_bwd_kernel[(triton.cdiv(M, BM2), B * H, NS)](
             q, mem_k, mem_v, mem_start, mem_end, do, delta, lse2, dk, dv,
             T, M, TS, scale, *strides, BT=BT2, BM=BM2, **consts,
         )
@@ -456,13 +456,13 @@ def memory_retrieve_bwd(q, mem_k, mem_v, mem_start, mem_end, o, lse, n_live, liv
     return dq, dk.sum(0).to(mem_k.dtype), dv.sum(0).to(mem_v.dtype)
 
 
-class MemoryRetrieveFunction(torch.autograd.Function):
+class ParallelMemoryRetrieveFunction(torch.autograd.Function):
     """(q, mem_k, mem_v) -> (o, lse) over the given intervals, Triton forward and backward."""
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, q, mem_k, mem_v, mem_start, mem_end, scale):
-        o, lse, n_live, live = memory_retrieve_fwd(q, mem_k, mem_v, mem_start, mem_end, scale)
+        o, lse, n_live, live = _fwd(q, mem_k, mem_v, mem_start, mem_end, scale)
         ctx.save_for_backward(q, mem_k, mem_v, mem_start, mem_end, o, lse, n_live, live)
         ctx.scale = scale
         return o, lse
@@ -472,13 +472,13 @@ class MemoryRetrieveFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, do, dlse):
         q, mem_k, mem_v, mem_start, mem_end, o, lse, n_live, live = ctx.saved_tensors
-        dq, dk, dv = memory_retrieve_bwd(q, mem_k, mem_v, mem_start, mem_end, o, lse, n_live,
-                                         live, do, dlse, ctx.scale)
+        dq, dk, dv = _bwd(q, mem_k, mem_v, mem_start, mem_end, o, lse, n_live, live, do, dlse,
+                          ctx.scale)
         return dq, dk, dv, None, None, None
 
 
-def memory_retrieve_triton(q, mem_k, mem_v, mem_start, mem_end, scale=None):
+def parallel_memory_retrieve(q, mem_k, mem_v, mem_start, mem_end, scale=None):
     """The Triton path of `memory_retrieve`, differentiable in q, mem_k, mem_v; no checks."""
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
-    return MemoryRetrieveFunction.apply(q, mem_k, mem_v, mem_start, mem_end, float(scale))
+    return ParallelMemoryRetrieveFunction.apply(q, mem_k, mem_v, mem_start, mem_end, float(scale))

@@ -22,8 +22,11 @@ from ..utils import (
     resolve_backend,
 )
 from .chunk import chunk_selective_scan
-from .ref import selective_scan_chunked, selective_scan_ref, selective_state_update_ref
+from .cpu import cpu_selective_scan
+from .ref import selective_scan_ref, selective_state_update_ref
 from .step import fused_selective_state_update
+
+selective_scan_chunked = cpu_selective_scan  # the CPU path's earlier name, documented API
 
 __all__ = [
     "selective_scan",
@@ -31,6 +34,7 @@ __all__ = [
     "fused_selective_state_update",
     "selective_state_update",
     "selective_scan_ref",
+    "cpu_selective_scan",
     "selective_scan_chunked",
     "selective_state_update_ref",
 ]
@@ -121,7 +125,7 @@ def selective_scan(
         chunk_size = check_positive_int("chunk_size", chunk_size)
 
     impl = resolve_backend(backend, dev)
-    scan = chunk_selective_scan if impl == "triton" else selective_scan_chunked
+    scan = chunk_selective_scan if impl == "triton" else cpu_selective_scan
     if chunk_size is None:
         chunk_size = 64 if impl == "triton" else 32
     elif impl == "triton" and chunk_size & (chunk_size - 1):

@@ -36,7 +36,7 @@ def _configs():
 
 @triton.autotune(configs=_configs(), key=["C", "BP", "BK", "BV", "BT"])
 @triton.jit(do_not_specialize=["T", "NC"])
-def _fwd_kernel(
+def _chunk_compress_fwd_kernel(
     k,  # [B, T, H, DK] keys, strides (s_kb, s_kt, s_kh, s_kd)
     v,  # [B, T, H, DV] values, strides (s_vb, s_vt, s_vh, s_vd)
     q,  # [H, P, DK] pooling queries, strides (s_qh, s_qp, s_qd)
@@ -111,7 +111,7 @@ def _fwd_kernel(
 
 @triton.autotune(configs=_configs(), key=["C", "BP", "BK", "BV", "BT"])
 @triton.jit(do_not_specialize=["T", "NC"])
-def _bwd_kernel(
+def _chunk_compress_bwd_kernel(
     k,  # [B, T, H, DK] keys, strides (s_kb, s_kt, s_kh, s_kd)
     v,  # [B, T, H, DV] values, strides (s_vb, s_vt, s_vh, s_vd)
     q,  # [H, P, DK] pooling queries, strides (s_qh, s_qp, s_qd)
@@ -215,7 +215,7 @@ def _precision(dtype):
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def chunk_compress_fwd(k, v, q_pool, chunk_size, scale):
+def _fwd(k, v, q_pool, chunk_size, scale):
     """Launch the forward. Shapes as `chunk_compress`; returns (s_k, s_v, score)."""
     B, T, H, DK = k.shape
     DV, P, C = v.shape[-1], q_pool.shape[1], chunk_size
@@ -224,7 +224,7 @@ def chunk_compress_fwd(k, v, q_pool, chunk_size, scale):
     s_v = v.new_empty(B, NC, H, P, DV)
     score = k.new_empty(B, NC, H, P, dtype=torch.float32)
     BP, BT, BK, BV = _blocks(C, P, DK, DV)
-    _fwd_kernel[(NC, B * H)](
+    _chunk_compress_fwd_kernel[(NC, B * H)](
         k, v, q_pool, s_k, s_v, score, T, NC, scale,
         *k.stride(), *v.stride(), *q_pool.stride(),
         H=H, P=P, C=C, DK=DK, DV=DV, BP=BP, BT=BT, BK=BK, BV=BV,
@@ -233,7 +233,7 @@ def chunk_compress_fwd(k, v, q_pool, chunk_size, scale):
     return s_k, s_v, score
 
 
-def chunk_compress_bwd(k, v, q_pool, s_k, s_v, score, ds_k, ds_v, dscore, chunk_size, scale):
+def _bwd(k, v, q_pool, s_k, s_v, score, ds_k, ds_v, dscore, chunk_size, scale):
     """Launch the backward. Returns (dk, dv, dq_pool) in the dtypes of k, v, q_pool."""
     B, T, H, DK = k.shape
     DV, P, C = v.shape[-1], q_pool.shape[1], chunk_size
@@ -242,7 +242,7 @@ def chunk_compress_bwd(k, v, q_pool, s_k, s_v, score, ds_k, ds_v, dscore, chunk_
     dv = v.new_empty(B, T, H, DV)
     dq = k.new_empty(B, NC, H, P, DK, dtype=torch.float32)
     BP, BT, BK, BV = _blocks(C, P, DK, DV)
-    _bwd_kernel[(NC, B * H)](
+    _chunk_compress_bwd_kernel[(NC, B * H)](
         k, v, q_pool, s_k, s_v, score,
         ds_k.contiguous(), ds_v.contiguous(), dscore.contiguous(),
         dk, dv, dq, T, NC, scale,
@@ -253,13 +253,13 @@ def chunk_compress_bwd(k, v, q_pool, s_k, s_v, score, ds_k, ds_v, dscore, chunk_
     return dk, dv, dq.sum((0, 1)).to(q_pool.dtype)
 
 
-class ChunkCompressFunction(torch.autograd.Function):
+class ParallelChunkCompressFunction(torch.autograd.Function):
     """(k, v, q_pool) -> (s_k, s_v, score) with the Triton forward and backward."""
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, k, v, q_pool, chunk_size, scale):
-        s_k, s_v, score = chunk_compress_fwd(k, v, q_pool, chunk_size, scale)
+        s_k, s_v, score = _fwd(k, v, q_pool, chunk_size, scale)
         ctx.save_for_backward(k, v, q_pool, s_k, s_v, score)
         ctx.chunk_size, ctx.scale = chunk_size, scale
         return s_k, s_v, score
@@ -269,13 +269,14 @@ class ChunkCompressFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, ds_k, ds_v, dscore):
         k, v, q_pool, s_k, s_v, score = ctx.saved_tensors
-        dk, dv, dq = chunk_compress_bwd(k, v, q_pool, s_k, s_v, score, ds_k, ds_v, dscore,
-                                        ctx.chunk_size, ctx.scale)
+        dk, dv, dq = _bwd(k, v, q_pool, s_k, s_v, score, ds_k, ds_v, dscore, ctx.chunk_size,
+                          ctx.scale)
         return dk, dv, dq, None, None
 
 
-def chunk_compress_triton(k, v, q_pool, chunk_size, scale=None):
-    """The Triton path of `chunk_compress`, differentiable; no input checks."""
+def parallel_chunk_compress(k, v, q_pool, chunk_size, scale=None):
+    """The Triton path of `chunk_compress` (every chunk pooled independently, in parallel),
+    differentiable; no input checks."""
     if scale is None:
         scale = 1.0 / math.sqrt(k.shape[-1])
-    return ChunkCompressFunction.apply(k, v, q_pool, chunk_size, float(scale))
+    return ParallelChunkCompressFunction.apply(k, v, q_pool, chunk_size, float(scale))
