@@ -33,7 +33,7 @@ bench-cpu: $(STAMP)
 	$(PY) benchmarks/bench_selective_scan_cpu.py
 
 lint: $(STAMP)
-	$(PY) -m pip install -q ruff && $(PY) -m ruff check .
+	$(PY) -m ruff check .
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -31,7 +31,7 @@ setup(
         "tqdm",  # progress bars of long evaluations
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "hypothesis"],
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "ruff"],
         "bench": ["pytest-benchmark"],
         "plot": ["matplotlib"],
     },

@@ -69,7 +69,7 @@ class _Event:
     def synchronize(self):
         pass
 
-    def elapsed_time(self, end: "_Event") -> float:
+    def elapsed_time(self, end: _Event) -> float:
         return (end.t - self.t) * 1e3
 
 

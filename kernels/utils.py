@@ -17,8 +17,9 @@ import logging
 import math
 import os
 import shutil
+from collections.abc import Sequence
 from numbers import Integral, Real
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Union
 
 import torch
 
@@ -183,7 +184,7 @@ def is_interpreter() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def triton_available() -> bool:
     try:
         import triton  # noqa: F401
@@ -224,7 +225,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compiler_available() -> bool:
     """True when torch.compile can generate CPU code here (a C++ compiler is on PATH)."""
     return any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))
@@ -283,6 +284,6 @@ def log_compile_fallback_once() -> None:
         _log_once("no C++ compiler found: the CPU fast path runs eagerly (slower)")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _log_once(message: str) -> None:
     logger.warning(message)

@@ -34,7 +34,7 @@ import os
 import re
 import secrets
 from collections import OrderedDict
-from typing import Any, Dict, Optional
+from typing import Any, Optional
 
 import torch
 
@@ -54,7 +54,7 @@ class CheckpointError(ValueError):
         super().__init__(f"checkpoint {self.path}: {problem}")
 
 
-def write_checkpoint(path, kind: str, payload: Dict[str, Any]) -> None:
+def write_checkpoint(path, kind: str, payload: dict[str, Any]) -> None:
     """Save `payload` at `path` atomically, with the format marker and checksum.
 
     Args:
@@ -91,7 +91,7 @@ def write_checkpoint(path, kind: str, payload: Dict[str, Any]) -> None:
     _sync_folder(os.path.dirname(os.path.abspath(path)))
 
 
-def read_checkpoint(path, kind: Optional[str] = None) -> Dict[str, Any]:
+def read_checkpoint(path, kind: Optional[str] = None) -> dict[str, Any]:
     """The payload saved by `write_checkpoint`, verified.
 
     Args:
@@ -136,14 +136,14 @@ def read_checkpoint(path, kind: Optional[str] = None) -> Dict[str, Any]:
     return payload
 
 
-def checksum(kind: str, payload: Dict[str, Any]) -> str:
+def checksum(kind: str, payload: dict[str, Any]) -> str:
     """The sha256 hex digest of `kind` and `payload` (see the module docstring)."""
     h = hashlib.sha256(f"{FORMAT}:{kind}\n".encode())
     _digest(payload, "payload", h)
     return h.hexdigest()
 
 
-def expect_same(path, what: str, saved: Dict[str, Any], current: Dict[str, Any]) -> None:
+def expect_same(path, what: str, saved: dict[str, Any], current: dict[str, Any]) -> None:
     """Raise CheckpointError when the plain dicts `saved` (from the file at `path`) and
     `current` differ, listing each differing key with both values."""
     diff = [f"{k}: saved {saved.get(k, '<absent>')!r}, given {current.get(k, '<absent>')!r}"
@@ -153,14 +153,14 @@ def expect_same(path, what: str, saved: Dict[str, Any], current: Dict[str, Any])
         raise CheckpointError(path, f"saved with another {what} ({'; '.join(diff)})")
 
 
-def rng_states() -> Dict[str, Any]:
+def rng_states() -> dict[str, Any]:
     """The global random states: torch's CPU generator and, where CUDA is in use, every
     device's generator."""
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     return {"torch": torch.get_rng_state(), "cuda": cuda}
 
 
-def set_rng_states(states: Dict[str, Any]) -> None:
+def set_rng_states(states: dict[str, Any]) -> None:
     """Restore what `rng_states` returned (the CUDA states where CUDA is available)."""
     torch.set_rng_state(states["torch"])
     if states.get("cuda") is not None and torch.cuda.is_available():

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import List, Optional, Set, Union
+from typing import Optional, Union
 
 # The valid `ltm_controller` names: the built-in controllers of memmodel.controllers, and
 # every name given to its `register_controller`.
-CONTROLLER_NAMES: Set[str] = {"none", "fifo", "importance", "store_all", "qlearning"}
+CONTROLLER_NAMES: set[str] = {"none", "fifo", "importance", "store_all", "qlearning"}
 
 
 @dataclass
@@ -75,7 +75,7 @@ class MemoryConfig:
     ltm_chunk_size: int = 256
     ltm_summaries: int = 4
     ltm_levels: int = 2
-    ltm_capacity: Union[int, List[int]] = 256
+    ltm_capacity: Union[int, list[int]] = 256
     ltm_merge: int = 4
 
     def __post_init__(self):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sysconfig
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Optional
 
 import torch
 
@@ -60,7 +60,7 @@ class ByteCorpus:
         raw = torch.frombuffer(bytearray(load_corpus() if data is None else data),
                                dtype=torch.uint8)
         n = raw.numel()
-        self.splits: Dict[str, torch.Tensor] = {
+        self.splits: dict[str, torch.Tensor] = {
             name: raw[int(lo * n): int(hi * n)] for name, (lo, hi) in SPLITS.items()
         }
 
@@ -70,7 +70,7 @@ class ByteCorpus:
         batch_size: int,
         seq_len: int,
         generator: Optional[torch.Generator] = None,
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Random windows: x [batch_size, seq_len] int64 and y = the next byte of each."""
         if split not in self.splits:
             raise ValueError(f"split: expected one of {tuple(self.splits)}, got {split!r}")

@@ -23,7 +23,7 @@ import resource
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -37,7 +37,7 @@ log = logging.getLogger("memmodel.evaluation")
 Z_95 = 1.959963984540054  # the standard normal's 97.5% quantile
 
 
-def wilson_interval(successes: int, n: int, z: float = Z_95) -> Tuple[float, float]:
+def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
     """The Wilson score interval of a binomial proportion (95% by default).
 
     Args:
@@ -66,7 +66,7 @@ def wilson_interval(successes: int, n: int, z: float = Z_95) -> Tuple[float, flo
 
 
 def depth_histogram(depth: torch.Tensor, correct: torch.Tensor, bins: int = 5
-                    ) -> List[Dict[str, float]]:
+                    ) -> list[dict[str, float]]:
     """Accuracy by depth over `bins` equal bins of [0, 1].
 
     Args:
@@ -108,7 +108,7 @@ def _sync(device: torch.device):
 @torch.no_grad()
 def stream_answer_logits(model: MemoryLM, input_ids: torch.Tensor, answer_pos: torch.Tensor,
                          segment: int = 4096, state: Optional[MemoryState] = None,
-                         progress=None) -> Tuple[torch.Tensor, MemoryState, float]:
+                         progress=None) -> tuple[torch.Tensor, MemoryState, float]:
     """Feed `input_ids` to the model in segments and keep the logits at `answer_pos` only.
 
     The caller sets the model's mode (`evaluate_stream` puts it in eval mode).
@@ -195,7 +195,7 @@ class StreamResult:
     token_accuracy: float
     answer_loss: float
     chance: float
-    depth_bins: List[Dict[str, Any]] = field(default_factory=list)
+    depth_bins: list[dict[str, Any]] = field(default_factory=list)
     entries: float = 0.0
     state_bytes: float = 0.0
     tokens_per_s: float = 0.0
@@ -203,7 +203,7 @@ class StreamResult:
     peak_rss_mb: float = 0.0
     rss_increase_mb: float = 0.0
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import List, NamedTuple, Optional, Union
+from typing import NamedTuple, Optional, Union
 
 import numpy as np
 import torch
@@ -118,7 +118,7 @@ class LongTermMemory(nn.Module):
 
     def __init__(self, d_model: int, controller: Union[str, MemoryController] = "fifo",
                  heads: int = 4, head_dim: Optional[int] = None, chunk_size: int = 256,
-                 summaries: int = 4, levels: int = 2, capacity: Union[int, List[int]] = 256,
+                 summaries: int = 4, levels: int = 2, capacity: Union[int, list[int]] = 256,
                  merge: int = 4, backend: str = "auto", n_layers: int = 1, device=None,
                  dtype=None):
         super().__init__()
@@ -152,7 +152,7 @@ class LongTermMemory(nn.Module):
 
     @classmethod
     def from_config(cls, config: MemoryConfig, controller: Optional[MemoryController] = None,
-                    device=None, dtype=None) -> "LongTermMemory":
+                    device=None, dtype=None) -> LongTermMemory:
         """The long-term memory of a model: d_model, n_layers, the ltm_* fields and backend
         from `config`; `controller` overrides `config.ltm_controller`."""
         c = config

@@ -15,7 +15,7 @@ import json
 import math
 import os
 import secrets
-from typing import Any, Dict, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 import torch.nn as nn
@@ -150,7 +150,7 @@ class Block(nn.Module):
         place(self, device, dtype, keep_float32=("A_log", "D", "dt_bias"))
 
     @classmethod
-    def from_config(cls, config: MemoryConfig, device=None, dtype=None) -> "Block":
+    def from_config(cls, config: MemoryConfig, device=None, dtype=None) -> Block:
         options = {k: v for k, v in config.to_dict().items() if k != "d_model"}
         return cls(config.d_model, device=device, dtype=dtype, **options)
 
@@ -440,7 +440,7 @@ class MemoryLM(nn.Module):
                  lambda tmp: _write_text(tmp, json.dumps(meta, indent=2)))
 
     @classmethod
-    def from_pretrained(cls, path, device=None) -> "MemoryLM":
+    def from_pretrained(cls, path, device=None) -> MemoryLM:
         """A model written by `save_pretrained`, in eval mode (greedy controllers).
 
         Raises:
@@ -486,7 +486,7 @@ class MemoryLM(nn.Module):
             model.to(device)
         return model.eval()
 
-    def state_signature(self) -> Dict[str, Any]:
+    def state_signature(self) -> dict[str, Any]:
         """The sizes that shape this model's MemoryState (a state records them)."""
         c = self.config
         sig = {name: getattr(c, name) for name in ("n_layers", "d_model", "d_state", "d_conv",

@@ -78,7 +78,7 @@ class SelectiveSSM(nn.Module):
         place(self, device, dtype, keep_float32=("A_log", "D", "dt_bias"))
 
     @classmethod
-    def from_config(cls, config: MemoryConfig, device=None, dtype=None) -> "SelectiveSSM":
+    def from_config(cls, config: MemoryConfig, device=None, dtype=None) -> SelectiveSSM:
         """The mixer of a model: d_model, d_state, d_conv, expand, n_groups, dt_rank,
         dt_min, dt_max, dt_init_floor, scan_chunk_size and backend from `config`."""
         c = config

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Optional
 
 import torch
 
@@ -52,7 +52,7 @@ class LTMState:
         """[B, M] bool (host): the slots holding an entry."""
         return self.level >= 0
 
-    def detach(self) -> "LTMState":
+    def detach(self) -> LTMState:
         """Detach every device tensor in place; returns self."""
         for name in ("k", "v", "score", "usage", "pending_k", "pending_v"):
             setattr(self, name, getattr(self, name).detach())
@@ -73,7 +73,7 @@ class LayerState:
 
     conv: Optional[torch.Tensor] = None
     ssm: Optional[torch.Tensor] = None
-    wm: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+    wm: Optional[tuple[torch.Tensor, torch.Tensor]] = None
     ltm: Optional[LTMState] = None
 
 
@@ -90,15 +90,15 @@ class MemoryState:
     tensors do not fit it.
     """
 
-    layers: List[LayerState] = field(default_factory=list)
+    layers: list[LayerState] = field(default_factory=list)
     position: int = 0
-    signature: Optional[Dict[str, Any]] = None
+    signature: Optional[dict[str, Any]] = None
 
     @classmethod
-    def empty(cls, n_layers: int) -> "MemoryState":
+    def empty(cls, n_layers: int) -> MemoryState:
         return cls(layers=[LayerState() for _ in range(n_layers)])
 
-    def tensors(self) -> List[torch.Tensor]:
+    def tensors(self) -> list[torch.Tensor]:
         """Every tensor the state holds (the controllers' per-stream records aside)."""
         out = []
         for layer in self.layers:
@@ -113,7 +113,7 @@ class MemoryState:
         """Bytes held by the state's tensors, all rows together."""
         return sum(t.numel() * t.element_size() for t in self.tensors())
 
-    def detach(self) -> "MemoryState":
+    def detach(self) -> MemoryState:
         """Detach every tensor in place; returns self."""
         for layer in self.layers:
             if layer.conv is not None:

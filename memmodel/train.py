@@ -19,7 +19,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -59,7 +59,7 @@ FINITE_POSITIVE = (lambda v: _finite(v) and v > 0, "a finite positive number")
 POSITIVE = (lambda v: _number(v) and v > 0, "a positive number")
 
 
-def or_none(rule: Tuple[Callable[[Any], bool], str]) -> Tuple[Callable[[Any], bool], str]:
+def or_none(rule: tuple[Callable[[Any], bool], str]) -> tuple[Callable[[Any], bool], str]:
     test, expected = rule
     return (lambda v: v is None or test(v), f"{expected} or None")
 
@@ -147,7 +147,7 @@ def check_checkpointing(config):
                          f"checkpoint path, got {config.checkpoint_every!r}")
 
 
-def settings(config) -> Dict[str, Any]:
+def settings(config) -> dict[str, Any]:
     """A loop config as plain data, for a checkpoint (the path as a str)."""
     out = asdict(config)
     if out.get("checkpoint") is not None:
@@ -155,7 +155,7 @@ def settings(config) -> Dict[str, Any]:
     return out
 
 
-def check_fields(config, rules: Dict[str, Tuple[Callable[[Any], bool], str]]):
+def check_fields(config, rules: dict[str, tuple[Callable[[Any], bool], str]]):
     """Raise ValueError naming the first field of `config` that breaks its rule."""
     for name, (test, expected) in rules.items():
         value = getattr(config, name)
@@ -223,7 +223,7 @@ class TrainResult:
 
     val_loss_start: float
     val_loss_end: float
-    train_losses: List[float] = field(default_factory=list)
+    train_losses: list[float] = field(default_factory=list)
     steps: int = 0
     tokens_per_s: float = 0.0
     compile_s: float = 0.0

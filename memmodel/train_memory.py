@@ -32,7 +32,7 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
-from typing import Dict, List, Optional
+from typing import Optional
 
 import torch
 
@@ -138,8 +138,8 @@ class MemoryTrainResult:
     final: `evaluate_memory` after training."""
 
     steps: int = 0
-    history: List[Dict[str, float]] = field(default_factory=list)
-    final: Dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    final: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
 
@@ -211,7 +211,7 @@ def learning_controllers(model: MemoryLM) -> list:
 
 @torch.no_grad()
 def evaluate_memory(model: MemoryLM, task: Task, batches: int = 4, batch_size: int = 16,
-                    seed: int = 1234) -> Dict[str, float]:
+                    seed: int = 1234) -> dict[str, float]:
     """Greedy controllers on fixed batches (the same for every call with this seed).
 
     Returns:
@@ -396,7 +396,7 @@ def _restore(path, model: MemoryLM, task: Task, tc: MemoryTrainConfig,
 def save_checkpoint(path, model: MemoryLM, task: Task, tc: MemoryTrainConfig,
                     step: int, optimizer: Optional[torch.optim.Optimizer] = None,
                     generator: Optional[torch.Generator] = None,
-                    log_window: Optional[List[Dict[str, float]]] = None):
+                    log_window: Optional[list[dict[str, float]]] = None):
     """Save the model, its config and optimiser, the controller with its state, the task,
     the train settings, the data position (step, batch generator, the steps not yet
     logged) and the random states as a "memory" checkpoint (`memmodel.checkpoint`: plain

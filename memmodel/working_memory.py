@@ -67,7 +67,7 @@ class WorkingMemory(nn.Module):
         place(self, device, dtype)
 
     @classmethod
-    def from_config(cls, config: MemoryConfig, device=None, dtype=None) -> "WorkingMemory":
+    def from_config(cls, config: MemoryConfig, device=None, dtype=None) -> WorkingMemory:
         c = config
         return cls(c.d_model, slots=c.wm_slots, heads=c.wm_heads, head_dim=c.wm_head_dim,
                    backend=c.backend, n_layers=c.n_layers, device=device, dtype=dtype)

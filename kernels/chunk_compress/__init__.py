@@ -11,7 +11,7 @@ PyTorch reference in `ref.py`.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 
@@ -38,7 +38,7 @@ def chunk_compress(
     chunk_size: int,
     scale: Optional[float] = None,
     backend: str = "auto",
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Compress each chunk of `chunk_size` tokens into P summaries per head.
 
     Chunk c holds the tokens [c C, min((c + 1) C, T)): a partial last chunk pools over

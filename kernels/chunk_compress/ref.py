@@ -14,7 +14,7 @@ real tokens only. Everything is computed in float32.
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 
@@ -25,7 +25,7 @@ def chunk_compress_ref(
     q_pool: torch.Tensor,
     chunk_size: int,
     scale: Optional[float] = None,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Attention pooling of each chunk of `chunk_size` tokens into P summaries per head.
 
     Args:

@@ -15,7 +15,7 @@ states; the slots passed in are not modified).
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 
@@ -42,7 +42,7 @@ __all__ = [
     "chunk_gated_cache_write",
 ]
 
-State = Tuple[torch.Tensor, torch.Tensor]
+State = tuple[torch.Tensor, torch.Tensor]
 TRITON_CHUNK = 64  # tokens per chunk of the Triton backend by default
 TRITON_MAX_WIDTH = 128  # S, Dk and Dv: the Triton kernels hold [S, D] slot tiles in registers
 
@@ -82,7 +82,7 @@ def gated_cache_write(
     validate: bool = True,
     backend: str = "auto",
     chunk_size: Optional[int] = None,
-) -> Tuple[torch.Tensor, Optional[State]]:
+) -> tuple[torch.Tensor, Optional[State]]:
     """Write every token into a gated slot cache and read it back, differentiable in every
     tensor input (the initial slots included).
 
@@ -172,7 +172,7 @@ def gated_cache_step(
     scale: Optional[float] = None,
     validate: bool = True,
     backend: str = "auto",
-) -> Tuple[torch.Tensor, State]:
+) -> tuple[torch.Tensor, State]:
     """One decode step: write one token per sequence, read, return the new slots.
 
     The slots passed in are not modified (as fla's recurrent kernels return their final

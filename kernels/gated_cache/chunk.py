@@ -36,7 +36,7 @@ below) instead of the usual reverse cumsum of dlog(1 - w), which would divide by
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 import triton
@@ -629,7 +629,7 @@ def chunk_gated_cache_write(
     v: torch.Tensor,
     w: torch.Tensor,
     scale: Optional[float] = None,
-    initial_state: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+    initial_state: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
     output_final_state: bool = False,
     cu_seqlens: Optional[torch.Tensor] = None,
     chunk_size: int = 64,

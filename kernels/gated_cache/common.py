@@ -5,7 +5,7 @@ chunk bookkeeping."""
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Optional, Tuple
+from typing import Optional
 
 import torch
 import triton
@@ -22,7 +22,7 @@ class FlatInputs:
     v: torch.Tensor
     w: torch.Tensor
     cu_seqlens: torch.Tensor
-    lengths: Tuple[int, ...]
+    lengths: tuple[int, ...]
 
     @property
     def num_seqs(self) -> int:
@@ -32,7 +32,7 @@ class FlatInputs:
     def max_len(self) -> int:
         return max(self.lengths)
 
-    def with_tensors(self, q, k, v, w) -> "FlatInputs":
+    def with_tensors(self, q, k, v, w) -> FlatInputs:
         return dataclasses.replace(self, q=q, k=k, v=v, w=w)
 
 
@@ -52,7 +52,7 @@ def flatten_inputs(q, k, v, w, cu_seqlens: Optional[torch.Tensor]) -> FlatInputs
     return FlatInputs(_flat(q), _flat(k), _flat(v), _flat(w), cu, lengths)
 
 
-def block_sizes(S: int, DK: int, DV: int) -> Tuple[int, int, int]:
+def block_sizes(S: int, DK: int, DV: int) -> tuple[int, int, int]:
     """Power-of-two register tiles, at least 16 wide (the smallest tl.dot operand)."""
     return tuple(max(16, triton.next_power_of_2(n)) for n in (S, DK, DV))
 
@@ -69,13 +69,13 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def chunk_layout(lengths, bt: int, device) -> Tuple[torch.Tensor, torch.Tensor, int]:
+def chunk_layout(lengths, bt: int, device) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Chunks of `bt` tokens, each sequence starting a new chunk.
 
     Returns chunk_offsets [N + 1] int32 (the first global chunk of each sequence),
     chunk_indices [NT, 2] int32 ((sequence, chunk within it) of each global chunk), NT.
     """
-    counts: List[int] = [triton.cdiv(n, bt) for n in lengths]
+    counts: list[int] = [triton.cdiv(n, bt) for n in lengths]
     offsets = [0]
     for c in counts:
         offsets.append(offsets[-1] + c)

@@ -12,7 +12,7 @@ slots in float32.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 
@@ -161,7 +161,7 @@ def cpu_gated_cache_write(
     output_final_state: bool = False,
     cu_seqlens: Optional[torch.Tensor] = None,
     chunk_size: Optional[int] = None,
-) -> Tuple[torch.Tensor, Optional[State]]:
+) -> tuple[torch.Tensor, Optional[State]]:
     """The CPU fast path: same arguments and results as `gated_cache_write_ref`;
     chunk_size: tokens per chunk, None for `default_chunk_size`.
 

@@ -18,7 +18,7 @@ this is the kernel for short sequences and decoding; `chunk.py` is the one for l
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 import triton
@@ -333,7 +333,7 @@ def fused_recurrent_gated_cache_write(
     v: torch.Tensor,
     w: torch.Tensor,
     scale: Optional[float] = None,
-    initial_state: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+    initial_state: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
     output_final_state: bool = False,
     cu_seqlens: Optional[torch.Tensor] = None,
 ):

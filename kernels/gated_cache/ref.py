@@ -17,11 +17,11 @@ than turning NaN through 0 * inf.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 
-State = Tuple[torch.Tensor, torch.Tensor]
+State = tuple[torch.Tensor, torch.Tensor]
 
 
 def written(w_e, x):
@@ -96,7 +96,7 @@ def gated_cache_write_ref(
     initial_state: Optional[State] = None,
     output_final_state: bool = False,
     cu_seqlens: Optional[torch.Tensor] = None,
-) -> Tuple[torch.Tensor, Optional[State]]:
+) -> tuple[torch.Tensor, Optional[State]]:
     """The oracle: a per-token loop in float32, differentiated by autograd.
 
     Args and Returns: as `memmodel.kernels.gated_cache.gated_cache_write`

@@ -13,7 +13,7 @@ PyTorch reference in `ref.py`.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 
@@ -53,7 +53,7 @@ def memory_retrieve(
     mem_end: torch.Tensor,
     scale: Optional[float] = None,
     backend: str = "auto",
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Attend from every token to the memory entries live at its position.
 
     Entry m of batch row b is visible to the tokens t (0-based positions in this call)

@@ -15,7 +15,7 @@ values (NaN and inf included). Everything is computed in float32; memory is O(B 
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 
@@ -41,7 +41,7 @@ def memory_retrieve_ref(
     mem_start: torch.Tensor,
     mem_end: torch.Tensor,
     scale: Optional[float] = None,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense masked softmax attention of each token over the entries visible to it.
 
     Args:

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 
@@ -70,7 +70,7 @@ def selective_scan(
     cu_seqlens: Optional[torch.Tensor] = None,
     backend: str = "auto",
     chunk_size: Optional[int] = None,
-) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Selective scan over a batch of sequences, differentiable in every tensor input.
 
     Args:

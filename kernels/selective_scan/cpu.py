@@ -11,7 +11,7 @@ float32.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 
@@ -152,7 +152,7 @@ def cpu_selective_scan(
     output_final_state: bool = False,
     cu_seqlens: Optional[torch.Tensor] = None,
     chunk_size: int = 32,
-) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """The CPU fast path: same arguments and results as `selective_scan_ref`.
 
     Memory: the forward keeps one [B, E, N] float32 state per chunk; the backward holds one

@@ -17,7 +17,7 @@ float32.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -99,7 +99,7 @@ def selective_scan_ref(
     initial_state: Optional[torch.Tensor] = None,
     output_final_state: bool = False,
     cu_seqlens: Optional[torch.Tensor] = None,
-) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """The oracle: a per-token loop in float32, differentiated by autograd.
 
     Args and Returns: as `memmodel.kernels.selective_scan.selective_scan`

@@ -35,9 +35,10 @@ learner) and `registry` (`CONTROLLERS`, `register_controller`, `build_controller
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn as nn

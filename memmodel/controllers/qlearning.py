@@ -45,7 +45,7 @@ import copy
 import enum
 import math
 from dataclasses import asdict
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, NamedTuple, Optional
 
 import torch
 import torch.nn as nn
@@ -122,13 +122,13 @@ class ReplayBuffer:
         idx = torch.randint(0, self.size, (n,), generator=generator)
         return Transitions(*(t[idx] for t in self.data))
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         data = None if self.data is None else {k: t[: self.size].clone()
                                                for k, t in self.data._asdict().items()}
         return {"capacity": self.capacity, "size": self.size, "cursor": self.cursor,
                 "data": data}
 
-    def load_state_dict(self, state: Dict[str, Any]):
+    def load_state_dict(self, state: dict[str, Any]):
         if state["capacity"] != self.capacity:
             raise ValueError(f"ReplayBuffer.load_state_dict: expected capacity {self.capacity}, "
                              f"got {state['capacity']}")
@@ -165,7 +165,7 @@ class QNetwork(nn.Module):
 
 def nstep_returns(rewards: torch.Tensor, n: int, gamma: float,
                   cut: Optional[torch.Tensor] = None
-                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """n-step returns of whole episodes, cut short where exploration took over.
 
     The return of step c sums the rewards of steps c, c + 1, ... up to (not including)
@@ -278,12 +278,12 @@ class QLearner:
             self.target.load_state_dict(self.online.state_dict())
         return loss.item()
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         return {"online": self.online.state_dict(), "target": self.target.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "buffer": self.buffer.state_dict(),
                 "generator": self.generator.get_state(), "updates": self.updates}
 
-    def load_state_dict(self, state: Dict[str, Any]):
+    def load_state_dict(self, state: dict[str, Any]):
         self.online.load_state_dict(state["online"])
         self.target.load_state_dict(state["target"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -366,16 +366,16 @@ class Episode:
         self.generator.set_state(rng)
 
     def clear(self):
-        self.scores: List[torch.Tensor] = []  # the summaries' scores, for the statistics
-        self.positions: List[int] = []
-        self.live: List[torch.Tensor] = []
-        self.read: List[torch.Tensor] = []
-        self.explored: List[torch.Tensor] = []
-        self.first_x: List[torch.Tensor] = []
-        self.first_mask: List[torch.Tensor] = []
-        self.step: List[int] = []
-        self.x: List[torch.Tensor] = []
-        self.rows: List[torch.Tensor] = []
+        self.scores: list[torch.Tensor] = []  # the summaries' scores, for the statistics
+        self.positions: list[int] = []
+        self.live: list[torch.Tensor] = []
+        self.read: list[torch.Tensor] = []
+        self.explored: list[torch.Tensor] = []
+        self.first_x: list[torch.Tensor] = []
+        self.first_mask: list[torch.Tensor] = []
+        self.step: list[int] = []
+        self.x: list[torch.Tensor] = []
+        self.rows: list[torch.Tensor] = []
 
     def add(self, x: torch.Tensor, rows: torch.Tensor):
         self.step.append(len(self.positions) - 1)
@@ -571,7 +571,7 @@ class QLearningController(MemoryController):
                   if loss is not None]
         return sum(losses) / len(losses) if losses else None
 
-    def training_state(self) -> Dict[str, Any]:
+    def training_state(self) -> dict[str, Any]:
         """Everything needed to go on learning: networks, optimiser, buffer, statistics,
         random state, the exploration step (epsilon follows from it) and the configs;
         tensors and plain data only (`torch.load(weights_only=True)` reads it). Not the
@@ -581,7 +581,7 @@ class QLearningController(MemoryController):
                 "scores": (self.scores.count, self.scores.mean, self.scores.m2),
                 "generator": self.generator.get_state()}
 
-    def load_training_state(self, state: Dict[str, Any]):
+    def load_training_state(self, state: dict[str, Any]):
         """Restore `training_state()`."""
         if state["feature_dim"] != self.feature_dim:
             raise ValueError(f"QLearningController.load_training_state: expected features of width "
@@ -593,7 +593,7 @@ class QLearningController(MemoryController):
         self.scores.count, self.scores.mean, self.scores.m2 = state["scores"]
         self.generator.set_state(state["generator"])
 
-    def policy_state(self) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor]]:
+    def policy_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         """What acting greedily needs, as (plain data, tensors): the configs, the score
         statistics, the number of Q updates, and the online and target networks' weights.
         Not the optimiser, the replay buffer or the random state (`training_state` has
@@ -606,7 +606,7 @@ class QLearningController(MemoryController):
                    for name, t in getattr(self.learner, net).state_dict().items()}
         return plain, tensors
 
-    def load_policy_state(self, plain: Dict[str, Any], tensors: Dict[str, torch.Tensor]):
+    def load_policy_state(self, plain: dict[str, Any], tensors: dict[str, torch.Tensor]):
         """Restore `policy_state()`; the learner's optimiser and buffer start afresh."""
         if plain["feature_dim"] != self.feature_dim:
             raise ValueError(f"QLearningController.load_policy_state: expected features of "
@@ -649,7 +649,7 @@ class QLearningController(MemoryController):
 
     def _choose(self, x: torch.Tensor, mask: torch.Tensor,
                 generator: Optional[torch.Generator] = None
-                ) -> Tuple[torch.Tensor, torch.Tensor]:
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Epsilon-greedy over the masked candidates x [N, K, F]: the picks [N] (0 where
         none is valid) and [N] bool, whether a pick is a random one other than the greedy.
         Random draws come from `generator` (the stream's; default the controller's)."""

@@ -6,7 +6,7 @@ the list of names, since it imports nothing of the package).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Optional
 
 from ..config import CONTROLLER_NAMES
 from .base import MemoryController
@@ -19,7 +19,7 @@ from .heuristics import (
 from .qlearning import QLearningController
 
 # name -> factory(config): every entry returns a MemoryController built from the config.
-CONTROLLERS: Dict[str, Callable[..., MemoryController]] = {
+CONTROLLERS: dict[str, Callable[..., MemoryController]] = {
     "none": NoMemoryController,
     "fifo": FifoController,
     "importance": ImportanceController,

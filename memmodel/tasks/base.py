@@ -18,7 +18,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-from typing import Any, ClassVar, Dict, Iterator, NamedTuple, Optional, Tuple
+from collections.abc import Iterator
+from typing import Any, ClassVar, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -67,7 +68,7 @@ class QueryScores(NamedTuple):
 
 
 def answer_metrics(logits: torch.Tensor, labels: torch.Tensor
-                   ) -> Tuple[torch.Tensor, torch.Tensor]:
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row loss and accuracy on the answer tokens (labels != IGNORE).
 
     Args:
@@ -231,7 +232,7 @@ class Task:
             yield self.sample(batch_size, split=split, index=index)
             index += 1
 
-    def spec(self) -> Dict[str, Any]:
+    def spec(self) -> dict[str, Any]:
         """The task as plain data: every parameter, plus what it implies (descriptive keys
         SPEC_KEYS, which `task_from_spec` checks but does not need)."""
         out = {"name": self.name, "format": self.format, "vocab_size": VOCAB_SIZE,
@@ -282,9 +283,9 @@ def check_bytes(owner: str, name: str, value, one: bool = False):
         raise ValueError(f"{owner}.{name}: expected distinct bytes, got {value!r}")
 
 
-def check_disjoint(owner: str, name: str, groups: Dict[str, str]):
+def check_disjoint(owner: str, name: str, groups: dict[str, str]):
     """No byte in two of the groups (name: the parameter the message names)."""
-    seen: Dict[str, str] = {}
+    seen: dict[str, str] = {}
     for group, chars in groups.items():
         for ch in chars:
             if ch in seen and seen[ch] != group:

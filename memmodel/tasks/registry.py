@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .base import SPEC_KEYS, Task
 from .needles import MultiNeedleTask
 from .passkey import PasskeyTask
 from .synthetic import InductionTask, MQARTask, SelectiveCopyTask
 
-TASKS: Dict[str, type] = {cls.name: cls for cls in (
+TASKS: dict[str, type] = {cls.name: cls for cls in (
     PasskeyTask, MultiNeedleTask, MQARTask, SelectiveCopyTask, InductionTask)}
 
 

@@ -44,7 +44,7 @@ import platform
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Optional
 
 import torch
 
@@ -126,15 +126,15 @@ class AblationSpec:
     at training length.
     """
 
-    variants: List[str] = field(default_factory=lambda: list(VARIANTS))
-    model: Dict[str, Any] = field(default_factory=_default_model)
-    wm: Dict[str, Any] = field(default_factory=_default_wm)
-    ltm: Dict[str, Any] = field(default_factory=_default_ltm)
-    train_tasks: List[Dict[str, Any]] = field(default_factory=_default_train_tasks)
-    train: Dict[str, Any] = field(default_factory=_default_train)
-    qlearning: Dict[str, Any] = field(default_factory=_default_qlearning)
-    eval_tasks: List[Dict[str, Any]] = field(default_factory=_default_eval_tasks)
-    eval_lengths: List[int] = field(default_factory=lambda: [1024, 4096, 16384, 65536])
+    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    model: dict[str, Any] = field(default_factory=_default_model)
+    wm: dict[str, Any] = field(default_factory=_default_wm)
+    ltm: dict[str, Any] = field(default_factory=_default_ltm)
+    train_tasks: list[dict[str, Any]] = field(default_factory=_default_train_tasks)
+    train: dict[str, Any] = field(default_factory=_default_train)
+    qlearning: dict[str, Any] = field(default_factory=_default_qlearning)
+    eval_tasks: list[dict[str, Any]] = field(default_factory=_default_eval_tasks)
+    eval_lengths: list[int] = field(default_factory=lambda: [1024, 4096, 16384, 65536])
     eval_n: int = 32
     eval_batch_size: int = 8
     segment: int = 4096
@@ -186,7 +186,7 @@ class AblationSpec:
                         f"(ltm_capacity {c.ltm_capacity}); expected more summaries than that")
 
     @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "AblationSpec":
+    def from_dict(cls, data: dict[str, Any]) -> AblationSpec:
         """A spec from plain data; missing fields and missing keys of the dict fields
         (model, wm, ltm, train, qlearning) take the defaults."""
         if not isinstance(data, dict):
@@ -207,14 +207,14 @@ class AblationSpec:
         return cls(**merged)
 
     @classmethod
-    def from_json(cls, path) -> "AblationSpec":
+    def from_json(cls, path) -> AblationSpec:
         with open(path, encoding="utf-8") as f:
             return cls.from_dict(json.load(f))
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return copy.deepcopy(dataclasses.asdict(self))
 
-    def resolved(self) -> Dict[str, Any]:
+    def resolved(self) -> dict[str, Any]:
         """The spec with every default filled in: full task specs, the Q-learning config,
         the training config; `from_dict` reads it back to the same runs."""
         out = self.to_dict()
@@ -252,10 +252,10 @@ class AblationSpec:
         except TypeError as e:
             raise ValueError(f"AblationSpec.qlearning: {e}") from e
 
-    def training_tasks(self) -> List[Task]:
+    def training_tasks(self) -> list[Task]:
         return [task_from_spec(s) for s in self.train_tasks]
 
-    def evaluation_tasks(self) -> List[Task]:
+    def evaluation_tasks(self) -> list[Task]:
         return [task_from_spec(s) for s in self.eval_tasks]
 
 
@@ -272,7 +272,7 @@ class TaskMix:
         tasks: the tasks, each with `sample(batch_size, generator, split=...)`.
     """
 
-    tasks: List[Task]
+    tasks: list[Task]
     name = "mix"
 
     @property
@@ -299,7 +299,7 @@ def train_variant(spec: AblationSpec, variant: str, checkpoint: Optional[str] = 
     return model, result
 
 
-def run_ablation(spec: AblationSpec, out, progress: bool = False) -> List[Dict[str, Any]]:
+def run_ablation(spec: AblationSpec, out, progress: bool = False) -> list[dict[str, Any]]:
     """Train and evaluate every variant of `spec`, writing the files listed in the module
     docstring under `out` (the JSON files rewritten after each evaluation, the table and
     the figure after each variant).
@@ -310,8 +310,8 @@ def run_ablation(spec: AblationSpec, out, progress: bool = False) -> List[Dict[s
     out = Path(out)
     (out / "models").mkdir(parents=True, exist_ok=True)
     _write_json(out / "spec.json", spec.resolved())
-    rows: List[Dict[str, Any]] = []
-    depth_rows: List[Dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    depth_rows: list[dict[str, Any]] = []
     for variant in spec.variants:
         log.info("== %s: training", variant)
         model, trained = train_variant(spec, variant, str(out / "models" / f"{variant}.pt"))
@@ -365,7 +365,7 @@ def provenance() -> str:
             f"Date: {when}\n")
 
 
-def markdown_table(rows: List[Dict[str, Any]]) -> str:
+def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The rows as one markdown table per task, with the provenance above them."""
     lines = ["# Memory ablation", "", provenance()]
     for task in dict.fromkeys(r["task"] for r in rows):
@@ -384,7 +384,7 @@ def markdown_table(rows: List[Dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_results(rows: List[Dict[str, Any]], path) -> bool:
+def plot_results(rows: list[dict[str, Any]], path) -> bool:
     """Accuracy against T (log x), a line per variant with its 95% interval, a panel per
     task, the chance level dashed. Returns False (and logs a warning) without matplotlib."""
     try:
