@@ -21,7 +21,7 @@ $(STAMP): $(PY) setup.py pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m memmodel.train --seconds $(DEMO_SECONDS)
+	$(PY) -m memmodel.training.lm --seconds $(DEMO_SECONDS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -40,7 +40,7 @@ import torch
 
 FORMAT = "memmodel.checkpoint"
 VERSION = 1
-KINDS = {"lm": "memmodel.train", "memory": "memmodel.train_memory"}
+KINDS = {"lm": "memmodel.training.lm", "memory": "memmodel.training.memory"}
 
 _PLAIN = (str, int, float, bool, type(None))
 
@@ -59,7 +59,7 @@ def write_checkpoint(path, kind: str, payload: dict[str, Any]) -> None:
 
     Args:
         path: the file (str or os.PathLike); its folder must exist.
-        kind: "lm" (memmodel.train) or "memory" (memmodel.train_memory).
+        kind: "lm" (memmodel.training.lm) or "memory" (memmodel.training.memory).
         payload: a dict of tensors and plain data (see the module docstring); anything
             else raises TypeError naming where it is, before any file is touched.
     """

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from memmodel.train_memory import load_checkpoint
 from memmodel.training.ablation import ROW_FIELDS, AblationSpec, main
+from memmodel.training.memory import load_checkpoint
 
 TINY = dict(
     variants=["ssm", "fifo"],

@@ -16,7 +16,7 @@ from memmodel.config import MemoryConfig, QLearningConfig
 from memmodel.controllers import QLearningController
 from memmodel.model import MemoryLM
 from memmodel.tasks import PasskeyTask
-from memmodel.train_memory import (
+from memmodel.training.memory import (
     MemoryTrainConfig,
     attach_controller,
     load_checkpoint,

@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 from helpers import assert_close
+from passkey_reader import passkey_reader
 
 from memmodel.config import MemoryConfig, QLearningConfig
 from memmodel.controllers import (
@@ -33,11 +34,10 @@ from memmodel.long_term_memory import LongTermMemory
 from memmodel.model import MemoryLM
 from memmodel.state import LayerState
 from memmodel.tasks import PasskeyTask, answer_metrics, key_kept
-from memmodel.train_memory import (
+from memmodel.training.memory import (
     MemoryTrainConfig,
     evaluate_memory,
     load_checkpoint,
-    passkey_reader,
     train_memory,
 )
 

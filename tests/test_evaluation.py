@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from passkey_reader import passkey_reader
 
 from memmodel.config import MemoryConfig
 from memmodel.evaluation import (
@@ -15,7 +16,6 @@ from memmodel.evaluation import (
 )
 from memmodel.model import MemoryLM
 from memmodel.tasks import MultiNeedleTask, PasskeyTask, query_metrics
-from memmodel.train_memory import passkey_reader
 
 PASSKEY = PasskeyTask(seq_len=127, chunk_size=16, key_len=1)
 NEEDLES = MultiNeedleTask(seq_len=160, n_facts=4, n_decoys=2, n_queries=2)

@@ -11,7 +11,7 @@ from memmodel.data import ByteCorpus
 from memmodel.model import MemoryLM
 from memmodel.ssm import SelectiveSSM
 from memmodel.state import LayerState
-from memmodel.train import TrainConfig, train
+from memmodel.training.lm import TrainConfig, train
 
 SMALL = dict(d_model=32, n_layers=2, d_state=8, backend="torch")
 

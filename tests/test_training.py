@@ -11,17 +11,17 @@ import re
 import pytest
 import torch
 
-import memmodel.train as train_module
+import memmodel.training.lm as train_module
 from memmodel.checkpoint import CheckpointError, read_checkpoint
 from memmodel.config import MemoryConfig, QLearningConfig
 from memmodel.controllers import QLearningController
 from memmodel.data import ByteCorpus
 from memmodel.model import MemoryLM
 from memmodel.tasks import PasskeyTask
-from memmodel.train import TrainConfig, train
-from memmodel.train import main as lm_main
-from memmodel.train_memory import MemoryTrainConfig, train_memory
-from memmodel.train_memory import main as memory_main
+from memmodel.training.lm import TrainConfig, train
+from memmodel.training.lm import main as lm_main
+from memmodel.training.memory import MemoryTrainConfig, train_memory
+from memmodel.training.memory import main as memory_main
 
 NAN, INF = float("nan"), float("inf")
 

@@ -398,7 +398,7 @@ class QLearningController(MemoryController):
     `policy_state()` what acting greedily needs. While
     training (the default), every decision is recorded in the stream's `Episode`;
     `finish(ltm_state, task_reward)` turns an ended stream into transitions and
-    `update()` takes a Q step. See `memmodel.train_memory` for the loop.
+    `update()` takes a Q step. See `memmodel.training.memory` for the loop.
 
     Example:
         >>> cfg = MemoryConfig(d_model=16, ltm_controller="qlearning", ltm_heads=1,

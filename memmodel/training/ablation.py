@@ -12,7 +12,7 @@ Variants (`VARIANTS`), all from one `AblationSpec`:
                 + long-term memory run by that controller
     full        working memory + long-term memory + qlearning
 
-Each is built from the same seed and trained by `memmodel.train_memory.train_memory` for
+Each is built from the same seed and trained by `memmodel.training.memory.train_memory` for
 the same budget (steps and seconds) on the same batches (one seed, the training split of
 the spec's task mix); a Q-learning controller learns alongside. The long-term memory's
 capacity binds at training length: the spec refuses sizes where a training sequence makes
@@ -28,7 +28,7 @@ Written to --out:
     results.png    accuracy against T (log axis), a line per variant, a panel per task
                    (needs matplotlib: the `plot` extra; skipped with a warning without it)
     models/<variant>.pt   the trained variant (a `memmodel.checkpoint` "memory" file; load
-                   it with `memmodel.train_memory.load_checkpoint`)
+                   it with `memmodel.training.memory.load_checkpoint`)
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from ..controllers import QLearningController
 from ..evaluation import evaluate_stream
 from ..model import MemoryLM
 from ..tasks import Task, task_from_spec
-from ..train_memory import MemoryTrainConfig, train_memory
+from .memory import MemoryTrainConfig, train_memory
 
 log = logging.getLogger("memmodel.training.ablation")
 

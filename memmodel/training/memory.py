@@ -1,7 +1,7 @@
 """Train a MemoryLM and its memory controller together on the passkey task.
 
-    python -m memmodel.train_memory --controller qlearning --steps 300
-    python -m memmodel.train_memory --warmup-steps 300 --steps 300 \
+    python -m memmodel.training.memory --controller qlearning --steps 300
+    python -m memmodel.training.memory --warmup-steps 300 --steps 300 \
         --ablation fifo,importance,store_all,qlearning,none
 
 One loop alternates the two learners. Each step samples a batch of passkey sequences and:
@@ -20,8 +20,8 @@ statistics, exploration step, random state), the data position and the random st
 `resume` goes on from one to the same losses as a run that was never interrupted. A
 non-finite loss or gradient stops the run with `TrainingDivergedError`.
 
-    python -m memmodel.train_memory --steps 600 --checkpoint run.pt --checkpoint-every 100
-    python -m memmodel.train_memory --steps 900 --checkpoint run.pt --resume run.pt
+    python -m memmodel.training.memory --steps 600 --checkpoint run.pt --checkpoint-every 100
+    python -m memmodel.training.memory --steps 900 --checkpoint run.pt --resume run.pt
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from typing import Optional
 
 import torch
 
-from .checkpoint import (
+from ..checkpoint import (
     CheckpointError,
     expect_same,
     read_checkpoint,
@@ -44,17 +44,17 @@ from .checkpoint import (
     set_rng_states,
     write_checkpoint,
 )
-from .config import MemoryConfig, QLearningConfig
-from .controllers import (
+from ..config import MemoryConfig, QLearningConfig
+from ..controllers import (
     Action,
     MemoryController,
     NoMemoryController,
     QLearningController,
     build_controller,
 )
-from .model import MemoryLM
-from .tasks import SPLITS, PasskeyTask, Task, answer_metrics, key_kept
-from .train import (
+from ..model import MemoryLM
+from ..tasks import SPLITS, PasskeyTask, Task, answer_metrics, key_kept
+from .lm import (
     FINITE_AT_LEAST_0,
     FINITE_POSITIVE,
     INT_AT_LEAST_0,
@@ -66,7 +66,7 @@ from .train import (
     settings,
 )
 
-log = logging.getLogger("memmodel.train_memory")
+log = logging.getLogger("memmodel.training.memory")
 
 
 @dataclass
@@ -451,63 +451,6 @@ def load_checkpoint(path):
     return model, controller, payload
 
 
-def passkey_reader(task: PasskeyTask, controller: str, capacity=2, merge: int = 2,
-                   backend: str = "auto") -> MemoryLM:
-    """A frozen one-layer MemoryLM set by hand to answer a one-byte passkey exactly when its
-    long-term memory still holds the key's chunk and reads it at the question: the SSM's
-    output is zeroed, so the memory is the only way to the answer. For controller
-    experiments without model training (the tests, `--reader`).
-
-    d_model 32. Embeddings: digit i -> e_i, the marker -> e_10, the query -> e_11, filler
-    bytes -> random unit vectors on dims 12..31 (the output head is tied). The memory's keys
-    mark digits (k = 4 f, f = head dim 0), its values are the digit's one-hot, the pooling,
-    merging and every query look for f, and the output adds 10 x the retrieved digit, which
-    the tied head then predicts.
-
-    Args:
-        task: a PasskeyTask with key_len 1 and the default 10-digit key alphabet.
-        controller: the config's `ltm_controller`.
-        capacity: `ltm_capacity` (its length sets the levels); merge: `ltm_merge`.
-    """
-    if task.key_len != 1 or len(task.key_alphabet) > 10:
-        raise ValueError(f"passkey_reader: expected key_len 1 and at most 10 key bytes, got "
-                         f"key_len {task.key_len} and {task.key_alphabet!r}")
-    D = 32
-    capacity = [capacity] if isinstance(capacity, int) else list(capacity)
-    config = MemoryConfig(d_model=D, n_layers=1, d_state=4, ltm_controller=controller,
-                          ltm_heads=1, ltm_chunk_size=task.chunk_size, ltm_summaries=1,
-                          ltm_levels=len(capacity), ltm_capacity=capacity, ltm_merge=merge,
-                          backend=backend)
-    model = MemoryLM(config)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        emb = model.embedding.weight
-        emb.zero_()
-        for i, ch in enumerate(task.key_alphabet):
-            emb[ord(ch), i] = 1.0
-        emb[ord(task.marker), 10] = 1.0
-        emb[ord(task.query), 11] = 1.0
-        for ch in task.filler:
-            emb[ord(ch), 12:] = torch.nn.functional.normalize(
-                torch.randn(D - 12, generator=g), dim=0)
-        model.layers[0].mixer.out_proj.weight.zero_()
-        ltm = model.layers[0].long_term_memory
-        w, b = ltm.in_proj.weight, ltm.in_proj.bias  # rows: q, k, v, output gate (D each)
-        w.zero_()
-        b.zero_()
-        b[0] = 5.0  # q = 5 f
-        w[D, :10] = 4.0  # k = 4 f on digits
-        w[2 * D: 2 * D + 10, :10] = torch.eye(10)  # v = the digit's one-hot
-        b[3 * D:] = 30.0  # output gate open
-        ltm.out_proj.weight.zero_()
-        ltm.out_proj.weight[:10, :10] = 10 * torch.eye(10)
-        ltm.q_pool.zero_()
-        ltm.q_pool[..., 0] = 5.0
-        ltm.merge_q.zero_()
-        ltm.merge_q[..., 0] = 5.0
-    return model.requires_grad_(False)
-
-
 def build_model(args, controller: str) -> MemoryLM:
     """A fresh model of the CLI's sizes whose config names `controller`."""
     torch.manual_seed(args.seed)
@@ -566,9 +509,6 @@ def main(argv=None):
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--backend", default="auto", choices=["auto", "triton", "torch"])
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--reader", action="store_true",
-                   help="use the frozen hand-set passkey_reader (key_len 1; lr and warm-up "
-                        "ignored): compares the controllers alone")
     p.add_argument("--checkpoint", default=None, metavar="PATH",
                    help="save the run here at the end (and every --checkpoint-every steps); "
                         "with --ablation, PATH.<controller> for each")
@@ -592,9 +532,7 @@ def main(argv=None):
                            checkpoint_every=args.checkpoint_every, seed=args.seed)
     task = PasskeyTask(seq_len=args.seq_len, chunk_size=args.chunk_size, key_len=args.key_len)
     warm = None
-    if args.reader:
-        tc = replace(tc, lr=0.0)
-    elif args.warmup_steps and args.resume:
+    if args.warmup_steps and args.resume:
         log.info("== warm-up skipped: the checkpoint holds the model after it")
     elif args.warmup_steps:
         # The memory pathway is learnt with everything in memory; each controller then
@@ -606,10 +544,7 @@ def main(argv=None):
         warm = model.state_dict()
     rows = []
     for name in names:
-        if args.reader:
-            model = passkey_reader(task, "store_all", args.capacity, args.merge, args.backend)
-            controller = make_controller(args, name, model.config)
-        elif not args.warmup_steps:
+        if not args.warmup_steps:
             model = build_model(args, name)
             controller = make_controller(args, name, model.config) if name == "qlearning" \
                 else None

@@ -1,8 +1,8 @@
 """Train MemoryLM on the embedded byte corpus: the `make demo` job.
 
-    python -m memmodel.train --seconds 90
-    python -m memmodel.train --max-steps 2000 --checkpoint lm.pt --checkpoint-every 200
-    python -m memmodel.train --max-steps 4000 --checkpoint lm.pt --resume lm.pt
+    python -m memmodel.training.lm --seconds 90
+    python -m memmodel.training.lm --max-steps 2000 --checkpoint lm.pt --checkpoint-every 200
+    python -m memmodel.training.lm --max-steps 4000 --checkpoint lm.pt --resume lm.pt
 
 Logs the validation loss before and after, the training loss as it falls, the steady
 tokens/s, and the time spent compiling apart from it. With a checkpoint path, the run is
@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .checkpoint import (
+from ..checkpoint import (
     CheckpointError,
     expect_same,
     read_checkpoint,
@@ -31,11 +31,11 @@ from .checkpoint import (
     set_rng_states,
     write_checkpoint,
 )
-from .config import MemoryConfig
-from .data import ByteCorpus
-from .model import MemoryLM
+from ..config import MemoryConfig
+from ..data import ByteCorpus
+from ..model import MemoryLM
 
-log = logging.getLogger("memmodel.train")
+log = logging.getLogger("memmodel.training.lm")
 
 
 def _int(value) -> bool:
