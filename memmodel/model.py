@@ -519,9 +519,10 @@ class MemoryLM(nn.Module):
             raise ValueError(f"{name}: expected shape {tuple(shape)} like input_ids, got "
                              f"{tuple(ids.shape)}")
         V = self.config.vocab_size
-        valid = ids if ignore is None else ids[ids != ignore]
+        # ignored labels read as 0; one reduction and one host sync, no boolean indexing
+        valid = ids if ignore is None else torch.where(ids == ignore, 0, ids)
         if valid.numel():
-            lo, hi = (int(x) for x in torch.aminmax(valid))  # one host sync
+            lo, hi = torch.stack(torch.aminmax(valid)).tolist()
             if lo < 0 or hi >= V:
                 bad = lo if lo < 0 else hi
                 allowed = f"[0, {V})" + ("" if ignore is None else f" or {ignore}")
