@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
-from tqdm.auto import tqdm
 
 from .model import MemoryLM
 from .state import MemoryState
@@ -261,6 +260,8 @@ def evaluate_stream(model: MemoryLM, task: Task, seq_len: Optional[int] = None, 
     was_training = model.training
     model.eval()
     sizes = [min(batch_size, n - i) for i in range(0, n, batch_size)]
+    from tqdm.auto import tqdm  # here, so that importing the module needs no tqdm
+
     bar = tqdm(total=len(sizes) * math.ceil(T / segment), unit="seg", disable=not progress,
                desc=f"{task.name} T={T}")
     loss_sum = tok_sum = entries = state_bytes = seconds = 0.0
