@@ -3,8 +3,10 @@
 import json
 
 import pytest
+import torch
 
-from memmodel.training.ablation import ROW_FIELDS, AblationSpec, main
+from memmodel.training import ablation
+from memmodel.training.ablation import ROW_FIELDS, AblationSpec, main, run_ablation
 from memmodel.training.memory import load_checkpoint
 
 TINY = dict(
@@ -20,6 +22,7 @@ TINY = dict(
     eval_n=2,
     eval_batch_size=2,
     segment=64,
+    warmup_steps=1,
 )
 
 
@@ -34,6 +37,7 @@ def test_runner_end_to_end(tmp_path):
     for r in rows:
         assert set(ROW_FIELDS) <= set(r)
         assert r["task"] == "passkey" and r["n"] == 2 and r["train_steps"] == 2
+        assert r["warmup_steps"] == 1 and r["warmup_shared"] == (r["variant"] == "fifo")
         assert 0 <= r["ci_low"] <= r["accuracy"] <= r["ci_high"] <= 1
         assert r["state_bytes"] > 0 and r["tokens_per_s"] > 0 and r["peak_rss_mb"] > 0
     assert [r["entries"] for r in rows] == [0, 0, 2, 2]  # the bank of 2 is full
@@ -41,8 +45,11 @@ def test_runner_end_to_end(tmp_path):
     assert len(depth) == 4 * 5 and sum(d["n"] for d in depth) == 4 * 2
     table = (out / "results.md").read_text()
     assert "| fifo | 256 | 2 |" in table and "Command:" in table
+    assert "store_all warm-up of 1 steps" in table and "ssm and wm train 1 + 2" in table
     resolved = json.loads((out / "spec.json").read_text())
+    assert resolved["warmup_steps"] == 1
     assert AblationSpec.from_dict(resolved).resolved() == resolved
+    assert load_checkpoint(out / "models" / "warmup.pt")[2]["step"] == 1
     for variant in ("ssm", "fifo"):
         model, controller, payload = load_checkpoint(out / "models" / f"{variant}.pt")
         assert payload["step"] == 2
@@ -67,6 +74,45 @@ def test_defaults_resolve_and_bind_the_capacity(capsys):
     assert wm.wm_slots and wm.ltm_controller == "none"
     assert not ssm.wm_slots and ssm.ltm_controller == "none"
     assert spec.qlearning_config().horizon == 1024
+    assert spec.warmup_steps > 0 and printed["warmup_steps"] == spec.warmup_steps
+    assert spec.warmup_config().seed == 0 and spec.train_config().seed == 1
+    cold = AblationSpec.from_dict({**TINY, "warmup_steps": 0})
+    assert cold.train_config().seed == 0  # one phase, as without the warm-up
+    with pytest.raises(ValueError, match="warmup_steps is 0"):
+        cold.warmup_config()
+
+
+def test_warmup_is_shared_and_the_budget_equal(tmp_path, monkeypatch):
+    """One store_all warm-up; every long-term-memory variant starts from its weights; ssm
+    runs the same two phases on its own model; every variant W + S steps."""
+    calls = []
+    real = ablation.train_memory
+
+    def spy(model, task, tc, controller=None, **kw):
+        start = {k: v.clone() for k, v in model.state_dict().items()}
+        result = real(model, task, tc, controller, **kw)
+        calls.append(dict(config=model.config, tc=tc, start=start,
+                          end={k: v.clone() for k, v in model.state_dict().items()}))
+        return result
+
+    monkeypatch.setattr(ablation, "train_memory", spy)
+    spec = AblationSpec.from_dict({**TINY, "variants": ["ssm", "fifo", "qlearning", "full"],
+                                   "wm": dict(wm_slots=2, wm_heads=1), "warmup_steps": 2,
+                                   "train": {**TINY["train"], "steps": 1},
+                                   "eval_lengths": [128], "eval_n": 1, "eval_batch_size": 1})
+    rows = run_ablation(spec, tmp_path)
+    warm, ssm1, ssm2, fifo, qlearning, full = calls
+    assert warm["config"].ltm_controller == "store_all" and not warm["config"].wm_slots
+    assert [c["tc"].steps for c in calls] == [2, 2, 1, 1, 1, 1]
+    assert [c["tc"].seed for c in calls] == [0, 0, 1, 1, 1, 1]
+    assert ssm1["config"].ltm_controller == "none"
+    assert all(torch.equal(ssm1["end"][k], v) for k, v in ssm2["start"].items())
+    for run in (fifo, qlearning, full):
+        assert all(torch.equal(run["start"][k], v) for k, v in warm["end"].items())
+        assert not any(torch.equal(warm["start"][k], v) for k, v in warm["end"].items()
+                       if v.is_floating_point() and v.numel() > 1 and k.endswith("weight"))
+    assert {(r["variant"], r["warmup_steps"] + r["train_steps"]) for r in rows} == {
+        ("ssm", 3), ("fifo", 3), ("qlearning", 3), ("full", 3)}
 
 
 @pytest.mark.parametrize("change, pattern", [
@@ -74,7 +120,8 @@ def test_defaults_resolve_and_bind_the_capacity(capsys):
     (dict(colour="red"), r"unknown fields \['colour'\]"),
     (dict(train=dict(seed=3)), r"runner sets \['seed'\] itself"),
     (dict(ltm={**TINY["ltm"], "ltm_capacity": 9}), "must overflow at training length"),
-], ids=["variant", "unknown", "own-field", "capacity"])
+    (dict(warmup_steps=-1), "warmup_steps: expected an int >= 0"),
+], ids=["variant", "unknown", "own-field", "capacity", "warmup"])
 def test_spec_refuses(change, pattern):
     with pytest.raises(ValueError, match=pattern):
         AblationSpec.from_dict({**TINY, **change})

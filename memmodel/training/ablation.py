@@ -13,8 +13,26 @@ Variants (`VARIANTS`), all from one `AblationSpec`:
     full        working memory + long-term memory + qlearning
 
 Each is built from the same seed and trained by `memmodel.training.memory.train_memory` for
-the same budget (steps and seconds) on the same batches (one seed, the training split of
-the spec's task mix); a Q-learning controller learns alongside. The long-term memory's
+the same budget on the same batches (the training split of the spec's task mix); a
+Q-learning controller learns alongside. Training has two phases when the spec's
+`warmup_steps` W > 0 (S = the spec's train.steps):
+
+  1. warm-up: one model of the store_all variant's config (the same capacity settings;
+     store_all keeps every summary, so the memory pathway gets gradient from the first
+     step) trains W steps on the batches of seed `seed`;
+  2. every long-term-memory variant (fifo, importance, store_all, qlearning, full) starts
+     from those warm weights, the same for all (full's working memory and a Q-learning
+     controller's networks, which the warm-up model lacks, start from their seeded
+     initialisation), and trains S steps under its own controller on the batches of seed
+     `seed + 1`, with a fresh optimiser.
+
+`ssm` and `wm` have no long-term memory to warm: they run the same two phases on their own
+model (W steps on the batches of seed `seed`, then S steps with a fresh optimiser on
+those of `seed + 1`). So every variant takes W + S model steps on the same W + S
+batches, with the optimiser restarted after W; the warm-up is trained once and shared.
+`train.seconds`, when set, limits each phase 2 only (the warm-up runs its W steps).
+W = 0: one phase of S steps on the batches of seed `seed`, every variant from its
+initialisation. The long-term memory's
 capacity binds at training length: the spec refuses sizes where a training sequence makes
 no more summaries than the bank holds, so evictions and merges happen in training as at
 evaluation (the same capacity). Each trained variant is then evaluated by
@@ -28,7 +46,9 @@ Written to --out:
     results.png    accuracy against T (log axis), a line per variant, a panel per task
                    (needs matplotlib: the `plot` extra; skipped with a warning without it)
     models/<variant>.pt   the trained variant (a `memmodel.checkpoint` "memory" file; load
-                   it with `memmodel.training.memory.load_checkpoint`)
+                   it with `memmodel.training.memory.load_checkpoint`; its step counts
+                   phase 2)
+    models/warmup.pt      the warm-up model (W > 0 and a long-term-memory variant)
 """
 
 from __future__ import annotations
@@ -42,7 +62,7 @@ import logging
 import os
 import platform
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -119,7 +139,9 @@ class AblationSpec:
         eval_lengths: T of the evaluations.
         eval_n, eval_batch_size, segment, eval_split: `evaluate_stream`'s n, batch_size,
             segment and split.
-        seed: of the models' init and of the training batches.
+        seed: of the models' init and of the training batches (phase 2 of a warm-up run:
+            seed + 1).
+        warmup_steps: W, the store_all warm-up's steps (see the module docstring); 0: none.
 
     Raises ValueError on construction when a field is unknown or invalid, when a variant's
     config or a task cannot be built, or when the long-term memory's capacity does not bind
@@ -140,6 +162,7 @@ class AblationSpec:
     segment: int = 4096
     eval_split: str = "test"
     seed: int = 0
+    warmup_steps: int = 300
 
     def __post_init__(self):
         self.variants = list(self.variants)
@@ -147,6 +170,9 @@ class AblationSpec:
         if not self.variants or bad or len(set(self.variants)) != len(self.variants):
             raise ValueError(f"AblationSpec.variants: expected distinct names from {VARIANTS}, "
                              f"got {self.variants!r}")
+        w = self.warmup_steps
+        if not isinstance(w, int) or isinstance(w, bool) or w < 0:
+            raise ValueError(f"AblationSpec.warmup_steps: expected an int >= 0, got {w!r}")
         for name in ("eval_n", "eval_batch_size", "segment"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -239,11 +265,23 @@ class AblationSpec:
             raise ValueError(f"AblationSpec: variant {variant!r}: {e}") from e
 
     def train_config(self, checkpoint: Optional[str] = None) -> MemoryTrainConfig:
+        """Phase 2's settings (the only phase without a warm-up)."""
         try:
-            return MemoryTrainConfig(**self.train, seed=self.seed, split="train",
-                                     checkpoint=checkpoint)
+            return MemoryTrainConfig(**self.train, seed=self.seed + (self.warmup_steps > 0),
+                                     split="train", checkpoint=checkpoint)
         except TypeError as e:
             raise ValueError(f"AblationSpec.train: {e}") from e
+
+    def warmup_config(self, checkpoint: Optional[str] = None) -> MemoryTrainConfig:
+        """The warm-up's settings: phase 2's with warmup_steps steps, no time limit and
+        the batches of `seed`."""
+        if not self.warmup_steps:
+            raise ValueError("AblationSpec.warmup_config: warmup_steps is 0")
+        return replace(self.train_config(checkpoint), steps=self.warmup_steps, seconds=None,
+                       seed=self.seed)
+
+    def has_ltm(self, variant: str) -> bool:
+        return self.config(variant).ltm_controller != "none"
 
     def qlearning_config(self) -> QLearningConfig:
         kw = dict(horizon=max(t.seq_len for t in self.training_tasks()), seed=self.seed)
@@ -285,18 +323,60 @@ class TaskMix:
         return self.tasks[i].sample(batch_size, generator, split=split, index=index)
 
 
-def train_variant(spec: AblationSpec, variant: str, checkpoint: Optional[str] = None):
-    """Build `variant` from the spec's seed and train it: (model, MemoryTrainResult)."""
+def _training_task(spec: AblationSpec):
+    tasks = spec.training_tasks()
+    return tasks[0] if len(tasks) == 1 else TaskMix(tasks)
+
+
+def warm_up(spec: AblationSpec, checkpoint: Optional[str] = None):
+    """Phase 1 of the long-term-memory variants: the store_all variant's model, from the
+    spec's seed, trained spec.warmup_steps steps: (model, MemoryTrainResult)."""
+    torch.manual_seed(spec.seed)
+    model = MemoryLM(spec.config("store_all"))
+    result = train_memory(model, _training_task(spec), spec.warmup_config(checkpoint))
+    return model, result
+
+
+def load_warm(model: MemoryLM, warm: dict[str, torch.Tensor]):
+    """Copy the warm-up's weights into `model`. The warm model may lack only the working
+    memory and a learning controller's networks (those keep their initialisation);
+    anything else missing, extra or of another shape is an error."""
+    missing, unexpected = model.load_state_dict(warm, strict=False)
+    own = [k for k in missing if ".working_memory." not in k and ".controller." not in k]
+    if own or unexpected:
+        raise ValueError(f"load_warm: the warm-up's weights do not fit this model: missing "
+                         f"{own}, unexpected {list(unexpected)}")
+
+
+def train_variant(spec: AblationSpec, variant: str, checkpoint: Optional[str] = None,
+                  warm: Optional[dict[str, torch.Tensor]] = None):
+    """Build `variant` from the spec's seed and train it (both phases when
+    spec.warmup_steps > 0; the module docstring): (model, MemoryTrainResult of phase 2,
+    MemoryTrainResult of phase 1 or None).
+
+    Args:
+        warm: the warm-up model's state_dict (`warm_up`), for a long-term-memory variant
+            of a spec with warmup_steps > 0 (None there: it is trained here).
+    """
     config = spec.config(variant)
+    task = _training_task(spec)
     torch.manual_seed(spec.seed)
     model = MemoryLM(config)
+    before = None
+    if spec.warmup_steps and not spec.has_ltm(variant):
+        before = train_memory(model, task, spec.warmup_config())
+    elif spec.warmup_steps:
+        if warm is None:
+            warm_model, before = warm_up(spec)
+            warm = warm_model.state_dict()
+        load_warm(model, warm)
+    elif warm is not None:
+        raise ValueError("train_variant: warm weights given, but spec.warmup_steps is 0")
     controller = None
     if config.ltm_controller == "qlearning":
         controller = QLearningController(config, spec.qlearning_config())
-    tasks = spec.training_tasks()
-    task = tasks[0] if len(tasks) == 1 else TaskMix(tasks)
     result = train_memory(model, task, spec.train_config(checkpoint), controller)
-    return model, result
+    return model, result, before
 
 
 def run_ablation(spec: AblationSpec, out, progress: bool = False) -> list[dict[str, Any]]:
@@ -312,9 +392,19 @@ def run_ablation(spec: AblationSpec, out, progress: bool = False) -> list[dict[s
     _write_json(out / "spec.json", spec.resolved())
     rows: list[dict[str, Any]] = []
     depth_rows: list[dict[str, Any]] = []
+    warm, warmed = None, None
+    if spec.warmup_steps and any(spec.has_ltm(v) for v in spec.variants):
+        log.info("== warm-up: %d steps with store_all", spec.warmup_steps)
+        warm_model, warmed = warm_up(spec, str(out / "models" / "warmup.pt"))
+        warm = warm_model.state_dict()
+        del warm_model
     for variant in spec.variants:
         log.info("== %s: training", variant)
-        model, trained = train_variant(spec, variant, str(out / "models" / f"{variant}.pt"))
+        model, trained, before = train_variant(
+            spec, variant, str(out / "models" / f"{variant}.pt"),
+            warm if spec.has_ltm(variant) else None)
+        if spec.has_ltm(variant):
+            before = warmed
         for task in spec.evaluation_tasks():
             for T in spec.eval_lengths:
                 r = evaluate_stream(model, _with_length(task, T), n=spec.eval_n,
@@ -328,12 +418,15 @@ def run_ablation(spec: AblationSpec, out, progress: bool = False) -> list[dict[s
                     tokens_per_s=d["tokens_per_s"], peak_rss_mb=d["peak_rss_mb"],
                     sequences=d["sequences"], token_accuracy=d["token_accuracy"],
                     answer_loss=d["answer_loss"], rss_increase_mb=d["rss_increase_mb"],
-                    train_steps=trained.steps, train_seconds=trained.seconds))
+                    train_steps=trained.steps, train_seconds=trained.seconds,
+                    warmup_steps=before.steps if before is not None else 0,
+                    warmup_seconds=before.seconds if before is not None else 0.0,
+                    warmup_shared=before is not None and spec.has_ltm(variant)))
                 depth_rows += [dict(variant=variant, task=d["task"], T=T, **b)
                                for b in d["depth_bins"]]
                 _write_json(out / "results.json", rows)
                 _write_json(out / "depth.json", depth_rows)
-        (out / "results.md").write_text(markdown_table(rows), encoding="utf-8")
+        (out / "results.md").write_text(markdown_table(rows, spec), encoding="utf-8")
         plot_results(rows, out / "results.png")
     return rows
 
@@ -365,9 +458,25 @@ def provenance() -> str:
             f"Date: {when}\n")
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """The rows as one markdown table per task, with the provenance above them."""
+def warmup_note(spec: AblationSpec) -> str:
+    """A line saying how the spec's variants were trained (warm-up and budget)."""
+    steps = spec.train_config().steps
+    if not spec.warmup_steps:
+        return (f"Training: no warm-up; every variant from its initialisation, {steps} "
+                f"steps.\n")
+    w = spec.warmup_steps
+    return (f"Training: a store_all warm-up of {w} steps, shared by the long-term-memory "
+            f"variants, each of which then trains {steps} steps under its own controller; "
+            f"ssm and wm train {w} + {steps} steps on their own model (the same batches, "
+            f"the optimiser restarted after {w}).\n")
+
+
+def markdown_table(rows: list[dict[str, Any]], spec: Optional[AblationSpec] = None) -> str:
+    """The rows as one markdown table per task, with the provenance (and, given the spec,
+    how it trained: `warmup_note`) above them."""
     lines = ["# Memory ablation", "", provenance()]
+    if spec is not None:
+        lines += [warmup_note(spec)]
     for task in dict.fromkeys(r["task"] for r in rows):
         lines += ["", f"## {task}", "",
                   "| variant | T | n | accuracy [95% CI] | chance | entries | state KB | "
@@ -428,6 +537,8 @@ def main(argv=None):
     p.add_argument("--variants", default=None, help=f"comma-separated, from {VARIANTS}")
     p.add_argument("--steps", type=int, default=None, help="training steps of each variant")
     p.add_argument("--seconds", type=float, default=None, help="training seconds of each")
+    p.add_argument("--warmup-steps", type=int, default=None,
+                   help="steps of the shared store_all warm-up (0: none)")
     p.add_argument("--lengths", default=None, help="comma-separated evaluation lengths")
     p.add_argument("--eval-n", type=int, default=None, help="sequences per evaluation")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -448,6 +559,8 @@ def main(argv=None):
         data["eval_lengths"] = [int(t) for t in args.lengths.split(",")]
     if args.eval_n is not None:
         data["eval_n"] = args.eval_n
+    if args.warmup_steps is not None:
+        data["warmup_steps"] = args.warmup_steps
     try:
         spec = AblationSpec.from_dict(data)
     except ValueError as e:
