@@ -1,1 +1,8 @@
-"""memmodel: a selective state-space model with external memory."""
+"""memmodel: a selective state-space model with external memory.
+
+    model, task = memmodel.load("results/models/full.pt")   # a trained model, ready to evaluate
+"""
+
+from .checkpoint import load
+
+__all__ = ["load"]

@@ -235,3 +235,80 @@ def _sync_folder(folder: str):
         pass
     finally:
         os.close(fd)
+
+
+def build_saved_model(path, payload: dict[str, Any]):
+    """(model, controller) from a "memory" checkpoint's payload: the model with its
+    weights, in eval mode, and its controller (attached to every layer, greedy like the
+    model; None without a long-term memory) with its learning state. CheckpointError
+    names the file when the payload does not build them."""
+    from .config import MemoryConfig, QLearningConfig
+    from .controllers import QLearningController, build_controller
+    from .model import MemoryLM
+
+    try:
+        config = MemoryConfig(**payload["config"])
+        model = MemoryLM(config)
+        saved, controller = payload["controller"], None
+        if saved is not None and config.ltm_controller != "none":
+            if saved["name"] == "qlearning":
+                controller = QLearningController(config,
+                                                 QLearningConfig(**saved["state"]["rl"]))
+            else:
+                controller = build_controller(config, saved["name"])
+            if saved["state"] is not None:
+                controller.load_training_state(saved["state"])
+            for layer in model.layers:
+                if layer.long_term_memory is not None:
+                    layer.long_term_memory.controller = controller
+        # after the controller is attached: its networks are part of the model's weights
+        model.load_state_dict(payload["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(path, f"does not build the saved model and controller "
+                                    f"({type(e).__name__}: {e})") from e
+    return model.eval(), controller
+
+
+def load(path, device=None):
+    """A saved model ready for evaluation, and the task it was trained on.
+
+    Args:
+        path: a checkpoint written by the training loops (`memmodel.training.memory` or
+            the ablation runner's `models/<variant>.pt`, a "memory" checkpoint; or
+            `memmodel.training.lm`'s, an "lm" checkpoint).
+        device: where to put the model (None: the CPU).
+
+    Returns:
+        (model, task): the MemoryLM in eval mode, its controllers greedy and recording
+        nothing; the training task as plain data, its `spec()` (name, format, alphabets,
+        key length, marker and query bytes, every parameter; `memmodel.tasks.task_from_spec`
+        rebuilds it), or None for a language-model checkpoint.
+
+    Raises:
+        CheckpointError: the file is unreadable, refused, damaged or does not build a model.
+
+    Example:
+        >>> model, task = memmodel.load("results/models/full.pt")
+        >>> task["name"], task["marker"], task["query"]
+        ('passkey', '#', '?')
+    """
+    payload = read_checkpoint(path)
+    if "controller" in payload:  # a "memory" checkpoint
+        model, _ = build_saved_model(path, payload)
+        task = payload.get("task")
+    else:
+        from .config import MemoryConfig
+        from .model import MemoryLM
+
+        try:
+            model = MemoryLM(MemoryConfig(**payload["config"]))
+            model.load_state_dict(payload["model"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(path, f"does not build the saved model "
+                                        f"({type(e).__name__}: {e})") from e
+        model.eval()
+        task = None
+    if device is not None:
+        model.to(device)
+    return model, task
+

@@ -21,6 +21,7 @@ from memmodel.training.memory import (
     attach_controller,
     load_checkpoint,
     save_checkpoint,
+    train_memory,
 )
 
 TINY = dict(d_model=16, n_layers=1, d_state=4, ltm_controller="qlearning", ltm_heads=1,
@@ -121,3 +122,29 @@ def test_only_tensors_and_plain_data_are_written(tmp_path):
     with pytest.raises(ValueError, match=r"x.pt: a 'lm' checkpoint .*expected a 'memory'"):
         read_checkpoint(tmp_path / "x.pt", "memory")
     assert read_checkpoint(tmp_path / "x.pt", "lm")["step"] == 1
+
+
+def test_memmodel_load_returns_an_evaluating_model_and_its_task_spec(tmp_path):
+    import memmodel
+    from memmodel.tasks import task_from_spec
+
+    task = PasskeyTask(seq_len=63, chunk_size=16, key_len=1)
+    cfg = MemoryConfig(d_model=16, n_layers=1, d_state=4, ltm_controller="qlearning",
+                       ltm_heads=1, ltm_chunk_size=16, ltm_summaries=1, ltm_levels=1,
+                       ltm_capacity=2, backend="torch")
+    model = MemoryLM(cfg)
+    path = str(tmp_path / "m.pt")
+    train_memory(model, task, MemoryTrainConfig(steps=2, batch_size=2, q_updates=1,
+                                                eval_batches=1, checkpoint=path))
+    loaded, spec = memmodel.load(path)
+    assert not loaded.training
+    ctrl = loaded.layers[0].long_term_memory.controller
+    assert not ctrl.training and ctrl.epsilon == 0.0
+    assert spec["name"] == "passkey" and spec["marker"] == "#" and spec["query"] == "?"
+    assert spec["key_len"] == 1 and spec["key_alphabet"] == "0123456789"
+    assert task_from_spec(spec) == task
+    ids = task.sample(2, split="test").input_ids
+    with torch.no_grad():
+        out = loaded(ids)
+        assert len(out.state.layers[0].ltm.controller.step) == 0, "records nothing"
+        torch.testing.assert_close(out.logits, model.eval()(ids).logits, rtol=0, atol=0)

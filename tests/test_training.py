@@ -118,6 +118,10 @@ def test_lm_resume_refuses_another_run(tmp_path, corpus):
     path = tmp_path / "lm.pt"
     train(MemoryConfig(**LM), _lm_settings(max_steps=1, checkpoint=str(path)), corpus,
           echo=_quiet)
+    import memmodel
+
+    model, task = memmodel.load(path)  # a language model: no task
+    assert task is None and not model.training and model.config.d_model == LM["d_model"]
     with pytest.raises(CheckpointError, match=rf"{re.escape(str(path))}: saved with another "
                                               rf"model config \(d_model: saved 16, given 32"):
         train(MemoryConfig(**{**LM, "d_model": 32}), _lm_settings(max_steps=2), corpus,

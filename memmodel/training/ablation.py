@@ -317,6 +317,10 @@ class TaskMix:
     def seq_len(self) -> int:
         return max(t.seq_len for t in self.tasks)
 
+    def spec(self) -> dict:
+        """The mix as plain data: each task's spec."""
+        return {"name": self.name, "tasks": [t.spec() for t in self.tasks]}
+
     def sample(self, batch_size: int, generator: Optional[torch.Generator] = None,
                split: Optional[str] = None, index: int = 0):
         i = int(torch.randint(len(self.tasks), (1,), generator=generator))

@@ -38,6 +38,7 @@ import torch
 
 from ..checkpoint import (
     CheckpointError,
+    build_saved_model,
     expect_same,
     read_checkpoint,
     rng_states,
@@ -366,7 +367,7 @@ def _restore(path, model: MemoryLM, task: Task, tc: MemoryTrainConfig,
     payload = read_checkpoint(path, "memory")
     try:
         expect_same(path, "model config", payload["config"], model.config.to_dict())
-        expect_same(path, "task", payload["task"], asdict(task))
+        expect_same(path, "task", payload["task"], task_data(task))
         expect_same(path, "train settings",
                     {k: payload["train"].get(k) for k in RESUME_SETTINGS},
                     {k: getattr(tc, k) for k in RESUME_SETTINGS})
@@ -411,11 +412,17 @@ def save_checkpoint(path, model: MemoryLM, task: Task, tc: MemoryTrainConfig,
             "name": controller.name,
             "state": controller.training_state() if hasattr(controller, "training_state")
             else None},
-        "task": asdict(task), "train": settings(tc), "step": step,
+        "task": task_data(task), "train": settings(tc), "step": step,
         "data": {"generator": None if generator is None else generator.get_state(),
                  "log_window": [dict(r) for r in log_window or []]},
         "rng": rng_states(),
     })
+
+
+def task_data(task) -> dict:
+    """The task as plain data: its `spec()` (name, format, every parameter; rebuilt by
+    `memmodel.tasks.task_from_spec`), or its fields for a task without one."""
+    return task.spec() if hasattr(task, "spec") else asdict(task)
 
 
 def load_checkpoint(path):
@@ -427,27 +434,7 @@ def load_checkpoint(path):
     `memmodel.checkpoint.read_checkpoint`) or does not build a model.
     """
     payload = read_checkpoint(path, "memory")
-    try:
-        config = MemoryConfig(**payload["config"])
-        model = MemoryLM(config)
-        saved, controller = payload["controller"], None
-        if saved is not None and config.ltm_controller != "none":
-            if saved["name"] == "qlearning":
-                controller = QLearningController(config,
-                                                 QLearningConfig(**saved["state"]["rl"]))
-            else:
-                controller = build_controller(config, saved["name"])
-            if saved["state"] is not None:
-                controller.load_training_state(saved["state"])
-            attach_controller(model, controller)
-        # after the controller is attached: its networks are part of the model's weights
-        model.load_state_dict(payload["model"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise CheckpointError(path, f"does not build the saved model and controller "
-                                    f"({type(e).__name__}: {e})") from e
-    model.eval()
-    if controller is not None and hasattr(controller, "train"):
-        controller.train(False)  # the model's mode decides
+    model, controller = build_saved_model(path, payload)
     return model, controller, payload
 
 
