@@ -34,7 +34,7 @@ import os
 import re
 import secrets
 from collections import OrderedDict
-from typing import Any, Optional
+from typing import Any, BinaryIO, Callable, Optional
 
 import torch
 
@@ -72,13 +72,21 @@ def write_checkpoint(path, kind: str, payload: dict[str, Any]) -> None:
     _check_plain(payload, "payload")
     record = {"format": FORMAT, "version": VERSION, "kind": kind,
               "checksum": checksum(kind, payload), "payload": payload}
+    atomic_write(path, lambda f: torch.save(record, f))
+
+
+def atomic_write(path, write: Callable[[BinaryIO], None]) -> None:
+    """Write a file atomically: `write(f)` fills a temporary file (binary, opened
+    exclusively) in the target's folder, which is flushed, fsynced and renamed over `path`
+    (`os.replace`), then the folder is fsynced. If `write` or the rename fails, the
+    temporary file is removed and whatever was at `path` stays as it was."""
     path = os.fspath(path)
     tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
                  0o666)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(record, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -14,13 +14,13 @@ import copy
 import json
 import math
 import os
-import secrets
 from typing import Any, NamedTuple, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checkpoint import atomic_write
 from .config import MemoryConfig
 from .long_term_memory import LongTermMemory
 from .ssm import SelectiveSSM, place
@@ -53,26 +53,6 @@ def _sample(logits: torch.Tensor, temperature: float, top_k: Optional[int],
 def _is_controller_key(key: str) -> bool:
     """A state_dict key of a memory controller's own parameters (a learned policy)."""
     return ".long_term_memory.controller." in key
-
-
-def _write_text(path: str, text: str):
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-
-
-def _replace(path: str, write):
-    """write(tmp) into a temporary file beside `path`, fsync it, then rename it over path;
-    the temporary file is removed if writing fails."""
-    tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _check_shape(name: str, t: Optional[torch.Tensor], shape):
@@ -409,7 +389,7 @@ class MemoryLM(nn.Module):
         stored once) and, for learned controllers, `controller-<i>.safetensors` with their
         greedy policy (plain parts in config.json). Loadable without pickle by
         `from_pretrained`. Each file is written to a temporary name and renamed."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save as safetensors_bytes
 
         os.makedirs(path, exist_ok=True)
         weights = {k: t.detach().contiguous() for k, t in self.state_dict().items()
@@ -435,9 +415,10 @@ class MemoryLM(nn.Module):
                 tensor_files[entry["file"]] = tensors
             meta["controllers"].append(entry)
         for name, tensors in tensor_files.items():
-            _replace(os.path.join(path, name), lambda tmp, t=tensors: save_file(t, tmp))
-        _replace(os.path.join(path, "config.json"),
-                 lambda tmp: _write_text(tmp, json.dumps(meta, indent=2)))
+            data = safetensors_bytes(tensors)
+            atomic_write(os.path.join(path, name), lambda f, data=data: f.write(data))
+        text = json.dumps(meta, indent=2).encode("utf-8")
+        atomic_write(os.path.join(path, "config.json"), lambda f: f.write(text))
 
     @classmethod
     def from_pretrained(cls, path, device=None) -> MemoryLM:
