@@ -156,11 +156,6 @@ class LongTermMemory(nn.Module):
         """The long-term memory of a model: d_model, n_layers, the ltm_* fields and backend
         from `config`; `controller` overrides `config.ltm_controller`."""
         c = config
-        if c.ltm_controller == "none" and controller is None:
-            raise ValueError(
-                "LongTermMemory: config.ltm_controller is 'none' (no long-term memory, so its "
-                "sizes are unchecked); name a controller, and switch a built module off with "
-                "module.controller = build_controller(name='none')")
         return cls(c.d_model, controller=controller if controller is not None
                    else c.ltm_controller, heads=c.ltm_heads, head_dim=c.ltm_head_dim,
                    chunk_size=c.ltm_chunk_size, summaries=c.ltm_summaries, levels=c.ltm_levels,

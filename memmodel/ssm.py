@@ -169,10 +169,11 @@ class SelectiveSSM(nn.Module):
                    + self.conv_bias.to(u.dtype))
         dt_low, Bm, Cm = self.x_proj(u).split([c.dt_rank, G * N, G * N], dim=-1)
         delta = self.dt_proj(dt_low)
-        h = state.ssm if state.ssm is not None else torch.zeros(
-            Bsz, E, N, device=x.device, dtype=torch.float32)
-        if not (inplace and state.ssm is not None and h.is_contiguous()):
-            h = h.float().contiguous().clone()
+        h = state.ssm
+        if h is None:
+            h = torch.zeros(Bsz, E, N, device=x.device, dtype=torch.float32)
+        elif not (inplace and h.dtype == torch.float32 and h.is_contiguous()):
+            h = h.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
         y = selective_state_update(
             h, u, delta, -torch.exp(self.A_log.float()), Bm.reshape(Bsz, G, N),
             Cm.reshape(Bsz, G, N), D=self.D.float(), z=z, delta_bias=self.dt_bias.float(),

@@ -340,7 +340,8 @@ class Episode:
 
     Per boundary: its position, the entries live before its decisions [B], the retrieve
     decision [B], whether any decision explored [B] and the candidates of its first
-    decision [B, 3, F] (the bootstrap state).
+    decision [B, 3, F] (the bootstrap state), and (`scores`) the new summaries' scores
+    [B, P], which the score statistics learn from when the episode ends.
     Per decision: its boundary, phi of the choice made [B, F] and the rows that made it [B].
     """
 
@@ -351,6 +352,7 @@ class Episode:
         self.generator = generator if generator is not None else torch.Generator()
         self.clear()
 
+    # the record: every list is cleared, marked and rolled back together
     LISTS = ("positions", "live", "read", "explored", "first_x", "first_mask", "scores",
              "step", "x", "rows")
 
@@ -366,16 +368,8 @@ class Episode:
         self.generator.set_state(rng)
 
     def clear(self):
-        self.scores: list[torch.Tensor] = []  # the summaries' scores, for the statistics
-        self.positions: list[int] = []
-        self.live: list[torch.Tensor] = []
-        self.read: list[torch.Tensor] = []
-        self.explored: list[torch.Tensor] = []
-        self.first_x: list[torch.Tensor] = []
-        self.first_mask: list[torch.Tensor] = []
-        self.step: list[int] = []
-        self.x: list[torch.Tensor] = []
-        self.rows: list[torch.Tensor] = []
+        for name in self.LISTS:
+            setattr(self, name, [])
 
     def add(self, x: torch.Tensor, rows: torch.Tensor):
         self.step.append(len(self.positions) - 1)
