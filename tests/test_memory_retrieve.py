@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from helpers import GRAD_LAYOUTS, assert_close, layout_loss
 
 from memmodel.kernels.memory_retrieve import (
+    cpu_memory_retrieve,
     live_blocks,
     memory_retrieve,
     memory_retrieve_ref,
@@ -144,6 +145,71 @@ def test_ref_equals_loop(B, T, H, Dk, Dv, M, kind):
 def test_triton_equals_ref(B, T, H, Dk, Dv, M, kind):
     start, end = _interval_case(kind, B, T, M)
     check_against(triton, memory_retrieve_ref, *make_inputs(B, T, H, Dk, Dv, M), start, end)
+
+
+def _no_grad_outputs(fn, q, mem_k, mem_v, start, end, **kw):
+    with torch.no_grad():
+        return fn(q, mem_k, mem_v, start, end, **kw)
+
+
+@pytest.mark.parametrize("block", [1, 7, 256])
+@pytest.mark.parametrize("B,T,H,Dk,Dv,M,kind", CASES)
+def test_cpu_blocked_path_equals_ref(B, T, H, Dk, Dv, M, kind, block):
+    """The inference path (no gradient wanted): the reference's o and lse, with blocks of
+    one token, of a size that divides nothing and of more than T tokens."""
+    start, end = _interval_case(kind, B, T, M)
+    inputs = make_inputs(B, T, H, Dk, Dv, M)
+    o, lse = _no_grad_outputs(cpu_memory_retrieve, *inputs, start, end, block=block)
+    o_r, lse_r = _no_grad_outputs(memory_retrieve_ref, *inputs, start, end)
+    assert o.shape == o_r.shape and o.dtype == q_dtype(inputs) and lse.dtype == torch.float32
+    none = torch.isneginf(lse_r)
+    assert torch.equal(torch.isneginf(lse), none)
+    assert torch.equal(o[none], torch.zeros_like(o[none]))
+    assert_close(o, o_r, "o")
+    assert_close(lse[~none], lse_r[~none], "lse")
+
+
+def q_dtype(inputs):
+    return inputs[0].dtype
+
+
+def test_cpu_blocked_path_scale_half_inputs_and_dispatch():
+    """An explicit scale, float16 inputs (computed in float32, o in float16), and the
+    "torch" backend taking the blocked path without gradients and the reference with."""
+    B, T, H, D, M = 2, 90, 2, 8, 33
+    start, end = random_intervals(B, M, T)
+    q, k, v = (x.detach().half() for x in make_inputs(B, T, H, D, D, M))
+    o, lse = cpu_memory_retrieve(q, k, v, start, end, scale=0.3, block=16)
+    o_r, lse_r = memory_retrieve_ref(q, k, v, start, end, scale=0.3)
+    assert o.dtype == torch.float16
+    assert_close(o.float(), o_r.float(), "o")
+    fin = lse_r.isfinite()
+    assert_close(lse[fin], lse_r[fin], "lse")
+    inputs = make_inputs(B, T, H, D, D, M)
+    (o_g, _), grads = run_and_grad(memory_retrieve, *inputs, start, end, backend="torch")
+    (o_e, _), grads_e = run_and_grad(memory_retrieve_ref, *inputs, start, end)
+    assert torch.equal(o_g, o_e) and all(torch.equal(grads[n], grads_e[n]) for n in grads)
+
+
+def test_cpu_blocked_path_sends_non_finite_inputs_to_the_reference():
+    """A NaN anywhere: the answer is the reference's, NaN exactly where it has NaN."""
+    B, T, H, D, M = 1, 40, 2, 8, 12
+    start, end = random_intervals(B, M, T)
+    start[0, 3], end[0, 3] = 17, 30
+    q, k, v = (x.detach() for x in make_inputs(B, T, H, D, D, M))
+    k[0, 3, 1], v[0, 3, 0, 2] = float("nan"), float("inf")
+    o, lse = cpu_memory_retrieve(q, k, v, start, end, block=8)
+    o_r, lse_r = memory_retrieve_ref(q, k, v, start, end)
+    assert torch.equal(o.isnan(), o_r.isnan()) and o.isnan().any()
+    assert torch.equal(torch.nan_to_num(o), torch.nan_to_num(o_r))
+    assert torch.equal(lse.isnan(), lse_r.isnan())
+
+
+def test_cpu_blocked_path_rejects_a_bad_block():
+    q = torch.randn(1, 4, 1, 8)
+    start, end = torch.zeros(1, 2, dtype=torch.int32), torch.full((1, 2), 4, dtype=torch.int32)
+    with pytest.raises(ValueError, match=r"block: expected a positive int, got 0"):
+        cpu_memory_retrieve(q, q[:, :2], q[:, :2], start, end, block=0)
 
 
 def test_triton_explicit_scale_int64_intervals_and_lse_only_loss():

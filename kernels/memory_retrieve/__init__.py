@@ -7,8 +7,9 @@ Each token t attends to the bank entries m that are live at t,
     lse[t] = logsumexp over the live m of (scale * q[t] . mem_k[m])
 
 `memory_retrieve` checks its inputs once and dispatches to a backend (see
-`memmodel.kernels.utils.resolve_backend`): the Triton kernels in `parallel.py` or the
-PyTorch reference in `ref.py`.
+`memmodel.kernels.utils.resolve_backend`): the Triton kernels in `parallel.py`, or on the
+"torch" backend the PyTorch reference in `ref.py`, which autograd differentiates, and
+for inference (no gradient wanted, finite inputs) its blocked form in `cpu.py`.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from typing import Optional
 import torch
 
 from ..utils import INT_DTYPES, check_same_dtype, check_scale, check_tensor, resolve_backend
+from .cpu import cpu_memory_retrieve
 from .parallel import MAX_HEAD_DIM, live_blocks, parallel_memory_retrieve
 from .ref import memory_retrieve_ref, visibility_mask
 
 __all__ = [
     "memory_retrieve",
     "memory_retrieve_ref",
+    "cpu_memory_retrieve",
     "parallel_memory_retrieve",
     "live_blocks",
     "visibility_mask",
@@ -117,4 +120,5 @@ def memory_retrieve(
                 f"Dk={dims['Dk']}, Dv={dims['Dv']}; use backend='torch'"
             )
         return parallel_memory_retrieve(q, mem_k, mem_v, mem_start, mem_end, scale)
-    return memory_retrieve_ref(q, mem_k, mem_v, mem_start, mem_end, scale)
+    # the blocked path goes to the reference itself where a gradient is wanted
+    return cpu_memory_retrieve(q, mem_k, mem_v, mem_start, mem_end, scale)
