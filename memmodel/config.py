@@ -8,7 +8,7 @@ in `CONTROLLER_NAMES`; `memmodel.controllers.register_controller` adds to them.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Optional, Union
 
 # The valid `ltm_controller` names: the built-in controllers of memmodel.controllers, and
@@ -49,6 +49,9 @@ class MemoryConfig:
             (>= P + r - 1), other levels below the top >= r, the top level >= 1 (>= P
             with a single level).
         ltm_merge: r, entries of a full level merged into one entry of the next.
+        memory_layers: the indices of the blocks that carry the working and long-term
+            memory (as hybrid models place attention in some layers only); None: every
+            block. The other blocks are the SSM alone.
     """
 
     vocab_size: int = 256
@@ -77,6 +80,7 @@ class MemoryConfig:
     ltm_levels: int = 2
     ltm_capacity: Union[int, list[int]] = 256
     ltm_merge: int = 4
+    memory_layers: Optional[list[int]] = None
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "d_state", "expand", "d_conv",
@@ -90,6 +94,7 @@ class MemoryConfig:
         if self.wm_slots:
             self._check_heads("wm")
         self._check_long_term_memory()
+        self._check_memory_layers()
         if self.dt_rank == "auto":
             self.dt_rank = math.ceil(self.d_model / 16)
         if not _is_int(self.dt_rank) or self.dt_rank < 1:
@@ -171,6 +176,29 @@ class MemoryConfig:
                 raise ValueError(
                     f"MemoryConfig.ltm_capacity: level {level} needs at least {need} entries "
                     f"({why}), got {c}")
+
+    def _check_memory_layers(self):
+        layers = self.memory_layers
+        if layers is None:
+            return
+        if (not isinstance(layers, (list, tuple)) or not layers
+                or not all(_is_int(i) and 0 <= i < self.n_layers for i in layers)
+                or len(set(layers)) != len(layers)):
+            raise ValueError(
+                f"MemoryConfig.memory_layers: expected None or a non-empty list of distinct "
+                f"block indices in [0, n_layers={self.n_layers}), got {layers!r}")
+        self.memory_layers = sorted(layers)
+
+    def has_memory(self, layer: int) -> bool:
+        """Whether block `layer` carries the memories (see memory_layers)."""
+        return self.memory_layers is None or layer in self.memory_layers
+
+    def layer_config(self, layer: int) -> MemoryConfig:
+        """The config of block `layer` alone: this one, with the working and long-term
+        memory switched off where the block carries none, and memory_layers None."""
+        if self.has_memory(layer):
+            return replace(self, memory_layers=None)
+        return replace(self, memory_layers=None, wm_slots=0, ltm_controller="none")
 
     @property
     def d_inner(self) -> int:

@@ -191,7 +191,8 @@ class MemoryLM(nn.Module):
         super().__init__()
         self.config = config
         self.embedding = nn.Embedding(config.vocab_size, config.d_model)
-        self.layers = nn.ModuleList([Block.from_config(config) for _ in range(config.n_layers)])
+        self.layers = nn.ModuleList([Block.from_config(config.layer_config(i))
+                                     for i in range(config.n_layers)])
         self.norm_f = RMSNorm(config.d_model, config.norm_eps)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
@@ -476,6 +477,8 @@ class MemoryLM(nn.Module):
         if c.wm_slots:
             sig.update(wm_heads=c.wm_heads, wm_head_dim=c.wm_head_dim)
         sig["long_term_memory"] = c.ltm_controller != "none"
+        if c.wm_slots or sig["long_term_memory"]:
+            sig["memory_layers"] = copy.copy(c.memory_layers)
         if sig["long_term_memory"]:
             for name in ("ltm_heads", "ltm_head_dim", "ltm_chunk_size", "ltm_summaries",
                          "ltm_levels", "ltm_capacity", "ltm_merge"):

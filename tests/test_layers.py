@@ -121,3 +121,37 @@ def test_layers_from_keywords_with_device_and_dtype():
 def test_layer_arguments_are_checked(make, pattern):
     with pytest.raises(ValueError, match=pattern):
         make()
+
+
+def _hybrid(**kw):
+    return MemoryConfig(d_model=16, n_layers=3, d_state=4, backend="torch", wm_slots=2,
+                        wm_heads=2, ltm_controller="fifo", ltm_heads=2, ltm_chunk_size=8,
+                        ltm_summaries=1, ltm_levels=1, ltm_capacity=2, **kw)
+
+
+def test_memory_layers_put_the_memories_in_the_blocks_named_only(tmp_path):
+    torch.manual_seed(0)
+    model = MemoryLM(_hybrid(memory_layers=[2, 0]))
+    assert model.config.memory_layers == [0, 2]
+    has = [(b.working_memory is not None, b.long_term_memory is not None) for b in model.layers]
+    assert has == [(True, True), (False, False), (True, True)]
+    ids = torch.randint(0, 256, (2, 40))
+    out = model(ids)
+    assert out.state.layers[1].wm is None and out.state.layers[1].ltm is None
+    assert out.state.layers[0].ltm is not None and out.state.layers[2].wm is not None
+    model.save_pretrained(tmp_path / "m")
+    again = MemoryLM.from_pretrained(tmp_path / "m")
+    assert again.config.memory_layers == [0, 2]
+    assert torch.equal(again(ids).logits, model.eval()(ids).logits)
+    everywhere = MemoryLM(_hybrid())
+    assert all(b.long_term_memory is not None for b in everywhere.layers)
+    with pytest.raises(ValueError, match=r"memory_layers=\[0, 2\] \(this model: None\)"):
+        everywhere(ids, state=out.state)
+
+
+@pytest.mark.parametrize("bad", [[], [3], [-1], [1, 1], "1", [1.0]])
+def test_memory_layers_are_checked(bad):
+    with pytest.raises(ValueError, match=r"MemoryConfig.memory_layers: expected None or a "
+                                         r"non-empty list of distinct block indices in "
+                                         r"\[0, n_layers=3\)"):
+        _hybrid(memory_layers=bad)
