@@ -32,6 +32,9 @@ CASES = {
                                   filler_kind="shared"),
     "passkey-text": PasskeyTask(seq_len=300, chunk_size=32, key_len=5, filler_kind="text"),
     "needles": MultiNeedleTask(seq_len=600, n_facts=8, n_decoys=8, n_queries=3),
+    "needles-separator-first": MultiNeedleTask(seq_len=300, n_facts=4, n_decoys=4,
+                                               n_queries=2, name_len=1, value_len=1,
+                                               separator_first=True),
     "needles-shared": MultiNeedleTask(seq_len=333, n_facts=6, n_decoys=4, n_queries=6,
                                       name_len=2, filler_kind="shared"),
     "needles-text": MultiNeedleTask(seq_len=500, n_facts=5, n_decoys=5, n_queries=2,
@@ -70,8 +73,13 @@ def _needles_oracle(task, x):
     out = []
     for q in range(task.n_queries):
         start = T + 1 - (task.n_queries - q) * F
-        assert x[start] == ord(task.query) and x[start + 1 + nl] == sep
-        out.append(facts[x[start + 1: start + 1 + nl]])
+        assert x[start] == ord(task.query)
+        if task.separator_first:  # query, separator, name
+            assert x[start + 1] == sep
+            out.append(facts[x[start + 2: start + 2 + nl]])
+        else:
+            assert x[start + 1 + nl] == sep
+            out.append(facts[x[start + 1: start + 1 + nl]])
     return out
 
 

@@ -50,6 +50,9 @@ class MultiNeedleTask(Task):
             marker, decoy marker, separator and query bytes in it become spaces).
         filler: the bytes of "letters" and "shared" filler.
         marker, decoy_marker, separator, query: one byte each, used nowhere else.
+        separator_first: the question is query+separator+name, its name right before the
+            answer (a model reading one token back finds the name there), instead of
+            query+name+separator as the facts.
         depth: None: facts and decoys in random slots; a number in [0, 1]: the asked facts
             in consecutive slots at that depth (see slot_places).
         seed: the base of the split seeds.
@@ -77,6 +80,7 @@ class MultiNeedleTask(Task):
     decoy_marker: str = "%"
     separator: str = "="
     query: str = "?"
+    separator_first: bool = False
     depth: Optional[float] = None
     seed: int = 0
 
@@ -84,8 +88,8 @@ class MultiNeedleTask(Task):
     format: ClassVar[str] = (
         "filler with n_facts facts marker+name+separator+value and n_decoys decoys "
         "decoy_marker+name+separator+value, one per slot of the stream; names distinct; at "
-        "the end n_queries facts asked as query+name+separator, each followed by its value: "
-        "the answer")
+        "the end n_queries facts asked as query+name+separator (query+separator+name when "
+        "separator_first), each followed by its value: the answer")
 
     def __post_init__(self):
         owner = "MultiNeedleTask"
@@ -101,6 +105,9 @@ class MultiNeedleTask(Task):
         for name in ("marker", "decoy_marker", "separator", "query"):
             check_bytes(owner, name, getattr(self, name), one=True)
         check_choice(owner, "filler_kind", self.filler_kind, FILLER_KINDS)
+        if not isinstance(self.separator_first, bool):
+            raise ValueError(f"{owner}.separator_first: expected a bool, got "
+                             f"{self.separator_first!r}")
         check_depth(owner, self.depth)
         check_space(owner, "name_len", self.name_alphabet, self.name_len,
                     self.n_facts + self.n_decoys)
@@ -163,6 +170,9 @@ class MultiNeedleTask(Task):
         write(seq, start, facts)
         asked = facts[:, :Q].clone()
         asked[:, :, 0] = ord(self.query)
+        if self.separator_first:
+            asked[:, :, 1] = ord(self.separator)
+            asked[:, :, 2: 2 + self.name_len] = names[:, :Q]
         query_start = region + F * torch.arange(Q).expand(B, Q)
         write(seq, query_start, asked)
         value_at = query_start[..., None] + self.name_len + 2 + torch.arange(self.value_len)
