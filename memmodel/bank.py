@@ -75,25 +75,6 @@ class Bank:
         self.merges.append((self.level.shape[1], level, idx))
         self._append_meta(rows[:, None], level, start)
 
-    def rows_agree(self) -> bool:
-        """Whether every row's bookkeeping equals the first row's."""
-        return all((a == a[:1]).all() for a in (self.level, self.start, self.end))
-
-    def replay(self, level, start, end, merges, summaries, k, v, score, usage):
-        """Take one row's bookkeeping for every row (`LongTermMemory._replay_boundaries`):
-        the lists level, start, end over all columns, the merges [(column, level, source
-        columns)], the columns of the summaries and their data k, v [B, n, H, Dh], score,
-        usage [B, n]."""
-        B = self.level.shape[0]
-        self.level, self.start, self.end = (np.array([a], np.int64).repeat(B, 0)
-                                            for a in (level, start, end))
-        self.merges += [(col, lv, np.array([src], np.int64).repeat(B, 0))
-                        for col, lv, src in merges]
-        self.concrete.extend(summaries)
-        for name, t in (("k", k), ("v", v), ("score", score.detach()),
-                        ("usage", usage.detach())):
-            self.parts[name].append(t.float())
-
     def _append_meta(self, live: np.ndarray, level: int, start: int):
         self.level = np.concatenate([self.level, np.where(live, level, -1)], 1)
         self.start = np.concatenate([self.start, np.full(live.shape, start, np.int64)], 1)
