@@ -54,32 +54,19 @@ from .kernels.utils import check_same_dtype, check_tensor
 from .ssm import place
 from .state import LayerState, LTMState
 
+__all__ = ["OPEN", "Bank", "LongTermMemory", "Recall", "attention_mass"]
+
 INT32_MIN = -(2**31) + 1
-
-
-class SegmentBank(NamedTuple):
-    """Every entry live at some point of one segment, in the order the bank made them.
-
-    k, v: [B, M, H, Dh] float32. level: [B, M] int64, -1 where the column holds no entry
-    of that row. start, end: [B, M] int64 stream positions (host); end is `OPEN` for an
-    entry still live after the segment. position: the segment's first stream position.
-    """
-
-    k: torch.Tensor
-    v: torch.Tensor
-    level: torch.Tensor
-    start: torch.Tensor
-    end: torch.Tensor
-    position: int
 
 
 class Recall(NamedTuple):
     """o: [B, T, H, Dh] retrieved values (0 where a token sees no entry or skips retrieval);
-    lse: [B, T, H] float32 (-inf there); bank: the SegmentBank the tokens read."""
+    lse: [B, T, H] float32 (-inf there); bank: the segment's `Bank`, every entry the
+    tokens could read (k, v, level, start, end, position)."""
 
     o: torch.Tensor
     lse: torch.Tensor
-    bank: SegmentBank
+    bank: Bank
 
 
 class LongTermMemory(nn.Module):
@@ -304,10 +291,8 @@ class LongTermMemory(nn.Module):
                           for i, f in enumerate(flags)], 1)  # [B, T] host
 
         mem_k, mem_v = bank.cat("k"), bank.cat("v")
-        level, start, end = (torch.from_numpy(a) for a in (bank.level, bank.start, bank.end))
-        seg = SegmentBank(mem_k, mem_v, level, start, end, pos0)
-        start = (start - pos0).clamp(INT32_MIN, T)
-        end = (end.clamp(max=pos0 + T) - pos0).clamp(INT32_MIN, T)
+        start = (bank.start - pos0).clamp(INT32_MIN, T)
+        end = (bank.end.clamp(max=pos0 + T) - pos0).clamp(INT32_MIN, T)
         o, lse = self._retrieve(q, mem_k, mem_v, start, end, read)
         if self.controller.needs_usage:
             mass = attention_mass(q, mem_k, start.to(q.device), end.to(q.device), lse)
@@ -315,7 +300,7 @@ class LongTermMemory(nn.Module):
         if state is not None:
             state.ltm = self._carry(bank, kk[:, n_chunks * C:], vv[:, n_chunks * C:],
                                     flags[-1], pos0 + T, st.controller)
-        return Recall(o, lse, seg)
+        return Recall(o, lse, bank)
 
     def _decide(self, bank: Bank, chunk_index: int, position: int, score, keys, ctrl_state
                 ) -> tuple[np.ndarray, torch.Tensor]:
@@ -395,17 +380,13 @@ class LongTermMemory(nn.Module):
 
     def _check_selection(self, idx, bank: Bank, level: int, n: int, rows) -> np.ndarray:
         idx_t = torch.as_tensor(idx).cpu()
-        M = bank.level.shape[1]
         if idx_t.shape != (rows.shape[0], n) or idx_t.dtype.is_floating_point:
             raise ValueError(f"{self.controller!r}.select: expected [B={rows.shape[0]}, {n}] "
                              f"int indices, got {list(idx_t.shape)} {idx_t.dtype}")
         idx = np.where(rows[:, None], idx_t.numpy().astype(np.int64), 0)
-        r = np.nonzero(rows)[0][:, None]
-        chosen = idx[r[:, 0]]
-        ok = chosen.size == 0 or (chosen.min() >= 0 and chosen.max() < M)
-        if ok:  # each of the level, live, and distinct
-            ok = (bank.level[r, chosen] == level).all() and (bank.end[r, chosen] == OPEN).all()
-            ok = ok and (n == 1 or bool((np.diff(np.sort(chosen, 1), axis=1) != 0).all()))
+        ok = bank.holds(idx, level, rows)  # each of the level and live
+        if ok and n > 1:  # and distinct
+            ok = bool((np.diff(np.sort(idx[rows], 1), axis=1) != 0).all())
         if not ok:
             raise ValueError(f"{self.controller!r}.select: expected {n} distinct live entries "
                              f"of level {level} per row, got {idx[rows].tolist()}")
@@ -460,7 +441,7 @@ class LongTermMemory(nn.Module):
                ) -> LTMState:
         """The state after a segment: the live entries, compacted to the front of each row
         (bank order kept), and the unfinished chunk."""
-        live = torch.from_numpy(bank.live())
+        live = bank.live
         count = live.sum(1)
         M = int(count.max()) if live.numel() else 0
         order = torch.sort((~live).long(), dim=1, stable=True).indices[:, :M]
@@ -470,8 +451,8 @@ class LongTermMemory(nn.Module):
         k = torch.where(used_dev[..., None, None], take("k"), 0.0)
         v = torch.where(used_dev[..., None, None], take("v"), 0.0)
         return LTMState(
-            k=k, v=v, level=torch.where(used, torch.from_numpy(bank.level).gather(1, order), -1),
-            start=torch.where(used, torch.from_numpy(bank.start).gather(1, order), 0),
+            k=k, v=v, level=torch.where(used, bank.level.gather(1, order), -1),
+            start=torch.where(used, bank.start.gather(1, order), 0),
             score=torch.where(used_dev, take("score"), 0.0),
             usage=torch.where(used_dev, take("usage"), 0.0),
             pending_k=pending_k.float(), pending_v=pending_v.float(), retrieve=retrieve,

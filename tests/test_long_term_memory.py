@@ -37,7 +37,7 @@ def qkv(B, T, H=2, Dh=8):
 
 
 def live_counts(bank, position, levels):
-    """[B, levels]: the entries of a SegmentBank visible at a stream position, per level."""
+    """[B, levels]: the entries of a segment's Bank visible at a stream position, per level."""
     vis = (bank.start <= position) & (position < bank.end) & (bank.level >= 0)
     return torch.stack([(vis & (bank.level == lv)).sum(-1) for lv in range(levels)], -1)
 
