@@ -283,8 +283,9 @@ class LongTermMemory(nn.Module):
                 if plan is None:
                     decision = self._decide(bank, first + i, boundary, score[:, i],
                                             keys[:, i], st.controller)
-                flags.append(self._apply(bank, decision, boundary, s_k[:, i], s_v[:, i],
-                                         score[:, i], usage[:, i], st.controller))
+                flags.append(self._apply_decision(
+                    bank, decision, boundary, s_k[:, i], s_v[:, i], score[:, i], usage[:, i],
+                    st.controller))
             spans += [boundary - pos0 for boundary in positions]
         spans.append(T)
         read = torch.cat([f[:, None].expand(B, spans[i + 1] - spans[i])
@@ -327,7 +328,7 @@ class LongTermMemory(nn.Module):
                 f"retrieve {list(retrieve.shape)}")
         return action, retrieve.bool()
 
-    def _apply(self, bank: Bank, decision, position: int, new_k, new_v, score, usage,
+    def _apply_decision(self, bank: Bank, decision, position: int, new_k, new_v, score, usage,
                ctrl_state) -> torch.Tensor:
         """Apply one boundary's checked decision (action, retrieve) to the chunk's summaries
         (new_k, new_v: [B, P, H, Dh]; score, usage: [B, P]); returns the [B] retrieve

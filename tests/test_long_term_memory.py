@@ -542,3 +542,10 @@ def test_none_adds_nothing():
 def test_config_rejects_bad_long_term_memory_settings(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         MemoryConfig(**{**LTM, **kwargs})
+
+
+def test_module_moves_with_to():
+    """`to()` reaches the module's parameters (no method of the module shadows
+    nn.Module's own)."""
+    ltm = LongTermMemory.from_config(MemoryConfig(**LTM)).to(torch.float64)
+    assert ltm.q_pool.dtype == torch.float64 and ltm.in_proj.weight.dtype == torch.float64
