@@ -42,11 +42,10 @@ from .bank import OPEN, Bank
 from .config import CONTROLLER_NAMES, MemoryConfig
 from .controllers import (
     Action,
+    ChunkDecision,
     ChunkFeatures,
-    FifoController,
     LevelFeatures,
     MemoryController,
-    StoreAllController,
     build_controller,
 )
 from .kernels.chunk_compress import chunk_compress
@@ -55,32 +54,19 @@ from .kernels.utils import check_same_dtype, check_tensor
 from .ssm import place
 from .state import LayerState, LTMState
 
+__all__ = ["OPEN", "Bank", "LongTermMemory", "Recall", "attention_mass"]
+
 INT32_MIN = -(2**31) + 1
-
-
-class SegmentBank(NamedTuple):
-    """Every entry live at some point of one segment, in the order the bank made them.
-
-    k, v: [B, M, H, Dh] float32. level: [B, M] int64, -1 where the column holds no entry
-    of that row. start, end: [B, M] int64 stream positions (host); end is `OPEN` for an
-    entry still live after the segment. position: the segment's first stream position.
-    """
-
-    k: torch.Tensor
-    v: torch.Tensor
-    level: torch.Tensor
-    start: torch.Tensor
-    end: torch.Tensor
-    position: int
 
 
 class Recall(NamedTuple):
     """o: [B, T, H, Dh] retrieved values (0 where a token sees no entry or skips retrieval);
-    lse: [B, T, H] float32 (-inf there); bank: the SegmentBank the tokens read."""
+    lse: [B, T, H] float32 (-inf there); bank: the segment's `Bank`, every entry the
+    tokens could read (k, v, level, start, end, position)."""
 
     o: torch.Tensor
     lse: torch.Tensor
-    bank: SegmentBank
+    bank: Bank
 
 
 class LongTermMemory(nn.Module):
@@ -288,24 +274,26 @@ class LongTermMemory(nn.Module):
             usage = torch.zeros_like(score)
             first = (pos0 - n_pend) // C
             positions = [pos0 - n_pend + (i + 1) * C for i in range(n_chunks)]
-            if self._replay_boundaries(bank, positions, s_k, s_v, score, usage):
-                flags += [torch.ones(B, dtype=torch.bool)] * n_chunks
+            plan = self.controller.plan
+            if plan is not None:  # one decision for every boundary, checked once
+                decision = self._checked(plan.decision(B, score.shape[2]), B, score.shape[2])
             else:
                 keys = s_k.detach().flatten(3)  # [B, n, P, H * Dh], what the controller sees
-                for i, boundary in enumerate(positions):
-                    flags.append(self._boundary(
-                        bank, first + i, boundary, s_k[:, i], s_v[:, i], score[:, i],
-                        keys[:, i], usage[:, i], st.controller))
+            for i, boundary in enumerate(positions):
+                if plan is None:
+                    decision = self._decide(bank, first + i, boundary, score[:, i],
+                                            keys[:, i], st.controller)
+                flags.append(self._apply_decision(
+                    bank, decision, boundary, s_k[:, i], s_v[:, i], score[:, i], usage[:, i],
+                    st.controller))
             spans += [boundary - pos0 for boundary in positions]
         spans.append(T)
         read = torch.cat([f[:, None].expand(B, spans[i + 1] - spans[i])
                           for i, f in enumerate(flags)], 1)  # [B, T] host
 
         mem_k, mem_v = bank.cat("k"), bank.cat("v")
-        level, start, end = (torch.from_numpy(a) for a in (bank.level, bank.start, bank.end))
-        seg = SegmentBank(mem_k, mem_v, level, start, end, pos0)
-        start = (start - pos0).clamp(INT32_MIN, T)
-        end = (end.clamp(max=pos0 + T) - pos0).clamp(INT32_MIN, T)
+        start = (bank.start - pos0).clamp(INT32_MIN, T)
+        end = (bank.end.clamp(max=pos0 + T) - pos0).clamp(INT32_MIN, T)
         o, lse = self._retrieve(q, mem_k, mem_v, start, end, read)
         if self.controller.needs_usage:
             mass = attention_mass(q, mem_k, start.to(q.device), end.to(q.device), lse)
@@ -313,76 +301,22 @@ class LongTermMemory(nn.Module):
         if state is not None:
             state.ltm = self._carry(bank, kk[:, n_chunks * C:], vv[:, n_chunks * C:],
                                     flags[-1], pos0 + T, st.controller)
-        return Recall(o, lse, seg)
+        return Recall(o, lse, bank)
 
-    def _replay_boundaries(self, bank: Bank, positions, new_k, new_v, score, usage) -> bool:
-        """All of a segment's boundaries under `fifo` or `store_all` at once, without
-        controller calls.
-
-        Both store every summary and read every chunk; fifo gives up a level's oldest
-        entries, store_all nothing; the same in every row. So when the rows' banks agree
-        (they do unless the stream began under another controller), one row's
-        bookkeeping, in plain Python with a queue of live entries per level, stands for
-        all. Exactly the decisions `_boundary` would apply (a test compares the two).
-        Returns False, having done nothing, for any other controller (a subclass of these
-        included) or when the rows differ.
-
-        Args:
-            positions: the boundaries' stream positions; new_k, new_v: [B, n, P, H, Dh];
-            score, usage: [B, n, P].
-        """
-        if type(self.controller) not in (FifoController, StoreAllController) \
-                or not bank.rows_agree():
-            return False
-        bounded = self.controller.bounded
-        P = score.shape[2]
-        cap, r, top = self.capacity, self.config.ltm_merge, len(self.capacity) - 1
-        level, start, end = (a[0].tolist() for a in (bank.level, bank.start, bank.end))
-        queues = [[] for _ in cap]  # live columns per level, oldest first
-        for col in sorted((c for c in range(len(level)) if end[c] == OPEN),
-                          key=lambda c: (start[c], c)):
-            queues[level[col]].append(col)
-        heads = [0] * len(cap)  # queues[l][heads[l]:] are live
-        merges, summaries = [], []
-
-        def append(lv, pos):
-            level.append(lv)
-            start.append(pos)
-            end.append(OPEN)
-            queues[lv].append(len(level) - 1)
-
-        def make_room(lv, need, pos):
-            while len(queues[lv]) - heads[lv] + need > cap[lv]:
-                take = 1 if lv == top else r
-                gone = queues[lv][heads[lv]: heads[lv] + take]
-                heads[lv] += take
-                for col in gone:
-                    end[col] = pos
-                if lv < top:
-                    make_room(lv + 1, 1, pos)
-                    merges.append((len(level), lv + 1, gone))
-                    append(lv + 1, pos)
-
-        for pos in positions:
-            if bounded:
-                make_room(0, P, pos)
-            for _ in range(P):
-                summaries.append(len(level))
-                append(0, pos)
-        bank.replay(level, start, end, merges, summaries, new_k.flatten(1, 2),
-                    new_v.flatten(1, 2), score.flatten(1), usage.flatten(1))
-        return True
-
-    def _boundary(self, bank: Bank, chunk_index: int, position: int, new_k, new_v, score,
-                  keys, usage, ctrl_state) -> torch.Tensor:
-        """Ask the controller about one chunk's summaries (new_k, new_v: [B, P, H, Dh];
-        score, usage: [B, P]; keys: [B, P, H * Dh] detached) and apply its answer; returns
-        the [B] retrieve flags."""
-        B, P = score.shape
+    def _decide(self, bank: Bank, chunk_index: int, position: int, score, keys, ctrl_state
+                ) -> tuple[np.ndarray, torch.Tensor]:
+        """Ask the controller about one chunk's summaries (score: [B, P]; keys: [B, P,
+        H * Dh] detached); returns its checked answer, as `_checked`."""
         with torch.no_grad():
             features = ChunkFeatures(bank.view(position), chunk_index, position,
                                      score.detach(), keys, ctrl_state)
             decision = self.controller.decide(features)
+        return self._checked(decision, *score.shape)
+
+    def _checked(self, decision: ChunkDecision, B: int, P: int
+                 ) -> tuple[np.ndarray, torch.Tensor]:
+        """A ChunkDecision checked against B rows of P summaries: (action [B, P] int64
+        array, retrieve [B] bool host tensor)."""
         action_t = torch.as_tensor(decision.action).cpu()
         retrieve = torch.as_tensor(decision.retrieve).cpu()
         action = action_t.numpy()
@@ -392,6 +326,14 @@ class LongTermMemory(nn.Module):
                 f"{self.controller!r}.decide: expected action [B={B}, P={P}] of Action values "
                 f"and retrieve [B={B}], got action {list(action.shape)} {action_t.dtype} and "
                 f"retrieve {list(retrieve.shape)}")
+        return action, retrieve.bool()
+
+    def _apply_decision(self, bank: Bank, decision, position: int, new_k, new_v, score, usage,
+               ctrl_state) -> torch.Tensor:
+        """Apply one boundary's checked decision (action, retrieve) to the chunk's summaries
+        (new_k, new_v: [B, P, H, Dh]; score, usage: [B, P]); returns the [B] retrieve
+        flags."""
+        action, retrieve = decision
         store = action == Action.STORE
         if store.any():
             self._make_room(bank, 0, store.sum(1), position, ctrl_state)
@@ -404,7 +346,7 @@ class LongTermMemory(nn.Module):
             self._make_room(bank, 1, rows.astype(np.int64), position, ctrl_state)
             k1, v1, score1 = self._merge_selected(new_k, new_v, torch.from_numpy(compress))
             bank.add(k1, v1, score1, torch.zeros_like(score1), 1, position, rows[:, None])
-        return retrieve.bool()
+        return retrieve
 
     def _make_room(self, bank: Bank, level: int, need: np.ndarray, position: int,
                    ctrl_state):
@@ -439,17 +381,13 @@ class LongTermMemory(nn.Module):
 
     def _check_selection(self, idx, bank: Bank, level: int, n: int, rows) -> np.ndarray:
         idx_t = torch.as_tensor(idx).cpu()
-        M = bank.level.shape[1]
         if idx_t.shape != (rows.shape[0], n) or idx_t.dtype.is_floating_point:
             raise ValueError(f"{self.controller!r}.select: expected [B={rows.shape[0]}, {n}] "
                              f"int indices, got {list(idx_t.shape)} {idx_t.dtype}")
         idx = np.where(rows[:, None], idx_t.numpy().astype(np.int64), 0)
-        r = np.nonzero(rows)[0][:, None]
-        chosen = idx[r[:, 0]]
-        ok = chosen.size == 0 or (chosen.min() >= 0 and chosen.max() < M)
-        if ok:  # each of the level, live, and distinct
-            ok = (bank.level[r, chosen] == level).all() and (bank.end[r, chosen] == OPEN).all()
-            ok = ok and (n == 1 or bool((np.diff(np.sort(chosen, 1), axis=1) != 0).all()))
+        ok = bank.holds(idx, level, rows)  # each of the level and live
+        if ok and n > 1:  # and distinct
+            ok = bool((np.diff(np.sort(idx[rows], 1), axis=1) != 0).all())
         if not ok:
             raise ValueError(f"{self.controller!r}.select: expected {n} distinct live entries "
                              f"of level {level} per row, got {idx[rows].tolist()}")
@@ -504,7 +442,7 @@ class LongTermMemory(nn.Module):
                ) -> LTMState:
         """The state after a segment: the live entries, compacted to the front of each row
         (bank order kept), and the unfinished chunk."""
-        live = torch.from_numpy(bank.live())
+        live = bank.live
         count = live.sum(1)
         M = int(count.max()) if live.numel() else 0
         order = torch.sort((~live).long(), dim=1, stable=True).indices[:, :M]
@@ -514,8 +452,8 @@ class LongTermMemory(nn.Module):
         k = torch.where(used_dev[..., None, None], take("k"), 0.0)
         v = torch.where(used_dev[..., None, None], take("v"), 0.0)
         return LTMState(
-            k=k, v=v, level=torch.where(used, torch.from_numpy(bank.level).gather(1, order), -1),
-            start=torch.where(used, torch.from_numpy(bank.start).gather(1, order), 0),
+            k=k, v=v, level=torch.where(used, bank.level.gather(1, order), -1),
+            start=torch.where(used, bank.start.gather(1, order), 0),
             score=torch.where(used_dev, take("score"), 0.0),
             usage=torch.where(used_dev, take("usage"), 0.0),
             pending_k=pending_k.float(), pending_v=pending_v.float(), retrieve=retrieve,

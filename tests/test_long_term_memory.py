@@ -37,7 +37,7 @@ def qkv(B, T, H=2, Dh=8):
 
 
 def live_counts(bank, position, levels):
-    """[B, levels]: the entries of a SegmentBank visible at a stream position, per level."""
+    """[B, levels]: the entries of a segment's Bank visible at a stream position, per level."""
     vis = (bank.start <= position) & (position < bank.end) & (bank.level >= 0)
     return torch.stack([(vis & (bank.level == lv)).sum(-1) for lv in range(levels)], -1)
 
@@ -274,82 +274,130 @@ def test_a_controller_reading_the_bank_leaves_values_and_gradients_alone():
         assert_close(b, a, name, rtol=1e-6)
 
 
-class PlainFifo(FifoController):
-    """fifo through the general path: a controller call at every boundary."""
+class AskedFifo(FifoController):
+    """fifo without its plan: `decide` is asked at every boundary."""
+
+    plan = None
 
 
-class PlainStoreAll(StoreAllController):
-    """store_all through the general path."""
+class AskedStoreAll(StoreAllController):
+    """store_all without its plan."""
+
+    plan = None
+
+
+def count_decide_calls(ctrl):
+    """Wrap ctrl.decide (on the instance) so that its calls are counted in ctrl.calls."""
+    ctrl.calls, decide = [], ctrl.decide
+    ctrl.decide = lambda features: ctrl.calls.append(features.position) or decide(features)
+    return ctrl
+
+
+def stream_with(ltm, ctrl, x, segments, st=None):
+    """x [B, T, D] in segments under ctrl: the output, the gradients of x and q_pool, the
+    carried state and the bank of a 4-token probe after each segment."""
+    cfg = ltm.config
+    ltm.controller = ctrl
+    ltm.zero_grad()
+    xi = x.clone().requires_grad_()
+    st, ys, banks, t0 = LayerState(ltm=st), [], [], 0
+    for T in segments:
+        ys.append(ltm(xi[:, t0:t0 + T], st))
+        torch.manual_seed(t0)  # the same probe of the bank in every run
+        banks.append(ltm.remember(*qkv(x.shape[0], 4, cfg.ltm_heads, cfg.ltm_head_dim),
+                                  LayerState(ltm=st.ltm)).bank)
+        t0 += T
+    y = torch.cat(ys, 1)
+    (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+    return y, xi.grad, ltm.q_pool.grad, ltm.merge_q.grad, st.ltm, banks
+
+
+def assert_same_runs(a, b):
+    """Two `stream_with` results are bit-identical."""
+    for name, u, w in zip(("y", "dx", "dq_pool", "dmerge_q"), a[:4], b[:4]):
+        assert (u is None and w is None) or torch.equal(u, w), name  # no merge_q: one level
+    for u, w in zip(a[5], b[5]):
+        for name in ("level", "start", "end", "k", "v"):
+            assert torch.equal(getattr(u, name), getattr(w, name)), name
+    for name in ("k", "v", "level", "start", "score", "usage", "pending_k", "retrieve"):
+        assert torch.equal(getattr(a[4], name), getattr(b[4], name)), name
 
 
 @pytest.mark.parametrize("kw,segments,pair", [
-    (dict(), (21, 24), (FifoController, PlainFifo)),
-    (dict(ltm_levels=1, ltm_capacity=[3], ltm_merge=2), (9, 30, 6), (FifoController, PlainFifo)),
+    (dict(), (21, 24), (FifoController, AskedFifo)),
+    (dict(ltm_levels=1, ltm_capacity=[3], ltm_merge=2), (9, 30, 6), (FifoController, AskedFifo)),
     (dict(ltm_levels=2, ltm_capacity=[7, 4], ltm_merge=3, ltm_summaries=3,
-          ltm_chunk_size=5), (50, 3, 40), (FifoController, PlainFifo)),
-    (dict(), (21, 24), (StoreAllController, PlainStoreAll)),
+          ltm_chunk_size=5), (50, 3, 40), (FifoController, AskedFifo)),
+    (dict(), (21, 24), (StoreAllController, AskedStoreAll)),
 ], ids=["3-levels", "1-level", "r3-P3", "store_all"])
-def test_replayed_boundaries_equal_the_controller_calls(kw, segments, pair):
-    """fifo's (and store_all's) boundaries replayed from one row's bookkeeping give the
-    same outputs, gradients, segment banks and carried state as asking the controller at
-    each one."""
+def test_a_plan_equals_asking_decide_at_every_boundary(kw, segments, pair):
+    """fifo's (and store_all's) plan, applied to a segment's boundaries without `decide`
+    calls, gives the same outputs, gradients, segment banks and carried state, bit for
+    bit, as asking `decide` at each boundary; merges reach every level."""
     cfg = MemoryConfig(**{**LTM, **kw})
     torch.manual_seed(0)
     ltm = LongTermMemory.from_config(cfg)
     x = torch.randn(3, sum(segments), 16)
-    fast = ltm._replay_boundaries
-    taken = []
-    ltm._replay_boundaries = lambda *args: taken.append(fast(*args)) or taken[-1]
-    runs = []
-    for ctrl in (pair[0](), pair[1]()):
-        taken.clear()
-        ltm.controller = ctrl
-        ltm.zero_grad()
-        xi = x.clone().requires_grad_()
-        st, ys, banks, t0 = LayerState(), [], [], 0
-        for T in segments:
-            ys.append(ltm(xi[:, t0:t0 + T], st))
-            torch.manual_seed(t0)  # the same probe of the bank in both runs
-            banks.append(ltm.remember(*qkv(3, 4, cfg.ltm_heads, cfg.ltm_head_dim),
-                                      LayerState(ltm=st.ltm)).bank)
-            t0 += T
-        y = torch.cat(ys, 1)
-        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
-        runs.append((y, xi.grad, ltm.q_pool.grad, st.ltm, banks))
-        if isinstance(ctrl, (PlainFifo, PlainStoreAll)):
-            assert not any(taken), "a subclass goes through the controller calls"
-        else:
-            assert taken and all(taken), "the replay is taken"
-    (y, dx, dq, ltm_a, banks_a), (y2, dx2, dq2, ltm_b, banks_b) = runs
-    assert torch.equal(y, y2) and torch.equal(dx, dx2) and torch.equal(dq, dq2)
-    for a, b in zip(banks_a, banks_b):
-        for name in ("level", "start", "end", "k", "v"):
-            assert torch.equal(getattr(a, name), getattr(b, name)), name
-    for name in ("k", "v", "level", "start", "score", "usage"):
-        assert torch.equal(getattr(ltm_a, name), getattr(ltm_b, name)), name
+    planned, asked = (count_decide_calls(cls()) for cls in pair)
+    runs = [stream_with(ltm, ctrl, x, segments) for ctrl in (planned, asked)]
+    C = cfg.ltm_chunk_size
+    assert planned.calls == [] and set(range(C, sum(segments) + 1, C)) <= set(asked.calls)
+    assert_same_runs(*runs)
+    carried = runs[0][4]
     if pair[0] is FifoController:
-        assert (ltm_a.level == cfg.ltm_levels - 1).any(), "merges reached the top level"
+        assert (carried.level == cfg.ltm_levels - 1).any(), "merges reached the top level"
     else:
-        assert ltm_a.live.all() and ltm_a.level.shape[1] == sum(segments) // 4 * 2
+        assert carried.live.all() and carried.level.shape[1] == sum(segments) // 4 * 2
 
 
-def test_replay_steps_aside_when_rows_differ():
-    """A stream begun under another controller (rows' banks differ) goes through the
-    controller calls, with the same result as the general path."""
+def test_a_plan_applies_when_rows_differ():
+    """A stream begun under another controller (rows' banks differ) continues under
+    fifo's plan with the result of asking `decide` at every boundary."""
     cfg = MemoryConfig(**LTM)
+    torch.manual_seed(0)
     ltm = LongTermMemory.from_config(cfg, controller=build_controller(name="importance"))
     st = LayerState()
     with torch.no_grad():
         ltm(torch.randn(3, 33, 16), st)
-        assert not (st.ltm.start == st.ltm.start[:1]).all(), "rows differ"
-        x = torch.randn(3, 30, 16)
-        outs = []
-        for ctrl in (FifoController(), PlainFifo()):
-            ltm.controller = ctrl
-            other = LayerState(ltm=st.ltm)
-            outs.append((ltm(x, other), other.ltm))
-    assert torch.equal(outs[0][0], outs[1][0])
-    assert torch.equal(outs[0][1].start, outs[1][1].start)
+    assert not (st.ltm.start == st.ltm.start[:1]).all(), "rows differ"
+    x = torch.randn(3, 30, 16)
+    runs = [stream_with(ltm, ctrl, x, (13, 17), st.ltm) for ctrl in (FifoController(),
+                                                                     AskedFifo())]
+    assert_same_runs(*runs)
+
+
+class NewestFifo(FifoController):
+    """fifo's decisions, but a full level gives up its newest entries."""
+
+    def select(self, features):
+        bank = features.bank
+        candidate = bank.live & (bank.level == features.level)
+        key = torch.where(candidate, -bank.start, torch.iinfo(torch.int64).max)
+        return torch.sort(key, dim=1, stable=True).indices[:, : features.count]
+
+
+class RestatedFifo(NewestFifo):
+    """NewestFifo stating fifo's plan again: its decide is still fifo's."""
+
+    plan = FifoController.plan
+
+
+def test_a_subclass_that_redefines_a_rule_loses_the_plan():
+    """A fifo subclass that overrides select (or decide) has no plan, so `decide` is
+    asked at every boundary and its own select is what runs; one that states the plan
+    again keeps it, and its select still runs."""
+    assert FifoController.plan is not None and StoreAllController.plan is not None
+    assert NewestFifo.plan is None and LookingFifo.plan is None and AskedFifo.plan is None
+    assert RestatedFifo.plan is FifoController.plan
+    cfg = MemoryConfig(**{**LTM, "ltm_levels": 1, "ltm_capacity": [3]})
+    torch.manual_seed(0)
+    ltm = LongTermMemory.from_config(cfg)
+    x = torch.randn(2, 30, 16)
+    newest, restated = count_decide_calls(NewestFifo()), count_decide_calls(RestatedFifo())
+    runs = [stream_with(ltm, ctrl, x, (30,)) for ctrl in (newest, restated, FifoController())]
+    assert set(range(4, 31, 4)) <= set(newest.calls) and restated.calls == []
+    assert_same_runs(runs[0], runs[1])
+    assert not torch.equal(runs[0][4].start, runs[2][4].start), "newest first, not fifo"
 
 
 class FloatKernels(TorchDispatchMode):
@@ -494,3 +542,10 @@ def test_none_adds_nothing():
 def test_config_rejects_bad_long_term_memory_settings(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         MemoryConfig(**{**LTM, **kwargs})
+
+
+def test_module_moves_with_to():
+    """`to()` reaches the module's parameters (no method of the module shadows
+    nn.Module's own)."""
+    ltm = LongTermMemory.from_config(MemoryConfig(**LTM)).to(torch.float64)
+    assert ltm.q_pool.dtype == torch.float64 and ltm.in_proj.weight.dtype == torch.float64

@@ -9,6 +9,7 @@ from .base import (
     ChunkFeatures,
     LevelFeatures,
     MemoryController,
+    Plan,
     on_host,
     ranked,
     uniform_decision,
@@ -37,7 +38,7 @@ from .registry import CONTROLLERS, build_controller, register_controller
 
 __all__ = [
     "Action", "BankView", "ChunkDecision", "ChunkFeatures", "LevelFeatures",
-    "MemoryController", "on_host", "ranked", "uniform_decision",
+    "MemoryController", "Plan", "on_host", "ranked", "uniform_decision",
     "FifoController", "ImportanceController", "NoMemoryController", "StoreAllController",
     "lowest_scores", "oldest",
     "Choice", "Episode", "QLearner", "QLearningController", "QNetwork", "ReplayBuffer",

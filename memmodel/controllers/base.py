@@ -16,6 +16,13 @@ Every decision is per batch row, so a controller that ranks entries by content m
 each row differently. Decisions are applied in order and turned into the `[start, end)`
 intervals the single retrieval call of a segment reads (docs/architecture.md).
 
+A controller whose `decide` answers the same at every boundary, in every row, whatever
+the bank and the chunk (fifo, store_all), states that answer as its `plan` (a `Plan`).
+The module then applies the plan to a whole segment's boundaries without calling
+`decide`, through the same code that applies a `decide` answer; `select` is still asked
+whenever a level is full. A subclass that redefines `decide` or `select` and does not
+restate `plan` has none, so it is never run by a rule it no longer follows.
+
 Timing of the features. A segment's decisions are all made before its one retrieval
 call, so `usage` (the attention mass an entry has received) covers the stream up to the
 end of the previous segment; an entry made in the current segment has usage 0 (a merged
@@ -175,6 +182,28 @@ class ChunkDecision:
     retrieve: torch.Tensor
 
 
+@dataclass(frozen=True)
+class Plan:
+    """A decision that holds at every chunk boundary, in every row, whatever the data:
+    `action` for every new summary, `retrieve` for every row.
+
+    Example:
+        >>> Plan(Action.STORE, retrieve=True).decision(batch=2, summaries=3).action
+        tensor([[0, 0, 0],
+                [0, 0, 0]])
+    """
+
+    action: Action
+    retrieve: bool
+
+    def decision(self, batch: int, summaries: int) -> ChunkDecision:
+        """The plan as the ChunkDecision of one boundary: action [batch, summaries],
+        retrieve [batch]."""
+        return ChunkDecision(
+            action=torch.full((batch, summaries), int(self.action), dtype=torch.int64),
+            retrieve=torch.full((batch,), self.retrieve, dtype=torch.bool))
+
+
 class MemoryController(nn.Module):
     """The interface `LongTermMemory` calls. Subclass it and register it with
     `register_controller`.
@@ -192,12 +221,24 @@ class MemoryController(nn.Module):
             skip that cost.
         bounded: False lifts the capacity: the module never makes room, so `select` is
             never called and levels grow without limit (only `store_all` sets it).
+        plan: a `Plan` when `decide` always returns `plan.decision(B, P)`, whatever the
+            features: the module then applies it without calling `decide`. None (the
+            default): `decide` is asked at every boundary. A subclass that defines
+            `decide` or `select` and not `plan` gets None.
     """
 
     name = "base"
     enabled = True
     needs_usage = False
     bounded = True
+    plan: Optional[Plan] = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # an inherited plan states what the parent's rules do; a class that changes
+        # them keeps it only by stating it again
+        if ("decide" in cls.__dict__ or "select" in cls.__dict__) and "plan" not in cls.__dict__:
+            cls.plan = None
 
     def __init__(self, config: Optional[Any] = None):
         super().__init__()
@@ -222,9 +263,7 @@ class MemoryController(nn.Module):
 
 def uniform_decision(features: ChunkFeatures, action: Action, retrieve: bool) -> ChunkDecision:
     """The same `action` for every new summary and the same `retrieve` for every row."""
-    B, P = features.score.shape
-    return ChunkDecision(action=torch.full((B, P), int(action), dtype=torch.int64),
-                         retrieve=torch.full((B,), retrieve, dtype=torch.bool))
+    return Plan(action, retrieve).decision(*features.score.shape)
 
 
 def on_host(t: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ from .base import (
     ChunkFeatures,
     LevelFeatures,
     MemoryController,
+    Plan,
     on_host,
     ranked,
     uniform_decision,
@@ -25,14 +26,19 @@ def oldest(features: LevelFeatures) -> torch.Tensor:
     return torch.sort(key, dim=1, stable=True).indices[:, : features.count]
 
 
+STORE_AND_READ = Plan(Action.STORE, retrieve=True)  # fifo's and store_all's decision
+
+
 class FifoController(MemoryController):
     """Store every summary and read every chunk; a full level merges (or, at the top,
-    evicts) its oldest entries. The same decisions in every batch row."""
+    evicts) its oldest entries. The same decisions in every batch row, stated as its
+    `plan`, so the module applies them without a `decide` call per boundary."""
 
     name = "fifo"
+    plan = STORE_AND_READ
 
     def decide(self, features: ChunkFeatures) -> ChunkDecision:
-        return uniform_decision(features, Action.STORE, retrieve=True)
+        return STORE_AND_READ.decision(*features.score.shape)
 
     def select(self, features: LevelFeatures) -> torch.Tensor:
         return oldest(features)
@@ -91,9 +97,10 @@ class StoreAllController(MemoryController):
 
     name = "store_all"
     bounded = False
+    plan = STORE_AND_READ
 
     def decide(self, features: ChunkFeatures) -> ChunkDecision:
-        return uniform_decision(features, Action.STORE, retrieve=True)
+        return STORE_AND_READ.decision(*features.score.shape)
 
     def select(self, features: LevelFeatures) -> torch.Tensor:
         raise RuntimeError("the 'store_all' controller is unbounded, so no level fills")
