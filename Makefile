@@ -8,7 +8,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.memmodel-installed
-DEMO_SECONDS ?= 90
+PLOT_STAMP := $(VENV)/.memmodel-plot
+# `make demo DEMO=long`: trains longer and evaluates at 512K and 1M tokens too
+DEMO ?=
+DEMO_OUT ?= results
 
 .PHONY: demo test test-fast bench-cpu lint clean
 
@@ -20,8 +23,12 @@ $(STAMP): $(PY) setup.py pyproject.toml
 	$(PY) -m pip install -e ".[test]"
 	touch $(STAMP)
 
-demo: $(STAMP)
-	$(PY) -m memmodel.training.lm --seconds $(DEMO_SECONDS)
+$(PLOT_STAMP): $(STAMP)
+	$(PY) -m pip install -e ".[plot]"
+	touch $(PLOT_STAMP)
+
+demo: $(PLOT_STAMP)
+	$(PY) -m memmodel.training.demo --out $(DEMO_OUT) $(if $(filter long,$(DEMO)),--long,)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

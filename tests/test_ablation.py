@@ -125,3 +125,49 @@ def test_warmup_is_shared_and_the_budget_equal(tmp_path, monkeypatch):
 def test_spec_refuses(change, pattern):
     with pytest.raises(ValueError, match=pattern):
         AblationSpec.from_dict({**TINY, **change})
+
+
+def test_run_ablation_names_its_files_and_command(tmp_path):
+    spec = AblationSpec.from_dict({**TINY, "variants": ["ssm"], "eval_lengths": [128]})
+    rows = run_ablation(spec, tmp_path, name="demo", command="make demo")
+    assert json.loads((tmp_path / "demo.json").read_text()) == rows
+    table = (tmp_path / "demo.md").read_text()
+    assert "Command: `make demo`" in table and "| ssm | 128 | 2 |" in table
+    assert not (tmp_path / "results.json").exists()
+    with pytest.raises(ValueError, match=r"expected a plain file stem as name, got '../x'"):
+        run_ablation(spec, tmp_path, name="../x")
+
+
+def test_demo_specs_resolve_bind_the_capacity_and_reach_128k(capsys):
+    from memmodel.training import demo
+
+    short, long = demo.demo_spec(), demo.demo_spec(long=True)
+    assert short.variants == list(ablation.VARIANTS)
+    assert max(short.eval_lengths) == 131072 and max(long.eval_lengths) == 1 << 20
+    assert {1024, 8192, 32768, 131072} <= set(short.eval_lengths) <= set(long.eval_lengths)
+    assert max(t.seq_len for t in short.training_tasks()) <= 2048
+    assert {t.name for t in short.evaluation_tasks()} == {"passkey", "multi_needle"}
+    assert short.eval_n >= 16
+    assert long.warmup_steps > short.warmup_steps
+    assert long.train_config().steps > short.train_config().steps
+    demo.main(["--print-spec", "--long"])
+    assert AblationSpec.from_dict(json.loads(capsys.readouterr().out)).eval_lengths == \
+        long.eval_lengths
+
+
+def test_warmup_tasks_are_a_curriculum_for_phase_one(tmp_path):
+    easy = [dict(name="passkey", seq_len=63, chunk_size=8, key_len=1)]
+    spec = AblationSpec.from_dict({**TINY, "variants": ["ssm", "fifo"], "eval_lengths": [128],
+                                   "warmup_tasks": easy})
+    assert [t.seq_len for t in spec.warming_tasks()] == [63]
+    assert len(spec.training_tasks()) == 2
+    resolved = spec.resolved()
+    assert resolved["warmup_tasks"][0]["name"] == "passkey"
+    assert AblationSpec.from_dict(resolved).resolved() == resolved
+    run_ablation(spec, tmp_path)
+    table = (tmp_path / "results.md").read_text()
+    assert "Warm-up tasks (a curriculum): passkey seq_len=63" in table
+    with pytest.raises(ValueError, match=r"warmup_tasks: given, but warmup_steps is 0"):
+        AblationSpec.from_dict({**TINY, "warmup_tasks": easy, "warmup_steps": 0})
+    with pytest.raises(ValueError, match=r"warmup_tasks: expected None or a non-empty list"):
+        AblationSpec.from_dict({**TINY, "warmup_tasks": []})

@@ -19,7 +19,8 @@ Q-learning controller learns alongside. Training has two phases when the spec's
 
   1. warm-up: one model of the store_all variant's config (the same capacity settings;
      store_all keeps every summary, so the memory pathway gets gradient from the first
-     step) trains W steps on the batches of seed `seed`;
+     step) trains W steps on the batches of seed `seed` (of the spec's `warmup_tasks`
+     when given, a curriculum: an easier form of the tasks first; else its train_tasks);
   2. every long-term-memory variant (fifo, importance, store_all, qlearning, full) starts
      from those warm weights, the same for all (full's working memory and a Q-learning
      controller's networks, which the warm-up model lacks, start from their seeded
@@ -27,7 +28,7 @@ Q-learning controller learns alongside. Training has two phases when the spec's
      `seed + 1`, with a fresh optimiser.
 
 `ssm` and `wm` have no long-term memory to warm: they run the same two phases on their own
-model (W steps on the batches of seed `seed`, then S steps with a fresh optimiser on
+model (W steps on the warm-up's batches of seed `seed`, then S steps with a fresh optimiser on
 those of `seed + 1`). So every variant takes W + S model steps on the same W + S
 batches, with the optimiser restarted after W; the warm-up is trained once and shared.
 `train.seconds`, when set, limits each phase 2 only (the warm-up runs its W steps).
@@ -131,6 +132,8 @@ class AblationSpec:
         ltm: MemoryConfig long-term-memory fields of the variants that have one.
         train_tasks: task specs (`task_from_spec`: a name and parameters) of the training
             mix; each step's batch is one of them, drawn with the batch generator.
+        warmup_tasks: task specs of the warm-up's mix (phase 1 of every variant), for a
+            curriculum (an easier form of the tasks first); None: train_tasks.
         train: MemoryTrainConfig fields (the budget: steps, seconds; batch_size, lr, ...),
             the same for every variant; not seed, split or checkpoint.
         qlearning: QLearningConfig fields of the Q-learning controller (horizon: the
@@ -153,6 +156,7 @@ class AblationSpec:
     wm: dict[str, Any] = field(default_factory=_default_wm)
     ltm: dict[str, Any] = field(default_factory=_default_ltm)
     train_tasks: list[dict[str, Any]] = field(default_factory=_default_train_tasks)
+    warmup_tasks: Optional[list[dict[str, Any]]] = None
     train: dict[str, Any] = field(default_factory=_default_train)
     qlearning: dict[str, Any] = field(default_factory=_default_qlearning)
     eval_tasks: list[dict[str, Any]] = field(default_factory=_default_eval_tasks)
@@ -190,6 +194,14 @@ class AblationSpec:
         if not self.train_tasks or not self.eval_tasks:
             raise ValueError("AblationSpec: expected at least one training and one "
                              "evaluation task")
+        if self.warmup_tasks is not None:
+            if not isinstance(self.warmup_tasks, list) or not self.warmup_tasks:
+                raise ValueError(f"AblationSpec.warmup_tasks: expected None or a non-empty "
+                                 f"list of task specs, got {self.warmup_tasks!r}")
+            if not self.warmup_steps:
+                raise ValueError("AblationSpec.warmup_tasks: given, but warmup_steps is 0 "
+                                 "(there is no warm-up to run them)")
+            self.warming_tasks()
         for v in self.variants:
             self.config(v)
         self.train_config()
@@ -245,6 +257,8 @@ class AblationSpec:
         the training config; `from_dict` reads it back to the same runs."""
         out = self.to_dict()
         out["train_tasks"] = [t.spec() for t in self.training_tasks()]
+        if self.warmup_tasks is not None:
+            out["warmup_tasks"] = [t.spec() for t in self.warming_tasks()]
         out["eval_tasks"] = [t.spec() for t in self.evaluation_tasks()]
         out["qlearning"] = dataclasses.asdict(self.qlearning_config())
         train = dataclasses.asdict(self.train_config())
@@ -293,6 +307,11 @@ class AblationSpec:
     def training_tasks(self) -> list[Task]:
         return [task_from_spec(s) for s in self.train_tasks]
 
+    def warming_tasks(self) -> list[Task]:
+        """The warm-up's tasks: warmup_tasks, or train_tasks when None."""
+        specs = self.train_tasks if self.warmup_tasks is None else self.warmup_tasks
+        return [task_from_spec(s) for s in specs]
+
     def evaluation_tasks(self) -> list[Task]:
         return [task_from_spec(s) for s in self.eval_tasks]
 
@@ -327,8 +346,8 @@ class TaskMix:
         return self.tasks[i].sample(batch_size, generator, split=split, index=index)
 
 
-def _training_task(spec: AblationSpec):
-    tasks = spec.training_tasks()
+def _training_task(spec: AblationSpec, warmup: bool = False):
+    tasks = spec.warming_tasks() if warmup else spec.training_tasks()
     return tasks[0] if len(tasks) == 1 else TaskMix(tasks)
 
 
@@ -337,7 +356,8 @@ def warm_up(spec: AblationSpec, checkpoint: Optional[str] = None):
     spec's seed, trained spec.warmup_steps steps: (model, MemoryTrainResult)."""
     torch.manual_seed(spec.seed)
     model = MemoryLM(spec.config("store_all"))
-    result = train_memory(model, _training_task(spec), spec.warmup_config(checkpoint))
+    result = train_memory(model, _training_task(spec, warmup=True),
+                          spec.warmup_config(checkpoint))
     return model, result
 
 
@@ -368,7 +388,7 @@ def train_variant(spec: AblationSpec, variant: str, checkpoint: Optional[str] = 
     model = MemoryLM(config)
     before = None
     if spec.warmup_steps and not spec.has_ltm(variant):
-        before = train_memory(model, task, spec.warmup_config())
+        before = train_memory(model, _training_task(spec, warmup=True), spec.warmup_config())
     elif spec.warmup_steps:
         if warm is None:
             warm_model, before = warm_up(spec)
@@ -383,14 +403,23 @@ def train_variant(spec: AblationSpec, variant: str, checkpoint: Optional[str] = 
     return model, result, before
 
 
-def run_ablation(spec: AblationSpec, out, progress: bool = False) -> list[dict[str, Any]]:
+def run_ablation(spec: AblationSpec, out, progress: bool = False, name: str = "results",
+                 command: Optional[str] = None) -> list[dict[str, Any]]:
     """Train and evaluate every variant of `spec`, writing the files listed in the module
     docstring under `out` (the JSON files rewritten after each evaluation, the table and
     the figure after each variant).
 
+    Args:
+        name: the stem of the rows, the table and the figure: <name>.json, <name>.md and
+            <name>.png (spec.json, depth.json and models/ keep their names).
+        command: the command line written in the table's provenance (None: this
+            process's, as `python -m memmodel.training.ablation ...`).
+
     Returns:
-        The rows of results.json.
+        The rows of <name>.json.
     """
+    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+        raise ValueError(f"run_ablation: expected a plain file stem as name, got {name!r}")
     out = Path(out)
     (out / "models").mkdir(parents=True, exist_ok=True)
     _write_json(out / "spec.json", spec.resolved())
@@ -428,10 +457,10 @@ def run_ablation(spec: AblationSpec, out, progress: bool = False) -> list[dict[s
                     warmup_shared=before is not None and spec.has_ltm(variant)))
                 depth_rows += [dict(variant=variant, task=d["task"], T=T, **b)
                                for b in d["depth_bins"]]
-                _write_json(out / "results.json", rows)
+                _write_json(out / f"{name}.json", rows)
                 _write_json(out / "depth.json", depth_rows)
-        (out / "results.md").write_text(markdown_table(rows, spec), encoding="utf-8")
-        plot_results(rows, out / "results.png")
+        (out / f"{name}.md").write_text(markdown_table(rows, spec, command), encoding="utf-8")
+        plot_results(rows, out / f"{name}.png")
     return rows
 
 
@@ -452,12 +481,17 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def provenance() -> str:
-    """The command, machine, versions and date of this run, as a markdown paragraph."""
+def provenance(command: Optional[str] = None) -> str:
+    """The command (None: this process's, as the ablation module's), machine, versions
+    and date of this run, as a markdown paragraph."""
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else _cpu_name()
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return (f"Command: `python -m memmodel.training.ablation {' '.join(sys.argv[1:])}`  \n"
-            f"Machine: {device}, {os.cpu_count()} CPUs, {platform.system()}  \n"
+    if command is None:
+        command = f"python -m memmodel.training.ablation {' '.join(sys.argv[1:])}".strip()
+    threads = torch.get_num_threads()
+    return (f"Command: `{command}`  \n"
+            f"Machine: {device}, {os.cpu_count()} CPUs ({threads} torch threads), "
+            f"{platform.system()}  \n"
             f"Versions: Python {platform.python_version()}, torch {torch.__version__}  \n"
             f"Date: {when}\n")
 
@@ -475,12 +509,18 @@ def warmup_note(spec: AblationSpec) -> str:
             f"the optimiser restarted after {w}).\n")
 
 
-def markdown_table(rows: list[dict[str, Any]], spec: Optional[AblationSpec] = None) -> str:
-    """The rows as one markdown table per task, with the provenance (and, given the spec,
-    how it trained: `warmup_note`) above them."""
-    lines = ["# Memory ablation", "", provenance()]
+def markdown_table(rows: list[dict[str, Any]], spec: Optional[AblationSpec] = None,
+                   command: Optional[str] = None) -> str:
+    """The rows as one markdown table per task, with the provenance (`provenance(command)`
+    and, given the spec, how it trained: `warmup_note`) above them."""
+    lines = ["# Memory ablation", "", provenance(command)]
     if spec is not None:
         lines += [warmup_note(spec)]
+        if spec.warmup_tasks is not None:
+            lines += ["Warm-up tasks (a curriculum): " + "; ".join(
+                _task_line(t) for t in spec.warming_tasks()) + ".\n",
+                "Training tasks: " + "; ".join(
+                _task_line(t) for t in spec.training_tasks()) + ".\n"]
     for task in dict.fromkeys(r["task"] for r in rows):
         lines += ["", f"## {task}", "",
                   "| variant | T | n | accuracy [95% CI] | chance | entries | state KB | "
@@ -495,6 +535,14 @@ def markdown_table(rows: list[dict[str, Any]], spec: Optional[AblationSpec] = No
                 f"{r['entries']:.1f} | {r['state_bytes'] / 1024:.1f} | "
                 f"{r['tokens_per_s']:.0f} | {r['peak_rss_mb']:.0f} |")
     return "\n".join(lines) + "\n"
+
+
+def _task_line(task: Task) -> str:
+    """A task's name and the parameters that differ from its defaults."""
+    default = type(task)()
+    changed = {f.name: getattr(task, f.name) for f in dataclasses.fields(task)
+               if getattr(task, f.name) != getattr(default, f.name)}
+    return f"{task.name} " + ", ".join(f"{k}={v!r}" for k, v in changed.items())
 
 
 def plot_results(rows: list[dict[str, Any]], path) -> bool:
