@@ -311,7 +311,7 @@ def test_content_tells_apart_summaries_with_equal_scores():
 
 def test_a_policy_saved_with_a_horizon_is_refused():
     """A saved config with `horizon` (the features scaled by a training length) names why
-    it cannot be loaded, through the controller and through from_pretrained."""
+    it cannot be loaded, as a policy and as a training state."""
     cfg = MemoryConfig(ltm_controller="qlearning", **ONE_LEVEL)
     ctrl = QLearningController(cfg)
     plain, tensors = ctrl.policy_state()
