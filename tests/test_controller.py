@@ -483,11 +483,12 @@ def _toy_episodes(ltm, B, g):
 def test_q_learning_finds_the_optimal_policy_of_a_toy_memory_mdp(seed):
     """Optimal: STORE the fact's chunk and DISCARD every other (memory costs, and with
     capacity 1 a later STORE evicts the fact), RETRIEVE only for the question's chunk
-    (retrieval costs). Reached, greedily, on fresh episodes after 200 rounds of 16
-    episodes and 8 Q updates (1600 updates); fifo keeps the last chunk, so it answers only
-    when the fact is there. Of seeds 0-4, seed 2 alone stops short (also after 400
-    rounds): it answers every episode and reads optimally, but still STOREs some chunks
-    before the fact (a local optimum that pays memory it need not)."""
+    (retrieval costs): read when the cue's chunk ends. Reached, greedily, on fresh
+    episodes after 200 rounds of 16 episodes and 8 Q updates (1600 updates); fifo keeps
+    the last chunk, so it answers only when the fact is there. With the features that read
+    the position (and no cue), of seeds 0-4 seed 2 alone stopped short (also after 400
+    rounds), storing some chunks before the fact; with the length-free features and the
+    cue, seeds 0, 1 and 3 reach the optimum (2 and 4 not rerun)."""
     cfg, ltm = _toy_memory()
     rl = QLearningConfig(memory_cost=0.05, retrieve_cost=0.1, n_step=4,
                          gamma=1.0, lr=3e-3, batch_size=64, min_buffer=64, target_update=50,
