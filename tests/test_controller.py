@@ -534,7 +534,8 @@ def test_q_learning_on_passkey_keeps_the_key_more_than_fifo_with_less_memory_tha
     chunks. The Q-learning controller, trained 60 steps on the task's loss reward through
     the joint loop (model frozen), holds it far more often, with at most 2 entries where
     store_all holds 11, storing selectively. (Whether it also learns to skip reads in 60
-    steps depends on the seed: seed 2 reads 32% of the chunks, seeds 1 and 3 all.)"""
+    steps depends on the seed: with the position features, seed 2 read 32% of the chunks,
+    seeds 1 and 3 all; not remeasured with the length-free ones.)"""
     task = PasskeyTask(seq_len=12 * 16 - 1, chunk_size=16, key_len=1)
     results = {}
     for name in ("fifo", "store_all"):
