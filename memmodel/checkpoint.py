@@ -261,7 +261,7 @@ def build_saved_model(path, payload: dict[str, Any]):
         if saved is not None and config.ltm_controller != "none":
             if saved["name"] == "qlearning":
                 controller = QLearningController(config,
-                                                 QLearningConfig(**saved["state"]["rl"]))
+                                                 QLearningConfig.from_dict(saved["state"]["rl"]))
             else:
                 controller = build_controller(config, saved["name"])
             if saved["state"] is not None:

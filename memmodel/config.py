@@ -8,7 +8,7 @@ in `CONTROLLER_NAMES`; `memmodel.controllers.register_controller` adds to them.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Optional, Union
 
 # The valid `ltm_controller` names: the built-in controllers of memmodel.controllers, and
@@ -227,9 +227,10 @@ class QLearningConfig:
         grad_clip: largest gradient norm of a Q update (None: no clipping).
         memory_cost: reward lost per live entry per chunk of tokens.
         retrieve_cost: reward lost per chunk of tokens that reads the bank.
-        horizon: tokens that the relative-position and age features are divided by
-            (set it to the streams' length).
         use_usage: give the network the entries' usage (makes the module compute it).
+        content: give the network the keys of what it decides about (a summary's, an
+            entry's; L2-normalised), so it can tell chunks apart by what they hold; False:
+            the scalar features only. It sets the features' width.
         seed: seeds the network's init, exploration and replay sampling.
     """
 
@@ -248,8 +249,8 @@ class QLearningConfig:
     grad_clip: Optional[float] = 10.0
     memory_cost: float = 0.0
     retrieve_cost: float = 0.0
-    horizon: int = 4096
     use_usage: bool = True
+    content: bool = True
     seed: int = 0
 
     def __post_init__(self):
@@ -257,8 +258,7 @@ class QLearningConfig:
             raise ValueError(f"QLearningConfig.{name}: expected {expected}, got "
                              f"{getattr(self, name)!r}")
 
-        for name in ("hidden", "n_step", "batch_size", "buffer_size", "target_update",
-                     "horizon"):
+        for name in ("hidden", "n_step", "batch_size", "buffer_size", "target_update"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 fail(name, "a positive int")
         for name in ("min_buffer", "epsilon_decay", "seed"):
@@ -277,8 +277,35 @@ class QLearningConfig:
                 fail(name, "a number >= 0")
         if self.grad_clip is not None and (not _is_real(self.grad_clip) or self.grad_clip <= 0):
             fail("grad_clip", "a positive number or None")
-        if not isinstance(self.use_usage, bool):
-            fail("use_usage", "a bool")
+        for name in ("use_usage", "content"):
+            if not isinstance(getattr(self, name), bool):
+                fail(name, "a bool")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> QLearningConfig:
+        """The config saved as `asdict(config)` (in a checkpoint or a saved policy).
+
+        Raises:
+            ValueError: `data` is not a dict; it has a `horizon` key (a policy saved before
+                the features became length-free: its network read the position, which
+                today's features do not hold, so it cannot be loaded; train it again); or
+                it has a key that is not a field.
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"QLearningConfig.from_dict: expected a dict of fields, got "
+                             f"{type(data).__name__}")
+        if "horizon" in data:
+            raise ValueError(
+                "QLearningConfig.from_dict: expected a config without 'horizon', got "
+                f"horizon={data['horizon']!r}: it was saved with features scaled by a "
+                "horizon (position, age), which the Q-network no longer reads; a policy "
+                "learnt on them does not fit the length-free features and must be trained "
+                "again")
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"QLearningConfig.from_dict: expected fields of QLearningConfig, "
+                             f"got unknown keys {unknown}")
+        return cls(**data)
 
     def epsilon(self, updates: int) -> float:
         """The exploration rate after `updates` Q updates (the linear schedule)."""

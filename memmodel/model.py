@@ -457,7 +457,7 @@ class MemoryLM(nn.Module):
                 continue
             if "policy" in entry:
                 ctrl = QLearningController(model.config,
-                                           QLearningConfig(**entry["policy"]["rl"]))
+                                           QLearningConfig.from_dict(entry["policy"]["rl"]))
                 ctrl.load_policy_state(entry["policy"],
                                        load_file(os.path.join(path, entry["file"])))
             else:

@@ -73,7 +73,7 @@ def test_defaults_resolve_and_bind_the_capacity(capsys):
     assert full.wm_slots and full.ltm_controller == "qlearning"
     assert wm.wm_slots and wm.ltm_controller == "none"
     assert not ssm.wm_slots and ssm.ltm_controller == "none"
-    assert spec.qlearning_config().horizon == 1024
+    assert spec.qlearning_config().seed == spec.seed  # the features know no length
     assert spec.warmup_steps > 0 and printed["warmup_steps"] == spec.warmup_steps
     assert spec.warmup_config().seed == 0 and spec.train_config().seed == 1
     cold = AblationSpec.from_dict({**TINY, "warmup_steps": 0})

@@ -6,6 +6,7 @@ epsilon schedule, learning on a toy memory MDP and on the passkey task against f
 store_all, checkpoints of the controller state, and config validation.
 """
 
+import dataclasses
 import io
 import math
 
@@ -17,8 +18,12 @@ from passkey_reader import passkey_reader
 from memmodel.config import MemoryConfig, QLearningConfig
 from memmodel.controllers import (
     Action,
+    BankView,
     Choice,
+    ChunkFeatures,
+    Episode,
     FifoController,
+    LevelFeatures,
     MemoryController,
     QLearner,
     QLearningController,
@@ -29,6 +34,7 @@ from memmodel.controllers import (
     double_dqn_targets,
     nstep_returns,
 )
+from memmodel.controllers.qlearning import SUMMARY_CHOICES
 from memmodel.kernels.chunk_compress import chunk_compress_ref
 from memmodel.long_term_memory import LongTermMemory
 from memmodel.model import MemoryLM
@@ -169,7 +175,7 @@ def test_finish_stores_the_hand_computed_n_step_transitions():
     """Rewards priced from the banks' intervals and the recorded decisions, summed by
     hand into 2-step returns, against what `finish` puts in the replay buffer."""
     rl = QLearningConfig(memory_cost=1.0, retrieve_cost=0.5, gamma=0.5, n_step=2,
-                         epsilon_start=0.0, epsilon_end=0.0, horizon=23)
+                         epsilon_start=0.0, epsilon_end=0.0)
     cfg, ctrl, rec, state, banks = _episode_run(rl)  # 23 tokens in segments of 9 and 14
     C, B, T, task = 4, 3, 23, torch.tensor([10.0, 0.0, -1.0])
     positions = [4, 8, 12, 16, 20]  # the boundaries; 8 is decided in the first segment
@@ -188,19 +194,136 @@ def test_finish_stores_the_hand_computed_n_step_transitions():
     assert stored == len(buf) >= B * K * 2  # a summary and a retrieve decision per boundary
     data = Transitions(*(t[: len(buf)] for t in buf.data))
     nc = len(Choice)
-    boundary = (data.x[:, nc] * T / C).round().long() - 1  # phi's position feature
-    row = torch.cat([torch.zeros(1, dtype=torch.long), (boundary.diff() < 0).long()]).cumsum(0)
-    assert row[-1] == B - 1, "transitions are stored row by row, boundaries in order"
+    # transitions are stored row by row, decisions in order, and each boundary opens with
+    # its one summary decision (P = 1): counting those gives each transition's row and
+    # boundary
+    first = data.x[:, : len(SUMMARY_CHOICES)].sum(1) == 1
+    assert first[0] and int(first.sum()) == B * K
+    n = first.long().cumsum(0) - 1
+    row, boundary = n // K, n % K
     assert_close(data.ret, G[row, boundary], "n-step returns")
     assert_close(data.discount, torch.where(boundary + 2 < K, 0.25, 0.0), "discounts")
     boot = boundary + 2 < K
-    expected_pos = torch.tensor(positions + [0, 0], dtype=torch.float32)[boundary + 2] / T
-    assert_close(data.next_x[boot][:, :, nc], expected_pos[boot, None].expand(-1, 3),
-                 "bootstrap state: the first decision of boundary c + 2")
+    opening = data.x[first].view(B, K, -1)  # the first decision of every boundary
+    expected = opening[row[boot], boundary[boot] + 2, nc:]
+    assert torch.equal(data.next_x[boot][:, :, nc:], expected[:, None].expand(-1, 3, -1)), \
+        "bootstrap state: the first decision of boundary c + 2"
+    assert data.next_x[boot][:, :, :nc].argmax(-1).tolist() == [[0, 1, 2]] * int(boot.sum())
     assert data.next_mask[boot].tolist() == [[True, False, True]] * int(boot.sum())
     assert not data.next_mask[~boot].any() and (data.next_x[~boot] == 0).all()
     assert not state.ltm.controller.step and ctrl.finish(state.ltm, task) == 0, \
         "finish clears the record"
+
+
+def _recording(ctrl):
+    """Every phi [..., K, F] the controller's Q-network is asked about, in order."""
+    seen, q = [], ctrl.learner.q
+
+    def recording(x):
+        seen.append(x.clone())
+        return q(x)
+
+    ctrl.learner.q = recording
+    return seen
+
+
+def _shifted(st, shift):
+    """A copy of LTMState `st` as if its stream had `shift` more tokens before it."""
+    return dataclasses.replace(
+        st, k=st.k.clone(), v=st.v.clone(), level=st.level.clone(),
+        start=torch.where(st.live, st.start + shift, st.start), score=st.score.clone(),
+        usage=st.usage.clone(), pending_k=st.pending_k.clone(),
+        pending_v=st.pending_v.clone(), retrieve=st.retrieve.clone(),
+        position=st.position + shift)
+
+
+@pytest.mark.parametrize("content", [True, False], ids=["content", "scalars"])
+def test_q_features_are_the_same_at_2k_and_1m_tokens(content):
+    """The same bank and the same chunks at stream offsets 2K and 1M tokens: the
+    Q-network is fed exactly the same features (summaries, retrieval, merges and
+    evictions), so a policy trained on short streams sees the same states on long ones.
+    Random exploration (the same draws in both streams) makes every kind of decision."""
+    cfg = MemoryConfig(ltm_controller="qlearning", **{**THREE_LEVELS, "ltm_chunk_size": 64})
+    rl = QLearningConfig(content=content, epsilon_start=1.0, epsilon_decay=10 ** 6)
+    ctrl = QLearningController(cfg, rl)
+    ltm = LongTermMemory.from_config(cfg, controller=ctrl)
+    g = torch.Generator().manual_seed(0)
+    ctrl.scores.update(torch.randn(100, generator=g))  # scores normalised as after training
+
+    def qkv(T):
+        return [torch.randn(2, T, cfg.ltm_heads, cfg.ltm_head_dim, generator=g)
+                for _ in range(3)]
+
+    prefix, chunks = LayerState(), qkv(64 * 6 + 7)
+    with torch.no_grad():
+        ltm.remember(*qkv(64 * 12 + 3), prefix)  # 12 chunks and 3 pending tokens
+    assert (prefix.ltm.level == 1).any() and (prefix.ltm.usage > 0).any()
+    seen = {}
+    for offset in (2048, 2 ** 20):  # the same bank, 12 chunks and 3 tokens before offset + 3
+        st = LayerState(ltm=_shifted(prefix.ltm, offset - 64 * 12))
+        st.ltm.controller = Episode(2, torch.Generator().manual_seed(5))
+        seen[offset] = _recording(ctrl)
+        with torch.no_grad():
+            ltm.remember(*chunks, st)
+        assert st.ltm.position == offset + 3 + 64 * 6 + 7
+        del ctrl.learner.q  # the class's method again
+    near, far = seen[2048], seen[2 ** 20]
+    choices = {int(c) for x in near for c in x[..., : len(Choice)].argmax(-1).unique()}
+    assert {int(Choice.STORE), int(Choice.RETRIEVE), int(Choice.MERGE),
+            int(Choice.EVICT)} <= choices
+    assert len(near) == len(far) >= 14
+    for i, (a, b) in enumerate(zip(near, far)):
+        assert torch.equal(a, b), f"call {i}: the features differ at 1M tokens"
+
+
+def _content_case(ctrl):
+    """Q-values of two rows whose scalar features are equal and whose keys differ: the
+    summary decisions of one chunk, and the eviction candidates of a full level."""
+    e = torch.eye(16)
+    fields = {"score": torch.zeros(2, 2), "usage": torch.ones(2, 2),
+              "keys": torch.stack([torch.stack([e[2], e[0]]), torch.stack([e[2], e[1]])])}
+    bank = BankView(position=80, capacity=[2], live=torch.ones(2, 2, dtype=torch.bool),
+                    level=torch.zeros(2, 2, dtype=torch.int64),
+                    start=torch.tensor([[8, 8], [8, 8]]), _device_fields=fields.__getitem__)
+    seen = _recording(ctrl)
+    ctrl.decide(ChunkFeatures(bank, 9, 80, torch.ones(2, 1), torch.stack([e[:1], e[1:2]])))
+    ctrl.select(LevelFeatures(bank, 0, 1, torch.ones(2, dtype=torch.bool), top=True))
+    del ctrl.learner.q
+    summary = ctrl.learner.q(seen[0])  # [row, STORE / COMPRESS / DISCARD]
+    entry = ctrl.learner.q(seen[2])[:, 1]  # [row]: the entry holding e0 or e1
+    # |row 0 - row 1|; equal inputs may differ by round-off in a batched matmul
+    return (summary[0] - summary[1]).abs(), (entry[0] - entry[1]).abs()
+
+
+def test_content_tells_apart_summaries_with_equal_scores():
+    """Two summaries with the same score, novelty and rank but different keys (and two
+    entries alike but for their keys): different Q-values with the content features,
+    equal ones without."""
+    cfg = MemoryConfig(ltm_controller="qlearning", **ONE_LEVEL)
+    with_content = QLearningController(cfg, QLearningConfig(content=True)).eval()
+    without = QLearningController(cfg, QLearningConfig(content=False)).eval()
+    assert with_content.feature_dim == without.feature_dim + 16  # H * Dh = 1 * 16
+    summary, entry = _content_case(with_content)
+    assert (summary > 1e-4).all() and entry > 1e-4, (summary, entry)
+    summary, entry = _content_case(without)
+    assert (summary < 1e-6).all() and entry < 1e-6, (summary, entry)
+
+
+def test_a_policy_saved_with_a_horizon_is_refused():
+    """A saved config with `horizon` (the features scaled by a training length) names why
+    it cannot be loaded, as a policy and as a training state."""
+    cfg = MemoryConfig(ltm_controller="qlearning", **ONE_LEVEL)
+    ctrl = QLearningController(cfg)
+    plain, tensors = ctrl.policy_state()
+    old = {**plain, "rl": {**plain["rl"], "horizon": 4096}}
+    with pytest.raises(ValueError, match=r"QLearningConfig.from_dict: expected a config "
+                                         r"without 'horizon', got horizon=4096"):
+        QLearningController(cfg).load_policy_state(old, tensors)
+    with pytest.raises(ValueError, match=r"without 'horizon'"):
+        ctrl.load_training_state({**ctrl.training_state(), "rl": old["rl"]})
+    with pytest.raises(ValueError, match=r"unknown keys \['hoirzon'\]"):
+        QLearningConfig.from_dict({"hoirzon": 1})
+    assert QLearningConfig.from_dict(plain["rl"]) == ctrl.rl
 
 
 def _numbered(ids, n_next=2, feature_dim=3):
@@ -256,10 +379,10 @@ def test_eval_mode_is_greedy_and_records_nothing():
     assert state.ltm.controller.step, "training records"
     ctrl.eval()
     logs = []
+    # the module's mode reaches the controller
+    ltm = LongTermMemory.from_config(cfg, controller=rec).eval()
     for _ in range(2):
         rec.log = []
-        # the module's mode reaches the controller
-        ltm = LongTermMemory.from_config(cfg, controller=rec).eval()
         st = LayerState()
         with torch.no_grad():
             ltm(torch.ones(2, 40, 16), st)
@@ -338,13 +461,17 @@ def _toy_memory():
 
 def _toy_episodes(ltm, B, g):
     """The toy memory MDP: 6 chunks of 4 tokens; one of the first 5 holds a fact (a token
-    10 * FACT, the other tokens are noise orthogonal to it); the last token asks for it.
-    Reward 1 when the question's retrieval returns the fact. Returns (fact chunk, reward)."""
+    10 * FACT, the other tokens are noise orthogonal to it); the last token asks for it,
+    and the chunk before the question carries a cue (component 1 of its keys is 3, 0
+    elsewhere), as a question marker would: the features know no position, so only what
+    a chunk holds tells that the question comes next. Reward 1 when the question's
+    retrieval returns the fact. Returns (fact chunk, reward, state)."""
     fact_chunk = torch.randint(0, TOY_CHUNKS - 1, (B,), generator=g)
     x = torch.randn(B, TOY_T, 1, 4, generator=g)
-    x[..., 0] = 0.0
+    x[..., :2] = 0.0
     x[torch.arange(B), fact_chunk * TOY_C + torch.randint(0, TOY_C, (B,), generator=g), 0] = \
         10 * FACT
+    x[:, (TOY_CHUNKS - 2) * TOY_C: (TOY_CHUNKS - 1) * TOY_C, 0, 1] = 3.0
     state = LayerState()
     with torch.no_grad():
         rec = ltm.remember((8 * FACT).expand(B, TOY_T, 1, 4), x, x, state)
@@ -356,13 +483,14 @@ def _toy_episodes(ltm, B, g):
 def test_q_learning_finds_the_optimal_policy_of_a_toy_memory_mdp(seed):
     """Optimal: STORE the fact's chunk and DISCARD every other (memory costs, and with
     capacity 1 a later STORE evicts the fact), RETRIEVE only for the question's chunk
-    (retrieval costs). Reached, greedily, on fresh episodes after 200 rounds of 16
-    episodes and 8 Q updates (1600 updates); fifo keeps the last chunk, so it answers only
-    when the fact is there. Of seeds 0-4, seed 2 alone stops short (also after 400
-    rounds): it answers every episode and reads optimally, but still STOREs some chunks
-    before the fact (a local optimum that pays memory it need not)."""
+    (retrieval costs): read when the cue's chunk ends. Reached, greedily, on fresh
+    episodes after 200 rounds of 16 episodes and 8 Q updates (1600 updates); fifo keeps
+    the last chunk, so it answers only when the fact is there. With the features that read
+    the position (and no cue), of seeds 0-4 seed 2 alone stopped short (also after 400
+    rounds), storing some chunks before the fact; with the length-free features and the
+    cue, seeds 0, 1 and 3 reach the optimum (2 and 4 not rerun)."""
     cfg, ltm = _toy_memory()
-    rl = QLearningConfig(memory_cost=0.05, retrieve_cost=0.1, horizon=TOY_T, n_step=4,
+    rl = QLearningConfig(memory_cost=0.05, retrieve_cost=0.1, n_step=4,
                          gamma=1.0, lr=3e-3, batch_size=64, min_buffer=64, target_update=50,
                          epsilon_decay=800, seed=seed)
     ctrl = QLearningController(cfg, rl)
@@ -406,7 +534,8 @@ def test_q_learning_on_passkey_keeps_the_key_more_than_fifo_with_less_memory_tha
     chunks. The Q-learning controller, trained 60 steps on the task's loss reward through
     the joint loop (model frozen), holds it far more often, with at most 2 entries where
     store_all holds 11, storing selectively. (Whether it also learns to skip reads in 60
-    steps depends on the seed: seed 2 reads 32% of the chunks, seeds 1 and 3 all.)"""
+    steps depends on the seed: with the position features, seed 2 read 32% of the chunks,
+    seeds 1 and 3 all; not remeasured with the length-free ones.)"""
     task = PasskeyTask(seq_len=12 * 16 - 1, chunk_size=16, key_len=1)
     results = {}
     for name in ("fifo", "store_all"):
@@ -417,7 +546,7 @@ def test_q_learning_on_passkey_keeps_the_key_more_than_fifo_with_less_memory_tha
     assert results["store_all"]["entries"] == 11
 
     model = passkey_reader(task, "qlearning", backend="torch")
-    rl = QLearningConfig(memory_cost=0.02, retrieve_cost=0.02, horizon=task.seq_len, n_step=4,
+    rl = QLearningConfig(memory_cost=0.02, retrieve_cost=0.02, n_step=4,
                          lr=3e-3, min_buffer=64, target_update=50, epsilon_decay=240, seed=1)
     ctrl = QLearningController(model.config, rl)
     train_memory(model, task, MemoryTrainConfig(steps=60, lr=0, batch_size=16, q_updates=8,
@@ -475,7 +604,8 @@ def test_checkpoint_round_trip_restores_the_controller_state(tmp_path):
     fresh = QLearningController(cfg)
     fresh.load_training_state(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))
     assert fresh.rl.memory_cost == 0.1 and fresh.learner.updates == ctrl.learner.updates
-    with pytest.raises(ValueError, match=r"expected features of width 20 \(ltm_levels=3\), got 19"):
+    with pytest.raises(ValueError, match=r"expected features of width 36 \(ltm_levels=3, "
+                                         r"content key width 16\), got 35"):
         QLearningController(MemoryConfig(ltm_controller="qlearning", **THREE_LEVELS)
                             ).load_training_state(ctrl.training_state())
 
@@ -492,11 +622,11 @@ def test_checkpoint_round_trip_restores_the_controller_state(tmp_path):
         (dict(memory_cost=-1.0), r"memory_cost: expected a number >= 0, got -1.0"),
         (dict(retrieve_cost=float("nan")), r"retrieve_cost: expected a number >= 0"),
         (dict(grad_clip=0), r"grad_clip: expected a positive number or None"),
-        (dict(horizon=0), r"QLearningConfig.horizon: expected a positive int"),
+        (dict(content="yes"), r"QLearningConfig.content: expected a bool"),
         (dict(use_usage="yes"), r"use_usage: expected a bool"),
     ],
     ids=["gamma", "n-step", "buffer", "eps-start", "eps-decay", "lr", "memory-cost",
-         "retrieve-cost", "grad-clip", "horizon", "usage"],
+         "retrieve-cost", "grad-clip", "content", "usage"],
 )
 def test_bad_q_learning_config_raises(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):

@@ -143,10 +143,6 @@ class ChunkFeatures:
         live = self.bank.live.to(sim.device)[:, None, :]
         return sim.masked_fill(~live, -1.0).amax(-1)
 
-    def relative_position(self, horizon: int) -> float:
-        """position / horizon, clipped to [0, 1]: how far into a stream of `horizon` tokens."""
-        return min(max(self.position / horizon, 0.0), 1.0)
-
 
 @dataclass
 class LevelFeatures:

@@ -26,17 +26,31 @@ at the end of K chunks reaches the first decisions after about K / n rounds, not
 
 The Q-function takes the action as input, Q(s, a) = head_choice(trunk(phi(s, a))), so one
 small network scores any candidate: a choice of three for a summary, two for retrieval, one
-per live entry for eviction. phi = [one-hot choice, context, item] (docs/architecture.md):
+per live entry for eviction. phi = [one-hot choice, context, item, content]
+(docs/architecture.md). Every feature means the same at any stream length: none reads the
+absolute position or a training length, so a policy trained on 2K-token streams sees the
+same kind of state at 1M tokens.
 
     choice    STORE, COMPRESS, DISCARD, SKIP, RETRIEVE, MERGE, EVICT
-    context   position / horizon, log(1 + chunks left to the horizon), occupancy /
-              capacity per level, highest and lowest normalised score among live entries
+    context   occupancy / capacity per level, live entries / total capacity, highest,
+              lowest and mean normalised score among live entries (0 for an empty bank)
     item      normalised pooling score, similarity (a summary: its novelty, the largest
               cosine similarity to a live entry; an entry: to another live entry), score
-              rank, age / horizon, usage per token of age, level / (levels - 1)
+              rank, age on a log scale (log1p(age / C) / log1p(AGE_CHUNKS): 0 for a new
+              summary, 1 at AGE_CHUNKS = 1024 chunks, growing without a bound), usage per
+              token of age, level / (levels - 1); zeros for retrieval
+    content   (QLearningConfig.content) the L2-normalised key of what is decided: the
+              summary's; the entry's; for retrieval, the mean of the just completed
+              chunk's normalised summary keys (what tells that a question is coming).
+              The network's first layer is its learned projection.
 
 Scores are normalised by running statistics of the summaries of ended training episodes
 (updated by `finish`, so no decision depends on a summary made after it).
+
+Saved policies and training states carry the config and the features' width. One saved
+before the features became length-free (its config has a `horizon` field) is refused by
+`QLearningConfig.from_dict` with a ValueError that says so: its network read features
+that no longer exist.
 """
 
 from __future__ import annotations
@@ -304,7 +318,9 @@ class Choice(enum.IntEnum):
     EVICT = 6
 
 
-ITEM_FEATURES = ("score", "similarity", "rank", "age", "usage_rate", "level")
+CONTEXT_FEATURES = ("live_fraction", "high_score", "low_score", "mean_score")  # + occupancy
+ITEM_FEATURES = ("score", "similarity", "rank", "log_age", "usage_rate", "level")
+AGE_CHUNKS = 1024  # the age feature reads 1 for an entry this many chunks old
 SUMMARY_CHOICES = (Choice.STORE, Choice.COMPRESS, Choice.DISCARD)
 SUMMARY_ACTIONS = torch.tensor([int(Action.STORE), int(Action.COMPRESS), int(Action.DISCARD)])
 
@@ -417,7 +433,9 @@ class QLearningController(MemoryController):
                             f"{type(self.rl).__name__}")
         self.levels, self.chunk_size = config.ltm_levels, config.ltm_chunk_size
         self.needs_usage = self.rl.use_usage
-        self.feature_dim = 4 + self.levels + len(Choice) + len(ITEM_FEATURES)
+        self.key_dim = config.ltm_heads * config.ltm_head_dim if self.rl.content else 0
+        self.feature_dim = (len(Choice) + self.levels + len(CONTEXT_FEATURES)
+                            + len(ITEM_FEATURES) + self.key_dim)
         self.learner = QLearner(self.feature_dim, len(SUMMARY_CHOICES), len(Choice), self.rl)
         # the learner's networks, as submodules: model.to() and state_dict() reach them
         self.online, self.target = self.learner.online, self.learner.target
@@ -444,16 +462,20 @@ class QLearningController(MemoryController):
         ctx = self._context(bank, bank_score)
         live0 = bank.live & (bank.level == 0)
         lower = (bank_score[:, None, :] < score[:, :, None]) & live0[:, None, :]
-        item = torch.zeros(B, P, len(ITEM_FEATURES))
+        item = torch.zeros(B, P, len(ITEM_FEATURES) + self.key_dim)
         item[..., 0] = self.scores.normalise(score)
         item[..., 1] = features.max_similarity.float().cpu()
         item[..., 2] = lower.sum(-1) / live0.sum(1, keepdim=True).clamp_min(1)
+        item_read = torch.zeros(B, 1, len(ITEM_FEATURES) + self.key_dim)
+        if self.key_dim:
+            keys = F.normalize(on_host(features.keys), dim=-1)  # [B, P, key_dim]
+            item[..., len(ITEM_FEATURES):] = keys
+            item_read[:, 0, len(ITEM_FEATURES):] = keys.mean(1)
         x = self._phi(ctx[:, None, None], SUMMARY_CHOICES, item[:, :, None])  # [B, P, 3, F]
         mask = torch.tensor([True, self.levels > 1, True]).expand(B, P, 3)
         pick, explored = self._choose(x.flatten(0, 1), mask.flatten(0, 1), generator)
         pick, explored = pick.view(B, P), explored.view(B, P).any(1)
-        xr = self._phi(ctx[:, None], (Choice.SKIP, Choice.RETRIEVE),
-                       torch.zeros(B, 1, len(ITEM_FEATURES)))  # [B, 2, F]
+        xr = self._phi(ctx[:, None], (Choice.SKIP, Choice.RETRIEVE), item_read)  # [B, 2, F]
         read, explored_read = self._choose(xr, torch.ones(B, 2, dtype=torch.bool), generator)
         read = read == 1
         if self.training and isinstance(episode, Episode):
@@ -481,14 +503,19 @@ class QLearningController(MemoryController):
         peers = candidate[:, None, :] & ~torch.eye(M, dtype=torch.bool)
         lower = ((score[:, None, :] < score[:, :, None]) & peers).sum(-1)
         age = bank.age.float()
-        item = torch.zeros(B, M, len(ITEM_FEATURES))
+        item = torch.zeros(B, M, len(ITEM_FEATURES) + self.key_dim)
         item[..., 0] = self.scores.normalise(score)
         item[..., 1] = sim.masked_fill(~others, -1.0).amax(-1) if M > 1 else -1.0
         item[..., 2] = lower / (candidate.sum(1, keepdim=True) - 1).clamp_min(1)
-        item[..., 3] = age / self.rl.horizon
+        item[..., 3] = torch.log1p(age.clamp_min(0) / self.chunk_size) / math.log1p(AGE_CHUNKS)
         if self.rl.use_usage:
             item[..., 4] = on_host(bank.usage) / age.clamp_min(1)
         item[..., 5] = bank.level.float() / max(self.levels - 1, 1)
+        if self.key_dim:
+            item[..., len(ITEM_FEATURES):] = keys
+        # a slot that holds no entry is never a candidate; zeros, not an age read from
+        # its padding
+        item = item.masked_fill(~bank.live[..., None], 0.0)
         choice = Choice.EVICT if features.top else Choice.MERGE
         x = self._phi(self._context(bank, score)[:, None, None], (choice,),
                       item[:, :, None])[:, :, 0]
@@ -576,12 +603,13 @@ class QLearningController(MemoryController):
                 "generator": self.generator.get_state()}
 
     def load_training_state(self, state: dict[str, Any]):
-        """Restore `training_state()`."""
+        """Restore `training_state()`. A state saved with the features of an older
+        version (its config has `horizon`) raises a ValueError (`QLearningConfig.from_dict`)."""
+        rl = QLearningConfig.from_dict(state["rl"])
         if state["feature_dim"] != self.feature_dim:
-            raise ValueError(f"QLearningController.load_training_state: expected features of width "
-                             f"{self.feature_dim} (ltm_levels={self.levels}), got "
-                             f"{state['feature_dim']}")
-        self.rl = QLearningConfig(**state["rl"])
+            raise ValueError(f"QLearningController.load_training_state: expected features of "
+                             f"width {self._width()}, got {state['feature_dim']}")
+        self.rl = rl
         self.learner.config = self.rl
         self.learner.load_state_dict(state["learner"])
         self.scores.count, self.scores.mean, self.scores.m2 = state["scores"]
@@ -601,11 +629,13 @@ class QLearningController(MemoryController):
         return plain, tensors
 
     def load_policy_state(self, plain: dict[str, Any], tensors: dict[str, torch.Tensor]):
-        """Restore `policy_state()`; the learner's optimiser and buffer start afresh."""
+        """Restore `policy_state()`; the learner's optimiser and buffer start afresh. A
+        policy saved with the features of an older version (its config has `horizon`)
+        raises a ValueError (`QLearningConfig.from_dict`)."""
+        QLearningConfig.from_dict(plain["rl"])
         if plain["feature_dim"] != self.feature_dim:
             raise ValueError(f"QLearningController.load_policy_state: expected features of "
-                             f"width {self.feature_dim} (ltm_levels={self.levels}), got "
-                             f"{plain['feature_dim']}")
+                             f"width {self._width()}, got {plain['feature_dim']}")
         for net in ("online", "target"):
             prefix = f"{net}."
             getattr(self.learner, net).load_state_dict(
@@ -617,21 +647,28 @@ class QLearningController(MemoryController):
         return (f"QLearningController(levels={self.levels}, epsilon={self.epsilon:.3f}, "
                 f"updates={self.learner.updates}, buffer={len(self.learner.buffer)})")
 
+    def _width(self) -> str:
+        """The features' width and what sets it, for error messages."""
+        return (f"{self.feature_dim} (ltm_levels={self.levels}, content key width "
+                f"{self.key_dim})")
+
     def _context(self, bank: BankView, bank_score: torch.Tensor) -> torch.Tensor:
-        """[B, 4 + levels]: position / horizon, log(1 + chunks left to the horizon),
-        occupancy / capacity per level, highest and lowest normalised live score (0 for an
-        empty bank). bank_score: the bank's scores on the host."""
+        """[B, levels + 4]: occupancy / capacity per level, live entries / total capacity,
+        highest, lowest and mean normalised live score (0 for an empty bank). Nothing in
+        it depends on the boundary's position. bank_score: the bank's scores on the host."""
         z = self.scores.normalise(bank_score)
         live = bank.live
+        n_live = live.sum(1)
+        mean = torch.where(live, z, 0.0).sum(1) / n_live.clamp_min(1)
         z = torch.cat([z, torch.zeros(z.shape[0], 1)], 1)  # an empty bank reads 0
         live = torch.cat([live, ~live.any(1, keepdim=True)], 1)
         hi = z.masked_fill(~live, float("-inf")).amax(1)
         lo = z.masked_fill(~live, float("inf")).amin(1)
-        position = min(max(bank.position / self.rl.horizon, 0.0), 1.0)
-        left = math.log1p(max(self.rl.horizon - bank.position, 0) / self.chunk_size)
-        occupancy = bank.occupancy.float() / torch.tensor(bank.capacity, dtype=torch.float32)
-        return torch.cat([torch.tensor([[position, left]]).expand(z.shape[0], 2), occupancy,
-                          hi[:, None], lo[:, None]], 1)
+        capacity = torch.tensor(bank.capacity, dtype=torch.float32)
+        occupancy = bank.occupancy.float() / capacity
+        fill = n_live.float() / capacity.sum()
+        return torch.cat([occupancy, fill[:, None], hi[:, None], lo[:, None], mean[:, None]],
+                         1)
 
     def _phi(self, ctx: torch.Tensor, choices, item: torch.Tensor) -> torch.Tensor:
         """[..., len(choices), F] = [one-hot choice, ctx, item] from ctx [..., 1, Fc] and

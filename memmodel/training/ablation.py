@@ -298,7 +298,7 @@ class AblationSpec:
         return self.config(variant).ltm_controller != "none"
 
     def qlearning_config(self) -> QLearningConfig:
-        kw = dict(horizon=max(t.seq_len for t in self.training_tasks()), seed=self.seed)
+        kw = dict(seed=self.seed)
         try:
             return QLearningConfig(**{**kw, **self.qlearning})
         except TypeError as e:

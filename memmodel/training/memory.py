@@ -453,8 +453,7 @@ def make_controller(args, name: str, config: MemoryConfig) -> MemoryController:
     if name != "qlearning":
         return build_controller(config, name)
     rl = QLearningConfig(memory_cost=args.memory_cost, retrieve_cost=args.retrieve_cost,
-                         horizon=args.seq_len, n_step=args.n_step,
-                         epsilon_decay=args.epsilon_decay, seed=args.seed)
+                         n_step=args.n_step, epsilon_decay=args.epsilon_decay, seed=args.seed)
     return QLearningController(config, rl)
 
 
