@@ -136,8 +136,8 @@ class AblationSpec:
             curriculum (an easier form of the tasks first); None: train_tasks.
         train: MemoryTrainConfig fields (the budget: steps, seconds; batch_size, lr, ...),
             the same for every variant; not seed, split or checkpoint.
-        qlearning: QLearningConfig fields of the Q-learning controller (horizon: the
-            longest training sequence unless given; seed: the spec's unless given).
+        qlearning: QLearningConfig fields of the Q-learning controller (seed: the spec's
+            unless given).
         eval_tasks: task specs evaluated; their seq_len is replaced by each of eval_lengths.
         eval_lengths: T of the evaluations.
         eval_n, eval_batch_size, segment, eval_split: `evaluate_stream`'s n, batch_size,

@@ -15,8 +15,8 @@ setting trains longer and adds 512K and 1M):
 
 Training is the runner's two phases: a warm-up shared by the long-term-memory variants
 (a curriculum: the easy forms of both tasks, `warmup_tasks`), then each variant under its
-own controller on the hard forms (256 and 128 tokens: 16 and 8 chunks, against a bank of
-4 entries, which overflows).
+own controller on the hard forms at 256 tokens (16 chunks, against a bank of 4 entries,
+which overflows).
 
 Writes under --out: demo.json (the rows), demo.md (the table, with the machine, versions,
 date and command), demo.png (accuracy against T, a panel per task; needs the `plot`
@@ -58,8 +58,8 @@ DEMO_SPEC = dict(
     # strong; from scratch on the hard forms the loss stays at chance for 1000+ steps
     warmup_tasks=[dict(_PASSKEY, seq_len=128, filler_kind="letters"),
                   dict(_NEEDLE, seq_len=96, n_facts=2, n_decoys=2)],
-    train_tasks=[dict(_PASSKEY, seq_len=256), dict(_NEEDLE, seq_len=128)],
-    train=dict(steps=300, batch_size=16, lr=3e-3, eval_batches=1, log_every=50),
+    train_tasks=[dict(_PASSKEY, seq_len=256), dict(_NEEDLE, seq_len=256)],
+    train=dict(steps=250, batch_size=16, lr=3e-3, eval_batches=1, log_every=50),
     qlearning=dict(memory_cost=0.01, retrieve_cost=0.0, epsilon_decay=300, min_buffer=64),
     eval_tasks=[dict(_PASSKEY), dict(_NEEDLE)],
     eval_lengths=[1024, 8192, 32768, 131072],
@@ -67,7 +67,7 @@ DEMO_SPEC = dict(
     eval_batch_size=16,
     segment=8192,
     seed=0,
-    warmup_steps=1000,
+    warmup_steps=800,
 )
 
 # --long: what changes (a longer budget, and 512K and 1M tokens)
