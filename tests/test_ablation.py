@@ -147,7 +147,7 @@ def test_demo_specs_resolve_bind_the_capacity_and_reach_128k(capsys):
     assert {1024, 8192, 32768, 131072} <= set(short.eval_lengths) <= set(long.eval_lengths)
     assert max(t.seq_len for t in short.training_tasks()) <= 2048
     assert {t.name for t in short.evaluation_tasks()} == {"passkey", "multi_needle"}
-    assert short.eval_n >= 16
+    assert short.eval_n >= 16 and long.eval_max == {"store_all": 131072}
     assert long.warmup_steps > short.warmup_steps
     assert long.train_config().steps > short.train_config().steps
     demo.main(["--print-spec", "--long"])
@@ -171,3 +171,14 @@ def test_warmup_tasks_are_a_curriculum_for_phase_one(tmp_path):
         AblationSpec.from_dict({**TINY, "warmup_tasks": easy, "warmup_steps": 0})
     with pytest.raises(ValueError, match=r"warmup_tasks: expected None or a non-empty list"):
         AblationSpec.from_dict({**TINY, "warmup_tasks": []})
+
+
+def test_eval_max_stops_a_variant_at_its_length(tmp_path):
+    spec = AblationSpec.from_dict({**TINY, "eval_max": {"fifo": 128}})
+    assert spec.lengths_of("fifo") == [128] and spec.lengths_of("ssm") == [128, 256]
+    rows = run_ablation(spec, tmp_path)
+    assert [(r["variant"], r["T"]) for r in rows] == [("ssm", 128), ("ssm", 256), ("fifo", 128)]
+    assert "fifo is not evaluated beyond T = 128 (eval_max): no row at 256" in \
+        (tmp_path / "results.md").read_text()
+    with pytest.raises(ValueError, match=r"AblationSpec.eval_max: expected \{variant: positive"):
+        AblationSpec.from_dict({**TINY, "eval_max": {"fast": 128}})

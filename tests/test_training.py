@@ -154,6 +154,20 @@ def test_memory_resume_continues_to_the_same_losses(tmp_path):
         assert torch.equal(a, b), name
 
 
+def test_freeze_steps_leave_the_model_while_the_controller_learns():
+    """The first freeze_steps steps take Q steps and no model step; then the model learns."""
+    torch.manual_seed(0)
+    before = {k: v.clone() for k, v in MemoryLM(MemoryConfig(**MEM)).state_dict().items()
+              if ".controller." not in k}
+    model, result = _memory_run(3, freeze_steps=3)
+    ours = {k: v for k, v in model.state_dict().items() if ".controller." not in k}
+    assert all(torch.equal(before[k], ours[k]) for k in before), "the model did not move"
+    assert any(math.isfinite(h["q_loss"]) for h in result.history), "the controller learnt"
+    model, _ = _memory_run(4, freeze_steps=3)
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items()
+               if k in before), "step 4 moves the model"
+
+
 def test_memory_resume_refuses_another_run(tmp_path):
     path = str(tmp_path / "memory.pt")
     _memory_run(1, checkpoint=path)

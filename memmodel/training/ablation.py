@@ -142,6 +142,9 @@ class AblationSpec:
         eval_lengths: T of the evaluations.
         eval_n, eval_batch_size, segment, eval_split: `evaluate_stream`'s n, batch_size,
             segment and split.
+        eval_max: {variant: T}, the longest length a variant is evaluated at (an unbounded
+            bank's retrieval work grows as T squared: store_all at 1M tokens would take
+            hours on a CPU); the lengths above it get no row, and the table says so.
         seed: of the models' init and of the training batches (phase 2 of a warm-up run:
             seed + 1).
         warmup_steps: W, the store_all warm-up's steps (see the module docstring); 0: none.
@@ -165,6 +168,7 @@ class AblationSpec:
     eval_batch_size: int = 8
     segment: int = 4096
     eval_split: str = "test"
+    eval_max: dict[str, int] = field(default_factory=dict)
     seed: int = 0
     warmup_steps: int = 300
 
@@ -187,6 +191,11 @@ class AblationSpec:
             raise ValueError(f"AblationSpec.eval_lengths: expected a list of positive ints, "
                              f"got {lengths!r}")
         self.eval_lengths = list(lengths)
+        if not isinstance(self.eval_max, dict) or any(
+                v not in VARIANTS or not isinstance(t, int) or isinstance(t, bool) or t < 1
+                for v, t in self.eval_max.items()):
+            raise ValueError(f"AblationSpec.eval_max: expected {{variant: positive int}} with "
+                             f"variants from {VARIANTS}, got {self.eval_max!r}")
         for name, own in (("model", _MODEL_OWN), ("train", _TRAIN_OWN)):
             taken = sorted(set(getattr(self, name)) & set(own))
             if taken:
@@ -293,6 +302,11 @@ class AblationSpec:
             raise ValueError("AblationSpec.warmup_config: warmup_steps is 0")
         return replace(self.train_config(checkpoint), steps=self.warmup_steps, seconds=None,
                        seed=self.seed)
+
+    def lengths_of(self, variant: str) -> list[int]:
+        """The evaluation lengths of `variant`: eval_lengths up to its eval_max."""
+        top = self.eval_max.get(variant)
+        return [T for T in self.eval_lengths if top is None or T <= top]
 
     def has_ltm(self, variant: str) -> bool:
         return self.config(variant).ltm_controller != "none"
@@ -439,7 +453,7 @@ def run_ablation(spec: AblationSpec, out, progress: bool = False, name: str = "r
         if spec.has_ltm(variant):
             before = warmed
         for task in spec.evaluation_tasks():
-            for T in spec.eval_lengths:
+            for T in spec.lengths_of(variant):
                 r = evaluate_stream(model, _with_length(task, T), n=spec.eval_n,
                                     batch_size=spec.eval_batch_size, segment=spec.segment,
                                     split=spec.eval_split, progress=progress)
@@ -516,6 +530,11 @@ def markdown_table(rows: list[dict[str, Any]], spec: Optional[AblationSpec] = No
     lines = ["# Memory ablation", "", provenance(command)]
     if spec is not None:
         lines += [warmup_note(spec)]
+        for variant, top in spec.eval_max.items():
+            skipped = [T for T in spec.eval_lengths if T > top]
+            if variant in spec.variants and skipped:
+                lines += [f"{variant} is not evaluated beyond T = {top} (eval_max): no row at "
+                          f"{', '.join(map(str, skipped))}.\n"]
         if spec.warmup_tasks is not None:
             lines += ["Warm-up tasks (a curriculum): " + "; ".join(
                 _task_line(t) for t in spec.warming_tasks()) + ".\n",

@@ -59,7 +59,11 @@ DEMO_SPEC = dict(
     warmup_tasks=[dict(_PASSKEY, seq_len=128, filler_kind="letters"),
                   dict(_NEEDLE, seq_len=96, n_facts=2, n_decoys=2)],
     train_tasks=[dict(_PASSKEY, seq_len=256), dict(_NEEDLE, seq_len=256)],
-    train=dict(steps=250, batch_size=16, lr=3e-3, eval_batches=1, log_every=50),
+    # freeze_steps: a Q-learning controller first learns on the frozen warm model (with
+    # exploration and a model that learns at once, the model learnt to bypass the memory
+    # and the controller to store nothing); no effect on the other variants
+    train=dict(steps=250, freeze_steps=100, batch_size=16, lr=3e-3, eval_batches=1,
+               log_every=50),
     qlearning=dict(memory_cost=0.01, retrieve_cost=0.0, epsilon_decay=300, min_buffer=64),
     eval_tasks=[dict(_PASSKEY), dict(_NEEDLE)],
     eval_lengths=[1024, 8192, 32768, 131072],
@@ -75,6 +79,9 @@ LONG = dict(
     train=dict(steps=600),
     warmup_steps=2000,
     eval_lengths=[1024, 8192, 32768, 131072, 524288, 1048576],
+    # store_all's bank grows with T and its retrieval work with T squared: at 1M tokens
+    # (65536 entries per sequence) it alone would take hours on a CPU
+    eval_max=dict(store_all=131072),
 )
 
 
@@ -83,7 +90,7 @@ def demo_spec(long: bool = False) -> AblationSpec:
     data = copy.deepcopy(DEMO_SPEC)
     if long:
         for key, value in LONG.items():
-            data[key] = {**data[key], **value} if isinstance(value, dict) else value
+            data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
     return AblationSpec.from_dict(data)
 
 

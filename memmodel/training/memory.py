@@ -79,6 +79,12 @@ class MemoryTrainConfig:
         seconds: stop earlier once this much time has passed (None: no limit).
         batch_size: sequences per step.
         lr: AdamW learning rate of the model (0 freezes the model: controller only).
+        freeze_steps: with a learning controller, its first freeze_steps steps leave the
+            model as it is (no gradient step; the controller learns on the frozen model),
+            then both learn. A controller that explores from the start on a model that
+            learns at once teaches the model to do without the memory (its reward then
+            vanishes): this schedule lets the controller first find what the model uses.
+            No effect without a learning controller.
         weight_decay, grad_clip: of the model's optimiser.
         q_updates: controller Q updates per step.
         reward: "loss" (the memory's reduction of the answer loss) or "accuracy" (its gain
@@ -100,6 +106,7 @@ class MemoryTrainConfig:
     seconds: Optional[float] = None
     batch_size: int = 16
     lr: float = 3e-3
+    freeze_steps: int = 0
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     q_updates: int = 4
@@ -116,7 +123,8 @@ class MemoryTrainConfig:
             "steps": POSITIVE_INT, "seconds": or_none(FINITE_POSITIVE),
             "batch_size": POSITIVE_INT, "lr": FINITE_AT_LEAST_0,
             "weight_decay": FINITE_AT_LEAST_0, "grad_clip": FINITE_POSITIVE,
-            "q_updates": INT_AT_LEAST_0, "eval_batches": POSITIVE_INT,
+            "q_updates": INT_AT_LEAST_0, "freeze_steps": INT_AT_LEAST_0,
+            "eval_batches": POSITIVE_INT,
             "log_every": POSITIVE_INT, "seed": INT_AT_LEAST_0})
         if self.reward not in ("loss", "accuracy"):
             raise ValueError(f"MemoryTrainConfig.reward: expected 'loss' or 'accuracy', got "
@@ -129,8 +137,8 @@ class MemoryTrainConfig:
 
 # The settings a resumed run must share with its checkpoint; the others (the budget,
 # logging, where to save) may change.
-RESUME_SETTINGS = ("batch_size", "lr", "weight_decay", "grad_clip", "q_updates", "reward",
-                   "seed", "split")
+RESUME_SETTINGS = ("batch_size", "lr", "freeze_steps", "weight_decay", "grad_clip",
+                   "q_updates", "reward", "seed", "split")
 
 
 @dataclass
@@ -320,10 +328,11 @@ def train_memory(model: MemoryLM, task: Task, tc: MemoryTrainConfig,
         if learners:
             with torch.no_grad(), swap_controllers(model, lambda c: NoMemoryController()):
                 base = answer_metrics(model(batch.input_ids).logits, batch.labels)
-        with torch.set_grad_enabled(opt is not None):
+        learns = opt is not None and not (learners and step <= tc.freeze_steps)
+        with torch.set_grad_enabled(learns):
             out = model(batch.input_ids, labels=batch.labels)
         guard.loss(step, out.loss)
-        if opt is not None:
+        if learns:
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             guard.clip_gradients(step, model, tc.grad_clip)
