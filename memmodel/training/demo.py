@@ -23,8 +23,9 @@ date and command), demo.png (accuracy against T, a panel per task; needs the `pl
 extra), depth.json, spec.json (the resolved spec) and models/<variant>.pt, each loadable
 with `memmodel.load`. The table is printed at the end.
 
-The settings are `DEMO_SPEC` (and `LONG`, its changes for --long), sized to run in about
-ten minutes on a 2-core CPU; docs/results.md has what one run measured.
+The settings are `DEMO_SPEC` (and `LONG`, its changes for --long). One run on a 2-core CPU
+takes about 24 minutes, most of it streaming 14 (variant, task) pairs through 16
+sequences of 128K tokens; docs/results.md has what it measured.
 """
 
 from __future__ import annotations
