@@ -290,7 +290,9 @@ def load(path, device=None):
         (model, task): the MemoryLM in eval mode, its controllers greedy and recording
         nothing; the training task as plain data, its `spec()` (name, format, alphabets,
         key length, marker and query bytes, every parameter; `memmodel.tasks.task_from_spec`
-        rebuilds it), or None for a language-model checkpoint.
+        rebuilds it); for a model trained on several tasks (the ablation runner's and
+        the demo's models), {"name": "mix", "tasks": [the spec of each]}; None for a
+        language-model checkpoint.
 
     Raises:
         CheckpointError: the file is unreadable, refused, damaged or does not build a model.
