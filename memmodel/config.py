@@ -231,6 +231,13 @@ class QLearningConfig:
         content: give the network the keys of what it decides about (a summary's, an
             entry's; L2-normalised), so it can tell chunks apart by what they hold; False:
             the scalar features only. It sets the features' width.
+        guided: the fraction of exploring decisions that take the importance heuristic's
+            choice (keep the summaries with the highest pooling scores, evict or merge
+            the lowest, read every chunk) instead of a uniform random one, in [0, 1]. A
+            uniform explorer rarely keeps one useful chunk through many chunks of random
+            stores and evictions, so the task reward it sees is sparse; guided draws
+            show it decisions that keep what the pooling scores rank high, which the
+            network may then improve on. 0: uniform exploration only.
         seed: seeds the network's init, exploration and replay sampling.
     """
 
@@ -251,6 +258,7 @@ class QLearningConfig:
     retrieve_cost: float = 0.0
     use_usage: bool = True
     content: bool = True
+    guided: float = 0.0
     seed: int = 0
 
     def __post_init__(self):
@@ -266,7 +274,7 @@ class QLearningConfig:
                 fail(name, "an int >= 0")
         if self.buffer_size < self.batch_size:
             fail("buffer_size", f"at least batch_size={self.batch_size}")
-        for name in ("gamma", "epsilon_start", "epsilon_end"):
+        for name in ("gamma", "epsilon_start", "epsilon_end", "guided"):
             if not _is_real(getattr(self, name)) or not 0 <= getattr(self, name) <= 1:
                 fail(name, "a number in [0, 1]")
         for name in ("lr", "huber_delta"):

@@ -429,6 +429,28 @@ def test_importance_keeps_the_highest_scores():
     assert all((a == int(Action.STORE)).all() for a, _ in rec.log) and rec.selects > 0
 
 
+@pytest.mark.parametrize("guided", [1.0, 0.0])
+def test_guided_exploration_takes_the_importance_heuristics_choices(guided):
+    """Exploring at every decision: guided = 1 keeps exactly importance's bank (the
+    highest pooling scores, reading every chunk); uniform exploration does not."""
+    cfg = MemoryConfig(ltm_controller="qlearning", **{**ONE_LEVEL, "ltm_capacity": 3})
+    rl = QLearningConfig(epsilon_start=1.0, epsilon_end=1.0, epsilon_decay=10 ** 6,
+                         guided=guided)
+    ctrl = QLearningController(cfg, rl).train()
+    ltm = LongTermMemory.from_config(cfg, controller=ctrl)
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 41, 1, 16) for _ in range(3))
+    state = LayerState()
+    with torch.no_grad():
+        ltm.remember(q, k, v, state)
+        _, _, score = chunk_compress_ref(k[:, :40], v[:, :40], ltm.q_pool, 4)
+    best = score[:, :, 0, 0].topk(3, dim=1).indices.sort(1).values
+    kept = (state.ltm.start[state.ltm.live].view(2, -1) // 4 - 1).sort(1).values
+    assert torch.equal(kept, best) == (guided == 1.0)
+    reads = torch.stack(state.ltm.controller.read)
+    assert bool(reads.all()) == (guided == 1.0)
+
+
 def test_store_all_bypasses_the_capacity():
     cfg = MemoryConfig(ltm_controller="store_all", **ONE_LEVEL)  # capacity 2 is ignored
     ltm = LongTermMemory.from_config(cfg)

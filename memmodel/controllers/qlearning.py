@@ -74,7 +74,9 @@ from .base import (
     LevelFeatures,
     MemoryController,
     on_host,
+    ranked,
 )
+from .heuristics import ImportanceController
 
 
 class Transitions(NamedTuple):
@@ -473,10 +475,16 @@ class QLearningController(MemoryController):
             item_read[:, 0, len(ITEM_FEATURES):] = keys.mean(1)
         x = self._phi(ctx[:, None, None], SUMMARY_CHOICES, item[:, :, None])  # [B, P, 3, F]
         mask = torch.tensor([True, self.levels > 1, True]).expand(B, P, 3)
-        pick, explored = self._choose(x.flatten(0, 1), mask.flatten(0, 1), generator)
+        guide = guide_read = None
+        if self.rl.guided > 0 and self.epsilon > 0:
+            heuristic = ImportanceController(self.config).decide(features).action
+            guide = torch.where(heuristic == int(Action.STORE), 0, 2).flatten()
+            guide_read = torch.ones(B, dtype=torch.int64)  # importance reads every chunk
+        pick, explored = self._choose(x.flatten(0, 1), mask.flatten(0, 1), generator, guide)
         pick, explored = pick.view(B, P), explored.view(B, P).any(1)
         xr = self._phi(ctx[:, None], (Choice.SKIP, Choice.RETRIEVE), item_read)  # [B, 2, F]
-        read, explored_read = self._choose(xr, torch.ones(B, 2, dtype=torch.bool), generator)
+        read, explored_read = self._choose(xr, torch.ones(B, 2, dtype=torch.bool), generator,
+                                           guide_read)
         read = read == 1
         if self.training and isinstance(episode, Episode):
             episode.scores.append(score)
@@ -523,7 +531,10 @@ class QLearningController(MemoryController):
         generator = episode.generator if isinstance(episode, Episode) else self.generator
         picks = []
         for _ in range(features.count):
-            idx, explored = self._choose(x, candidate, generator)
+            guide = None
+            if self.rl.guided > 0 and self.epsilon > 0:  # the lowest-scored candidate
+                guide = torch.where(candidate, ranked(score), float("inf")).argmin(1)
+            idx, explored = self._choose(x, candidate, generator, guide)
             picks.append(idx)
             if self.training and isinstance(episode, Episode):
                 episode.add(x[rows, idx], features.rows.clone())
@@ -679,11 +690,14 @@ class QLearningController(MemoryController):
                           item.expand(*shape, -1)], -1)
 
     def _choose(self, x: torch.Tensor, mask: torch.Tensor,
-                generator: Optional[torch.Generator] = None
+                generator: Optional[torch.Generator] = None,
+                guide: Optional[torch.Tensor] = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Epsilon-greedy over the masked candidates x [N, K, F]: the picks [N] (0 where
-        none is valid) and [N] bool, whether a pick is a random one other than the greedy.
-        Random draws come from `generator` (the stream's; default the controller's)."""
+        none is valid) and [N] bool, whether a pick is an exploring one other than the
+        greedy. Random draws come from `generator` (the stream's; default the
+        controller's). guide: [N], the heuristic's valid pick, which an exploring draw
+        takes with probability `rl.guided` (see QLearningConfig.guided)."""
         generator = self.generator if generator is None else generator
         q = self.learner.q(x).masked_fill(~mask, float("-inf"))
         pick = q.argmax(-1)
@@ -693,6 +707,9 @@ class QLearningController(MemoryController):
             explore = torch.rand(pick.shape, generator=generator) < eps
             weights = torch.where(mask.any(-1, keepdim=True), mask.float(), 1.0)
             random = torch.multinomial(weights, 1, generator=generator)[:, 0]
+            if guide is not None:
+                follow = torch.rand(pick.shape, generator=generator) < self.rl.guided
+                random = torch.where(follow, guide, random)
             explored = explore & (random != pick) & mask.any(-1)
             pick = torch.where(explore, random, pick)
         return torch.where(mask.any(-1), pick, 0), explored
