@@ -62,7 +62,9 @@ DEMO_SPEC = dict(
     train_tasks=[dict(_PASSKEY, seq_len=256), dict(_NEEDLE, seq_len=256)],
     # freeze_steps: a Q-learning controller first learns on the frozen warm model (with
     # exploration and a model that learns at once, the model learnt to bypass the memory
-    # and the controller to store nothing); no effect on the other variants
+    # and the controller to store nothing); no effect on the other variants. It did not
+    # prevent that either: docs/results.md says why (the frozen store_all-warm model
+    # cannot use a bounded bank, so good decisions earn no reward on it)
     train=dict(steps=250, freeze_steps=100, batch_size=16, lr=3e-3, eval_batches=1,
                log_every=50),
     qlearning=dict(memory_cost=0.01, retrieve_cost=0.0, epsilon_decay=300, min_buffer=64),
