@@ -329,7 +329,7 @@ class LongTermMemory(nn.Module):
         return action, retrieve.bool()
 
     def _apply_decision(self, bank: Bank, decision, position: int, new_k, new_v, score, usage,
-               ctrl_state) -> torch.Tensor:
+                        ctrl_state) -> torch.Tensor:
         """Apply one boundary's checked decision (action, retrieve) to the chunk's summaries
         (new_k, new_v: [B, P, H, Dh]; score, usage: [B, P]); returns the [B] retrieve
         flags."""

@@ -19,6 +19,7 @@ from .heuristics import (
     ImportanceController,
     NoMemoryController,
     StoreAllController,
+    highest_scores,
     lowest_scores,
     oldest,
 )
@@ -40,7 +41,7 @@ __all__ = [
     "Action", "BankView", "ChunkDecision", "ChunkFeatures", "LevelFeatures",
     "MemoryController", "Plan", "on_host", "ranked", "uniform_decision",
     "FifoController", "ImportanceController", "NoMemoryController", "StoreAllController",
-    "lowest_scores", "oldest",
+    "highest_scores", "lowest_scores", "oldest",
     "Choice", "Episode", "QLearner", "QLearningController", "QNetwork", "ReplayBuffer",
     "RunningStats", "Transitions", "double_dqn_targets", "nstep_returns",
     "CONTROLLERS", "build_controller", "register_controller",

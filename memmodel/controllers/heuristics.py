@@ -54,6 +54,24 @@ def lowest_scores(features: LevelFeatures) -> torch.Tensor:
     return torch.sort(key, dim=1, stable=True).indices[:, : features.count]
 
 
+def highest_scores(features: ChunkFeatures) -> ChunkDecision:
+    """importance's decision at a boundary: STORE every new summary, except, with a single
+    level, DISCARD those not among the `capacity` highest scores of the level's live
+    entries and the chunk's summaries together; read every chunk."""
+    B, P = features.score.shape
+    action = torch.full((B, P), int(Action.STORE), dtype=torch.int64)
+    bank = features.bank
+    if len(bank.capacity) == 1:
+        live = bank.live & (bank.level == 0)
+        old = torch.where(live, ranked(on_host(bank.score)), float("-inf"))
+        both = torch.cat([ranked(on_host(features.score)), old], 1)  # new first
+        keep = min(bank.capacity[0], both.shape[1])
+        top = torch.sort(both, dim=1, descending=True, stable=True).indices[:, :keep]
+        kept = torch.zeros_like(both, dtype=torch.bool).scatter_(1, top, True)[:, :P]
+        action[~kept] = int(Action.DISCARD)
+    return ChunkDecision(action=action, retrieve=torch.ones(B, dtype=torch.bool))
+
+
 class ImportanceController(MemoryController):
     """`importance`: keep the summaries with the highest pooling scores; read every chunk.
 
@@ -69,18 +87,7 @@ class ImportanceController(MemoryController):
     name = "importance"
 
     def decide(self, features: ChunkFeatures) -> ChunkDecision:
-        B, P = features.score.shape
-        action = torch.full((B, P), int(Action.STORE), dtype=torch.int64)
-        bank = features.bank
-        if len(bank.capacity) == 1:
-            live = bank.live & (bank.level == 0)
-            old = torch.where(live, ranked(on_host(bank.score)), float("-inf"))
-            both = torch.cat([ranked(on_host(features.score)), old], 1)  # new first
-            keep = min(bank.capacity[0], both.shape[1])
-            top = torch.sort(both, dim=1, descending=True, stable=True).indices[:, :keep]
-            kept = torch.zeros_like(both, dtype=torch.bool).scatter_(1, top, True)[:, :P]
-            action[~kept] = int(Action.DISCARD)
-        return ChunkDecision(action=action, retrieve=torch.ones(B, dtype=torch.bool))
+        return highest_scores(features)
 
     def select(self, features: LevelFeatures) -> torch.Tensor:
         return lowest_scores(features)

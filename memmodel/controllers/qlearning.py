@@ -76,7 +76,7 @@ from .base import (
     on_host,
     ranked,
 )
-from .heuristics import ImportanceController
+from .heuristics import highest_scores
 
 
 class Transitions(NamedTuple):
@@ -477,9 +477,9 @@ class QLearningController(MemoryController):
         mask = torch.tensor([True, self.levels > 1, True]).expand(B, P, 3)
         guide = guide_read = None
         if self.rl.guided > 0 and self.epsilon > 0:
-            heuristic = ImportanceController(self.config).decide(features).action
-            guide = torch.where(heuristic == int(Action.STORE), 0, 2).flatten()
-            guide_read = torch.ones(B, dtype=torch.int64)  # importance reads every chunk
+            heuristic = highest_scores(features)
+            guide = torch.where(heuristic.action == int(Action.STORE), 0, 2).flatten()
+            guide_read = heuristic.retrieve.long()  # SKIP 0, RETRIEVE 1
         pick, explored = self._choose(x.flatten(0, 1), mask.flatten(0, 1), generator, guide)
         pick, explored = pick.view(B, P), explored.view(B, P).any(1)
         xr = self._phi(ctx[:, None], (Choice.SKIP, Choice.RETRIEVE), item_read)  # [B, 2, F]

@@ -37,10 +37,11 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-from .ablation import AblationSpec, markdown_table, run_ablation
+from .ablation import AblationSpec, run_ablation
 
 log = logging.getLogger("memmodel.training.demo")
 
@@ -129,13 +130,12 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    command = "python -m memmodel.training.demo " + " ".join(sys.argv[1:] if argv is None
-                                                              else argv)
+    command = " ".join(["python -m memmodel.training.demo",
+                        *(sys.argv[1:] if argv is None else argv)])
     began = time.perf_counter()
-    rows = run_ablation(spec, args.out, progress=not args.no_progress, name="demo",
-                        command=command.strip())
+    run_ablation(spec, args.out, progress=not args.no_progress, name="demo", command=command)
     minutes = (time.perf_counter() - began) / 60
-    sys.stdout.write("\n" + markdown_table(rows, spec, command.strip()) + "\n")
+    sys.stdout.write("\n" + (Path(args.out) / "demo.md").read_text(encoding="utf-8") + "\n")
     log.info("%.1f minutes; results in %s/demo.json, demo.md, demo.png and models/",
              minutes, args.out)
 

@@ -84,7 +84,10 @@ class MemoryTrainConfig:
             then both learn. A controller that explores from the start on a model that
             learns at once teaches the model to do without the memory (its reward then
             vanishes): this schedule lets the controller first find what the model uses.
-            No effect without a learning controller.
+            It needs a model that already uses the memory as the controller will run it:
+            a model trained with store_all cannot use a bounded bank while frozen, so
+            good decisions earn nothing on it (docs/architecture.md). No effect without a
+            learning controller.
         weight_decay, grad_clip: of the model's optimiser.
         q_updates: controller Q updates per step.
         reward: "loss" (the memory's reduction of the answer loss) or "accuracy" (its gain
