@@ -71,7 +71,7 @@ import torch
 
 from ..config import MemoryConfig, QLearningConfig
 from ..controllers import QLearningController
-from ..evaluation import evaluate_stream
+from ..evaluation import evaluate_stream, wilson_interval
 from ..model import MemoryLM
 from ..tasks import Task, task_from_spec
 from .memory import MemoryTrainConfig, train_memory
@@ -147,6 +147,12 @@ class AblationSpec:
             hours on a CPU); the lengths above it get no row, and the table says so.
         seed: of the models' init and of the training batches (phase 2 of a warm-up run:
             seed + 1).
+        controller_seeds: seeds of the Q-learning controller (its network's init, its
+            exploration and replay sampling) for the variants that learn one (qlearning,
+            full): each seed trains its own copy of the variant (the same model init and
+            batches), and its rows pool them (`pool_seeds`: the queries of every seed, the
+            accuracy of each, their mean and spread). None: one run, with
+            qlearning["seed"] (the spec's seed when not given).
         warmup_steps: W, the store_all warm-up's steps (see the module docstring); 0: none.
 
     Raises ValueError on construction when a field is unknown or invalid, when a variant's
@@ -170,6 +176,7 @@ class AblationSpec:
     eval_split: str = "test"
     eval_max: dict[str, int] = field(default_factory=dict)
     seed: int = 0
+    controller_seeds: Optional[list[int]] = None
     warmup_steps: int = 300
 
     def __post_init__(self):
@@ -196,6 +203,17 @@ class AblationSpec:
                 for v, t in self.eval_max.items()):
             raise ValueError(f"AblationSpec.eval_max: expected {{variant: positive int}} with "
                              f"variants from {VARIANTS}, got {self.eval_max!r}")
+        seeds = self.controller_seeds
+        if seeds is not None:
+            if (not isinstance(seeds, (list, tuple)) or not seeds or len(set(seeds)) != len(seeds)
+                    or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
+                               for x in seeds)):
+                raise ValueError(f"AblationSpec.controller_seeds: expected None or a list of "
+                                 f"distinct ints >= 0, got {seeds!r}")
+            if "seed" in self.qlearning:
+                raise ValueError("AblationSpec.controller_seeds: given, and qlearning['seed'] "
+                                 "too; expected one of them")
+            self.controller_seeds = list(seeds)
         for name, own in (("model", _MODEL_OWN), ("train", _TRAIN_OWN)):
             taken = sorted(set(getattr(self, name)) & set(own))
             if taken:
@@ -311,8 +329,20 @@ class AblationSpec:
     def has_ltm(self, variant: str) -> bool:
         return self.config(variant).ltm_controller != "none"
 
-    def qlearning_config(self) -> QLearningConfig:
-        kw = dict(seed=self.seed)
+    def learns_controller(self, variant: str) -> bool:
+        return self.config(variant).ltm_controller == "qlearning"
+
+    def seeds_of(self, variant: str) -> list[Optional[int]]:
+        """The controller seeds `variant` is trained with ([None]: one run, no seed of its
+        own: no learning controller, or no controller_seeds)."""
+        if self.controller_seeds is None or not self.learns_controller(variant):
+            return [None]
+        return list(self.controller_seeds)
+
+    def qlearning_config(self, seed: Optional[int] = None) -> QLearningConfig:
+        """The Q-learning controller's config; seed: its seed (None: qlearning['seed'],
+        else the spec's seed)."""
+        kw = dict(seed=self.seed if seed is None else seed)
         try:
             return QLearningConfig(**{**kw, **self.qlearning})
         except TypeError as e:
@@ -387,7 +417,8 @@ def load_warm(model: MemoryLM, warm: dict[str, torch.Tensor]):
 
 
 def train_variant(spec: AblationSpec, variant: str, checkpoint: Optional[str] = None,
-                  warm: Optional[dict[str, torch.Tensor]] = None):
+                  warm: Optional[dict[str, torch.Tensor]] = None,
+                  controller_seed: Optional[int] = None):
     """Build `variant` from the spec's seed and train it (both phases when
     spec.warmup_steps > 0; the module docstring): (model, MemoryTrainResult of phase 2,
     MemoryTrainResult of phase 1 or None).
@@ -395,6 +426,7 @@ def train_variant(spec: AblationSpec, variant: str, checkpoint: Optional[str] = 
     Args:
         warm: the warm-up model's state_dict (`warm_up`), for a long-term-memory variant
             of a spec with warmup_steps > 0 (None there: it is trained here).
+        controller_seed: the Q-learning controller's seed (`spec.qlearning_config`).
     """
     config = spec.config(variant)
     task = _training_task(spec)
@@ -412,70 +444,217 @@ def train_variant(spec: AblationSpec, variant: str, checkpoint: Optional[str] = 
         raise ValueError("train_variant: warm weights given, but spec.warmup_steps is 0")
     controller = None
     if config.ltm_controller == "qlearning":
-        controller = QLearningController(config, spec.qlearning_config())
+        controller = QLearningController(config, spec.qlearning_config(controller_seed))
     result = train_memory(model, task, spec.train_config(checkpoint), controller)
     return model, result, before
 
 
 def run_ablation(spec: AblationSpec, out, progress: bool = False, name: str = "results",
-                 command: Optional[str] = None) -> list[dict[str, Any]]:
+                 command: Optional[str] = None, workers: int = 1) -> list[dict[str, Any]]:
     """Train and evaluate every variant of `spec`, writing the files listed in the module
-    docstring under `out` (the JSON files rewritten after each evaluation, the table and
-    the figure after each variant).
+    docstring under `out` (the JSON files, the table and the figure rewritten after each
+    variant).
 
     Args:
         name: the stem of the rows, the table and the figure: <name>.json, <name>.md and
             <name>.png (spec.json, depth.json and models/ keep their names).
         command: the command line written in the table's provenance (None: this
             process's, as `python -m memmodel.training.ablation ...`).
+        workers: processes that train and evaluate variants side by side (1: all in this
+            process). With more, each worker runs torch on max(1, threads // workers) of
+            this process's threads; the warm-up runs in a worker while ssm and wm train in
+            the others, and the long-term-memory variants start once it is written. On a
+            small model one thread per process does more work than two threads in one (the
+            ops are too small to share), so a 2-core machine runs the demo with 2 workers.
+            A variant's figures do not depend on the number of workers beyond float
+            tolerance (the same seeds and batches); the rows keep the spec's order.
 
     Returns:
         The rows of <name>.json.
     """
     if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
         raise ValueError(f"run_ablation: expected a plain file stem as name, got {name!r}")
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"run_ablation: expected a positive int workers, got {workers!r}")
     out = Path(out)
     (out / "models").mkdir(parents=True, exist_ok=True)
     _write_json(out / "spec.json", spec.resolved())
-    rows: list[dict[str, Any]] = []
-    depth_rows: list[dict[str, Any]] = []
-    warm, warmed = None, None
-    if spec.warmup_steps and any(spec.has_ltm(v) for v in spec.variants):
-        log.info("== warm-up: %d steps with store_all", spec.warmup_steps)
-        warm_model, warmed = warm_up(spec, str(out / "models" / "warmup.pt"))
-        warm = warm_model.state_dict()
-        del warm_model
-    for variant in spec.variants:
-        log.info("== %s: training", variant)
-        model, trained, before = train_variant(
-            spec, variant, str(out / "models" / f"{variant}.pt"),
-            warm if spec.has_ltm(variant) else None)
-        if spec.has_ltm(variant):
-            before = warmed
-        for task in spec.evaluation_tasks():
-            for T in spec.lengths_of(variant):
-                r = evaluate_stream(model, _with_length(task, T), n=spec.eval_n,
-                                    batch_size=spec.eval_batch_size, segment=spec.segment,
-                                    split=spec.eval_split, progress=progress)
-                d = r.to_dict()
-                rows.append(dict(
-                    variant=variant, task=d["task"], T=T, n=d["n"], accuracy=d["accuracy"],
-                    ci_low=d["ci_low"], ci_high=d["ci_high"], chance=d["chance"],
-                    entries=d["entries"], state_bytes=d["state_bytes"],
-                    tokens_per_s=d["tokens_per_s"], peak_rss_mb=d["peak_rss_mb"],
-                    sequences=d["sequences"], token_accuracy=d["token_accuracy"],
-                    answer_loss=d["answer_loss"], rss_increase_mb=d["rss_increase_mb"],
-                    train_steps=trained.steps, train_seconds=trained.seconds,
-                    warmup_steps=before.steps if before is not None else 0,
-                    warmup_seconds=before.seconds if before is not None else 0.0,
-                    warmup_shared=before is not None and spec.has_ltm(variant)))
-                depth_rows += [dict(variant=variant, task=d["task"], T=T, **b)
-                               for b in d["depth_bins"]]
-                _write_json(out / f"{name}.json", rows)
-                _write_json(out / "depth.json", depth_rows)
+    done: dict[str, tuple[list, list]] = {}
+    runs: dict[str, dict] = {v: {} for v in spec.variants}
+
+    def finished(variant: str, seed: Optional[int], result: tuple[list, list]):
+        runs[variant][seed] = result
+        if len(runs[variant]) < len(spec.seeds_of(variant)):
+            return
+        per_seed = [runs[variant][x] for x in spec.seeds_of(variant)]
+        done[variant] = (pool_seeds([r for r, _ in per_seed]),
+                         [d for _, ds in per_seed for d in ds])
+        order = [v for v in spec.variants if v in done]
+        rows = [r for v in order for r in done[v][0]]
+        _write_json(out / f"{name}.json", rows)
+        _write_json(out / "depth.json", [r for v in order for r in done[v][1]])
         (out / f"{name}.md").write_text(markdown_table(rows, spec, command), encoding="utf-8")
         plot_results(rows, out / f"{name}.png")
-    return rows
+
+    needs_warm = bool(spec.warmup_steps) and any(spec.has_ltm(v) for v in spec.variants)
+    warm_path = str(out / "models" / "warmup.pt")
+    if workers == 1 or len(spec.variants) == 1:
+        warm = warmed = None
+        if needs_warm:
+            log.info("== warm-up: %d steps with store_all", spec.warmup_steps)
+            warm_model, result = warm_up(spec, warm_path)
+            warm, warmed = warm_model.state_dict(), (result.steps, result.seconds)
+            del warm_model
+        for variant in spec.variants:
+            for seed in spec.seeds_of(variant):
+                finished(variant, seed, _variant_rows(spec, variant, str(out), warm, warmed,
+                                                      progress, seed))
+    else:
+        _run_parallel(spec, out, workers, needs_warm, warm_path, progress, finished)
+    return [r for v in spec.variants for r in done[v][0]]
+
+
+# The variants' rough evaluation cost, longest first: a parallel run starts those first.
+_COST_ORDER = ("store_all", "full", "wm", "qlearning", "importance", "fifo", "ssm")
+
+
+def _run_parallel(spec: AblationSpec, out: Path, workers: int, needs_warm: bool,
+                  warm_path: str, progress: bool, finished):
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    threads = max(1, torch.get_num_threads() // workers)
+    data = spec.to_dict()
+    ltm = sorted((v for v in spec.variants if spec.has_ltm(v)), key=_COST_ORDER.index)
+    own = sorted((v for v in spec.variants if not spec.has_ltm(v)), key=_COST_ORDER.index)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=sum(len(spec.seeds_of(v)) for v in spec.variants), desc="variants",
+                   unit="run")
+    with ProcessPoolExecutor(max_workers=workers,
+                             mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_init_worker, initargs=(threads,)) as pool:
+        jobs = {}
+        if needs_warm:
+            log.info("== warm-up: %d steps with store_all (in a worker)", spec.warmup_steps)
+            jobs[pool.submit(_warm_job, data, warm_path)] = None, None
+        else:
+            ltm, own = [], own + ltm
+        for v in own:
+            for seed in spec.seeds_of(v):
+                jobs[pool.submit(_variant_job, data, v, str(out), None, None, seed)] = v, seed
+        while jobs:
+            ready, _ = wait(jobs, return_when=FIRST_COMPLETED)
+            for job in ready:
+                variant, seed = jobs.pop(job)
+                result = job.result()  # a worker's error stops the run here
+                if variant is None:  # the warm-up: its weights are on disk now
+                    for v in ltm:
+                        for x in spec.seeds_of(v):
+                            jobs[pool.submit(_variant_job, data, v, str(out), warm_path,
+                                             result, x)] = v, x
+                    continue
+                log.info("== %s%s: done", variant, "" if seed is None else f" (seed {seed})")
+                finished(variant, seed, result)
+                if bar is not None:
+                    bar.update()
+    if bar is not None:
+        bar.close()
+
+
+def _init_worker(threads: int):
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+
+def _warm_job(data: dict, path: str) -> tuple[int, float]:
+    _, result = warm_up(AblationSpec.from_dict(data), path)
+    return result.steps, result.seconds
+
+
+def _variant_job(data: dict, variant: str, out: str, warm_path: Optional[str],
+                 warmed: Optional[tuple[int, float]], seed: Optional[int]):
+    warm = None
+    if warm_path is not None:
+        from .memory import load_checkpoint
+        warm = load_checkpoint(warm_path)[0].state_dict()
+    return _variant_rows(AblationSpec.from_dict(data), variant, out, warm, warmed,
+                         progress=False, seed=seed)
+
+
+def _variant_rows(spec: AblationSpec, variant: str, out: str,
+                  warm: Optional[dict[str, torch.Tensor]],
+                  warmed: Optional[tuple[int, float]], progress: bool,
+                  seed: Optional[int] = None):
+    """Train `variant` (with controller seed `seed`; saved to out/models/<variant>.pt, or
+    <variant>-seed<seed>.pt for the spec's controller seeds after the first) and evaluate
+    it on every (task, T): (rows, depth rows). warmed: the shared warm-up's (steps,
+    seconds)."""
+    log.info("== %s%s: training", variant, "" if seed is None else f" (seed {seed})")
+    stem = variant if seed is None or seed == spec.seeds_of(variant)[0] else \
+        f"{variant}-seed{seed}"
+    model, trained, before = train_variant(
+        spec, variant, str(Path(out) / "models" / f"{stem}.pt"),
+        warm if spec.has_ltm(variant) else None, controller_seed=seed)
+    shared = spec.has_ltm(variant) and warmed is not None
+    if shared:
+        w_steps, w_seconds = warmed
+    elif before is not None:
+        w_steps, w_seconds = before.steps, before.seconds
+    else:
+        w_steps, w_seconds = 0, 0.0
+    rows, depth_rows = [], []
+    for task in spec.evaluation_tasks():
+        for T in spec.lengths_of(variant):
+            r = evaluate_stream(model, _with_length(task, T), n=spec.eval_n,
+                                batch_size=spec.eval_batch_size, segment=spec.segment,
+                                split=spec.eval_split, progress=progress)
+            d = r.to_dict()
+            rows.append(dict(
+                variant=variant, task=d["task"], T=T, n=d["n"], accuracy=d["accuracy"],
+                ci_low=d["ci_low"], ci_high=d["ci_high"], chance=d["chance"],
+                entries=d["entries"], state_bytes=d["state_bytes"],
+                tokens_per_s=d["tokens_per_s"], peak_rss_mb=d["peak_rss_mb"],
+                sequences=d["sequences"], token_accuracy=d["token_accuracy"],
+                answer_loss=d["answer_loss"], rss_increase_mb=d["rss_increase_mb"],
+                train_steps=trained.steps, train_seconds=trained.seconds,
+                warmup_steps=w_steps, warmup_seconds=w_seconds, warmup_shared=shared,
+                threads=torch.get_num_threads(), seeds=[seed]))
+            depth_rows += [dict(variant=variant, task=d["task"], T=T, seed=seed, **b)
+                           for b in d["depth_bins"]]
+    return rows, depth_rows
+
+
+def pool_seeds(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One variant's rows from several controller seeds (runs[i]: seed i's rows, the same
+    (task, T) in the same order) as one row per (task, T): n and the accuracy over the
+    queries of every seed, with its Wilson interval; seed_accuracy (each seed's) and
+    seed_std (their sample standard deviation, 0 for one seed); the means of entries,
+    state_bytes, tokens_per_s and the other measures; the largest peak_rss_mb."""
+    if len(runs) == 1:
+        return [dict(r, seed_accuracy=[r["accuracy"]], seed_std=0.0) for r in runs[0]]
+    pooled = []
+    for group in zip(*runs):
+        first = group[0]
+        if any((r["task"], r["T"]) != (first["task"], first["T"]) for r in group):
+            raise ValueError("pool_seeds: expected the same (task, T) in every seed's rows")
+        n = sum(r["n"] for r in group)
+        k = round(sum(r["accuracy"] * r["n"] for r in group))
+        lo, hi = wilson_interval(k, n)
+        accs = [r["accuracy"] for r in group]
+        mean = sum(accs) / len(accs)
+        row = dict(first)
+        for key in ("entries", "state_bytes", "tokens_per_s", "token_accuracy", "answer_loss",
+                    "rss_increase_mb", "train_seconds"):
+            row[key] = sum(r[key] for r in group) / len(group)
+        row.update(n=n, accuracy=k / n, ci_low=lo, ci_high=hi,
+                   sequences=sum(r["sequences"] for r in group),
+                   peak_rss_mb=max(r["peak_rss_mb"] for r in group),
+                   seeds=[s for r in group for s in r["seeds"]], seed_accuracy=accs,
+                   seed_std=(sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) ** 0.5)
+        pooled.append(row)
+    return pooled
 
 
 def _write_json(path: Path, data):
@@ -548,9 +727,13 @@ def markdown_table(rows: list[dict[str, Any]], spec: Optional[AblationSpec] = No
         for r in rows:
             if r["task"] != task:
                 continue
+            seeds = r.get("seed_accuracy", [])
+            spread = "" if len(seeds) < 2 else (
+                f" ({len(seeds)} seeds: " + ", ".join(f"{a:.2f}" for a in seeds)
+                + f"; sd {r['seed_std']:.2f})")
             lines.append(
                 f"| {r['variant']} | {r['T']} | {r['n']} | {r['accuracy']:.3f} "
-                f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] | {r['chance']:.2g} | "
+                f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]{spread} | {r['chance']:.2g} | "
                 f"{r['entries']:.1f} | {r['state_bytes'] / 1024:.1f} | "
                 f"{r['tokens_per_s']:.0f} | {r['peak_rss_mb']:.0f} |")
     return "\n".join(lines) + "\n"
@@ -613,6 +796,8 @@ def main(argv=None):
     p.add_argument("--lengths", default=None, help="comma-separated evaluation lengths")
     p.add_argument("--eval-n", type=int, default=None, help="sequences per evaluation")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes training and evaluating variants side by side")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--print-spec", action="store_true",
                    help="print the resolved spec as JSON and exit")
@@ -644,7 +829,9 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    run_ablation(spec, args.out, progress=not args.no_progress)
+    if args.workers < 1:
+        p.error(f"--workers: expected a positive int, got {args.workers}")
+    run_ablation(spec, args.out, progress=not args.no_progress, workers=args.workers)
     log.info("results in %s", args.out)
 
 

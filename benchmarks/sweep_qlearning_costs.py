@@ -1,0 +1,169 @@
+"""The Q-learning controller's cost trade-off: accuracy against live entries and reads.
+
+    python benchmarks/sweep_qlearning_costs.py --out results/costs     # after `make demo`
+
+For each (memory_cost, retrieve_cost) of the grid, trains the demo's qlearning variant
+(`memmodel.training.demo.DEMO_SPEC`: phase 2 from the demo's warm-up weights, the same
+steps, batches and schedule; only the two costs change), then streams it through the
+demo's passkey and multi-needle tasks at --T tokens (n sequences each, greedy) and counts
+what its policy does there: live entries per bank at the end, and the fraction of chunks
+that read the bank. The bounded heuristics and store_all are drawn beside it from the
+demo's rows at the same T (they read every chunk). Writes costs.json (one row per setting
+and task) and costs.png (a panel per task and measure) under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def parse_floats(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}") from None
+    if any(not v >= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected costs >= 0, got {text!r}")
+    return values
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--warm", default="results/models/warmup.pt",
+                   help="the demo's warm-up checkpoint (written by `make demo`)")
+    p.add_argument("--baselines", default="results/demo.json",
+                   help="the demo's rows, for fifo, importance and store_all at --T")
+    p.add_argument("--memory-costs", type=parse_floats, default=[0.0, 0.002, 0.01])
+    p.add_argument("--retrieve-costs", type=parse_floats, default=[0.0, 0.01])
+    p.add_argument("--T", type=int, default=131072, help="evaluation length in tokens")
+    p.add_argument("--n", type=int, default=16, help="sequences per task")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default="results/costs")
+    args = p.parse_args(argv)
+    os.environ.setdefault("MEMMODEL_COMPILE", "0")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    torch.set_num_threads(args.threads)
+
+    from tqdm.auto import tqdm
+
+    from memmodel.controllers import QLearningController
+    from memmodel.evaluation import evaluate_stream
+    from memmodel.model import MemoryLM
+    from memmodel.training.ablation import AblationSpec, _training_task, _with_length, load_warm
+    from memmodel.training.demo import demo_spec
+    from memmodel.training.memory import Tally, load_checkpoint, swap_controllers, train_memory
+
+    if not Path(args.warm).exists():
+        p.error(f"--warm: {args.warm} does not exist (run `make demo` first)")
+    warm = load_checkpoint(args.warm)[0].state_dict()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = demo_spec()
+    rows = []
+    grid = [(m, r) for m in args.memory_costs for r in args.retrieve_costs]
+    for memory_cost, retrieve_cost in tqdm(grid, desc="cost settings"):
+        data = base.to_dict()
+        data["qlearning"] = {**data["qlearning"], "memory_cost": memory_cost,
+                             "retrieve_cost": retrieve_cost}
+        spec = AblationSpec.from_dict(data)
+        config = spec.config("qlearning")
+        torch.manual_seed(spec.seed)
+        model = MemoryLM(config)
+        load_warm(model, warm)
+        controller = QLearningController(config, spec.qlearning_config())
+        t0 = time.perf_counter()
+        train_memory(model, _training_task(spec), spec.train_config(), controller)
+        trained_s = time.perf_counter() - t0
+        for task in spec.evaluation_tasks():
+            tallies = []
+
+            def tally(ctrl, tallies=tallies):
+                tallies.append(Tally(ctrl))
+                return tallies[-1]
+
+            with swap_controllers(model, tally):
+                r = evaluate_stream(model, _with_length(task, args.T), n=args.n,
+                                    batch_size=spec.eval_batch_size, segment=spec.segment,
+                                    split=spec.eval_split, progress=False)
+            chunks = sum(t.chunks for t in tallies)
+            rows.append(dict(
+                memory_cost=memory_cost, retrieve_cost=retrieve_cost, task=r.task, T=args.T,
+                n=r.n, accuracy=r.accuracy, ci_low=r.ci_low, ci_high=r.ci_high,
+                entries=r.entries, reads=sum(t.reads for t in tallies) / max(chunks, 1),
+                train_seconds=trained_s))
+            tqdm.write(json.dumps(rows[-1]))
+            (out / "costs.json").write_text(json.dumps(rows, indent=1) + "\n",
+                                            encoding="utf-8")
+    baselines = []
+    if Path(args.baselines).exists():
+        baselines = [dict(r, reads=1.0) for r in json.loads(Path(args.baselines).read_text())
+                     if r["T"] == args.T and r["variant"] in ("fifo", "importance",
+                                                             "store_all")]
+    plot(rows, baselines, out / "costs.png")
+    sys.stdout.write(table(rows, baselines))
+
+
+def table(rows, baselines) -> str:
+    lines = ["| controller | memory_cost | retrieve_cost | task | n | accuracy [95% CI] | "
+             "entries | reads |", "| --- | ---: | ---: | --- | ---: | --- | ---: | ---: |"]
+    for r in baselines:
+        lines.append(f"| {r['variant']} | - | - | {r['task']} | {r['n']} | "
+                     f"{r['accuracy']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] | "
+                     f"{r['entries']:.1f} | 1.00 |")
+    for r in rows:
+        lines.append(f"| qlearning | {r['memory_cost']:g} | {r['retrieve_cost']:g} | "
+                     f"{r['task']} | {r['n']} | {r['accuracy']:.3f} [{r['ci_low']:.3f}, "
+                     f"{r['ci_high']:.3f}] | {r['entries']:.1f} | {r['reads']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows, baselines, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logging.warning("matplotlib is not installed (pip install 'memmodel[plot]'): %s "
+                        "not written", path)
+        return
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    fig, axes = plt.subplots(len(tasks), 2, figsize=(9, 3.4 * len(tasks)), squeeze=False)
+    for i, task in enumerate(tasks):
+        for j, measure in enumerate(("entries", "reads")):
+            ax = axes[i][j]
+            mine = [r for r in rows if r["task"] == task]
+            for r in mine:
+                ax.errorbar(r[measure], r["accuracy"],
+                            yerr=[[r["accuracy"] - r["ci_low"]], [r["ci_high"] - r["accuracy"]]],
+                            marker="o", color="C0", capsize=2)
+                ax.annotate(f"m{r['memory_cost']:g} r{r['retrieve_cost']:g}",
+                            (r[measure], r["accuracy"]), fontsize=7,
+                            textcoords="offset points", xytext=(4, 4))
+            for k, b in enumerate(r for r in baselines if r["task"] == task):
+                ax.scatter(b[measure], b["accuracy"], marker="s", color=f"C{k + 1}",
+                           label=b["variant"])
+            if measure == "entries":
+                ax.set_xscale("symlog", linthresh=1)
+            ax.set_xlabel("live entries per bank" if measure == "entries"
+                          else "fraction of chunks read")
+            ax.set_ylabel("accuracy")
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_title(f"{task}, T={rows[0]['T']}")
+            if baselines:
+                ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
