@@ -182,8 +182,9 @@ def controller_parameter_names(model: torch.nn.Module) -> list[str]:
 def wrap(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
     """The module a training step calls: `model` itself on one process, else
     `DistributedDataParallel(model)` (every rank starts from rank 0's weights; the
-    controllers' parameters are left out; `find_unused_parameters`, as a memory's
-    decisions may leave a parameter out of a step's graph)."""
+    controllers' parameters are left out; with a long-term memory
+    `find_unused_parameters`, as its controller's decisions may leave a parameter out of
+    a step's graph, e.g. no chunk read)."""
     if not ctx.distributed:
         return model
     from torch.nn.parallel import DistributedDataParallel
@@ -192,5 +193,7 @@ def wrap(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
     if ignore:
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignore)
     device_ids = [ctx.local_rank] if ctx.backend == "nccl" else None
+    config = getattr(model, "config", None)
+    unused = getattr(config, "ltm_controller", "none") != "none"
     return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False,
-                                   find_unused_parameters=True)
+                                   find_unused_parameters=unused)
