@@ -365,13 +365,13 @@ def _training_task(spec: AblationSpec, warmup: bool = False):
     return tasks[0] if len(tasks) == 1 else TaskMix(tasks)
 
 
-def warm_up(spec: AblationSpec, checkpoint: Optional[str] = None):
+def warm_up(spec: AblationSpec, checkpoint: Optional[str] = None, progress: bool = False):
     """Phase 1 of the long-term-memory variants: the store_all variant's model, from the
     spec's seed, trained spec.warmup_steps steps: (model, MemoryTrainResult)."""
     torch.manual_seed(spec.seed)
     model = MemoryLM(spec.config("store_all"))
     result = train_memory(model, _training_task(spec, warmup=True),
-                          spec.warmup_config(checkpoint))
+                          spec.warmup_config(checkpoint), progress=progress)
     return model, result
 
 
@@ -387,7 +387,7 @@ def load_warm(model: MemoryLM, warm: dict[str, torch.Tensor]):
 
 
 def train_variant(spec: AblationSpec, variant: str, checkpoint: Optional[str] = None,
-                  warm: Optional[dict[str, torch.Tensor]] = None):
+                  warm: Optional[dict[str, torch.Tensor]] = None, progress: bool = False):
     """Build `variant` from the spec's seed and train it (both phases when
     spec.warmup_steps > 0; the module docstring): (model, MemoryTrainResult of phase 2,
     MemoryTrainResult of phase 1 or None).
@@ -395,6 +395,7 @@ def train_variant(spec: AblationSpec, variant: str, checkpoint: Optional[str] = 
     Args:
         warm: the warm-up model's state_dict (`warm_up`), for a long-term-memory variant
             of a spec with warmup_steps > 0 (None there: it is trained here).
+        progress: tqdm bars over the training steps.
     """
     config = spec.config(variant)
     task = _training_task(spec)
@@ -402,10 +403,11 @@ def train_variant(spec: AblationSpec, variant: str, checkpoint: Optional[str] = 
     model = MemoryLM(config)
     before = None
     if spec.warmup_steps and not spec.has_ltm(variant):
-        before = train_memory(model, _training_task(spec, warmup=True), spec.warmup_config())
+        before = train_memory(model, _training_task(spec, warmup=True), spec.warmup_config(),
+                              progress=progress)
     elif spec.warmup_steps:
         if warm is None:
-            warm_model, before = warm_up(spec)
+            warm_model, before = warm_up(spec, progress=progress)
             warm = warm_model.state_dict()
         load_warm(model, warm)
     elif warm is not None:
@@ -413,7 +415,8 @@ def train_variant(spec: AblationSpec, variant: str, checkpoint: Optional[str] = 
     controller = None
     if config.ltm_controller == "qlearning":
         controller = QLearningController(config, spec.qlearning_config())
-    result = train_memory(model, task, spec.train_config(checkpoint), controller)
+    result = train_memory(model, task, spec.train_config(checkpoint), controller,
+                          progress=progress)
     return model, result, before
 
 
@@ -442,14 +445,14 @@ def run_ablation(spec: AblationSpec, out, progress: bool = False, name: str = "r
     warm, warmed = None, None
     if spec.warmup_steps and any(spec.has_ltm(v) for v in spec.variants):
         log.info("== warm-up: %d steps with store_all", spec.warmup_steps)
-        warm_model, warmed = warm_up(spec, str(out / "models" / "warmup.pt"))
+        warm_model, warmed = warm_up(spec, str(out / "models" / "warmup.pt"), progress)
         warm = warm_model.state_dict()
         del warm_model
     for variant in spec.variants:
         log.info("== %s: training", variant)
         model, trained, before = train_variant(
             spec, variant, str(out / "models" / f"{variant}.pt"),
-            warm if spec.has_ltm(variant) else None)
+            warm if spec.has_ltm(variant) else None, progress)
         if spec.has_ltm(variant):
             before = warmed
         for task in spec.evaluation_tasks():
