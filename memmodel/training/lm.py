@@ -187,8 +187,8 @@ class TrainConfig:
             NCCL, cuda:LOCAL_RANK; else the CPU).
 
     batch_size is the global batch: under torchrun each of W ranks takes batch_size / W of
-    its rows (`memmodel.training.distributed`). Validated on construction: a bad value raises ValueError naming the field, what was
-    expected and what came.
+    its rows (`memmodel.training.distributed`). Validated on construction: a bad value
+    raises ValueError naming the field, what was expected and what came.
     """
 
     seconds: float = 90.0

@@ -108,7 +108,8 @@ class MemoryTrainConfig:
             NCCL, cuda:LOCAL_RANK; else the CPU).
 
     batch_size is the global batch: under torchrun each of W ranks takes batch_size / W of
-    its rows (`memmodel.training.distributed`). `steps` counts the whole run: a resumed run goes on from the checkpoint's step to it.
+    its rows (`memmodel.training.distributed`). `steps` counts the whole run: a resumed
+    run goes on from the checkpoint's step to it.
     """
 
     steps: int = 300
