@@ -31,7 +31,7 @@ setup(
         "tqdm",  # progress bars of training, evaluation and benchmarks
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "hypothesis", "ruff"],
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "ruff", "pyyaml"],
         "bench": ["pytest-benchmark"],
         "plot": ["matplotlib"],
         "yaml": ["pyyaml"],  # YAML config files for the `memmodel` command

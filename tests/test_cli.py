@@ -66,6 +66,23 @@ def test_resolve_refuses_unknown_and_bad_fields():
     assert cli.resolve_train_config(cfg) == cfg  # the resolved config reads back to itself
 
 
+def test_yaml_config(tmp_path):
+    yaml = pytest.importorskip("yaml")
+    path = tmp_path / "run.yml"
+    path.write_text(yaml.safe_dump(TINY))
+    assert cli.load_config(path) == TINY
+    cfg = cli.resolve_train_config(apply(cli.load_config(path), "model.wm_slots=4"))
+    assert cfg["model"]["wm_slots"] == 4 and cfg["model"]["ltm_controller"] == "fifo"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [1, 2\n")
+    with pytest.raises(cli.ConfigError, match="not valid YAML"):
+        cli.load_config(bad)
+
+
+def apply(data, assignment):
+    return cli.apply_override(data, assignment)
+
+
 def test_yaml_needs_pyyaml(tmp_path, monkeypatch):
     path = tmp_path / "run.yaml"
     path.write_text("model:\n  wm_slots: 4\n")
@@ -78,11 +95,8 @@ def test_config_file_and_overrides_train_and_evaluate(tmp_path, capsys):
     """A config file plus overrides: every section reaches the model (a working memory of
     4 slots, a Q-learning controller with its costs), the resolved config is written, the
     checkpoint loads with memmodel.load and `memmodel eval` streams it."""
-    pytest.importorskip("yaml")
-    import yaml
-
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(TINY))
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(TINY))
     out = tmp_path / "run"
     assert cli.main(["train", "--config", str(path), "--set", "model.wm_slots=4",
                      "--set", "model.wm_heads=2", "--model.ltm_controller", "qlearning",

@@ -506,7 +506,8 @@ def build_model(args, controller: str) -> MemoryLM:
     torch.manual_seed(args.seed)
     return MemoryLM(MemoryConfig(
         d_model=args.d_model, n_layers=args.n_layers, d_state=args.d_state,
-        ltm_controller=controller, ltm_heads=args.heads, ltm_chunk_size=args.chunk_size,
+        wm_slots=args.wm_slots, wm_heads=args.wm_heads, ltm_controller=controller,
+        ltm_heads=args.heads, ltm_chunk_size=args.chunk_size,
         ltm_summaries=args.summaries, ltm_levels=len(args.capacity),
         ltm_capacity=args.capacity, ltm_merge=args.merge, backend=args.backend))
 
@@ -547,6 +548,9 @@ def main(argv=None):
                    help="entries per level (one int per level)")
     p.add_argument("--merge", type=int, default=2)
     p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--wm-slots", type=int, default=0,
+                   help="working-memory slots per head (0: no working memory)")
+    p.add_argument("--wm-heads", type=int, default=2)
     p.add_argument("--d-model", type=int, default=64)
     p.add_argument("--n-layers", type=int, default=2)
     p.add_argument("--d-state", type=int, default=16)
