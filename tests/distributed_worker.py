@@ -41,7 +41,7 @@ def qlearning_run(out: str, rank: int):
 
 
 def main(out: str, lm_config: str):
-    ctx = distributed.init_distributed()
+    ctx = distributed.init_distributed(timeout_s=300)
     assert ctx.world_size == 2 and ctx.backend == "gloo", ctx
     try:
         cli.main(["train", "--config", lm_config, "--out", f"{out}/lm", "--no-progress"])

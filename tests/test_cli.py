@@ -32,7 +32,7 @@ def test_help_of_each_command(command, capsys):
 
 def test_python_dash_m_memmodel():
     proc = subprocess.run([sys.executable, "-m", "memmodel", "--help"], capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert all(c in proc.stdout for c in cli.COMMANDS)
 

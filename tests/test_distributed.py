@@ -7,6 +7,7 @@ compare what it wrote with runs in this process.
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -45,11 +46,19 @@ def two_ranks(tmp_path_factory):
     config = out / "lm.json"
     config.write_text(json.dumps(LM_CONFIG))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MEMMODEL_COMPILE": "0"}
-    proc = subprocess.run(
+    # a session of its own, so that a run past the time limit is stopped with its workers
+    proc = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          str(HERE / "distributed_worker.py"), str(out), str(config)],
-        env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail("the 2-process run did not end within 600 s:\n" + stderr[-3000:])
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
     return out
 
 

@@ -104,8 +104,8 @@ class MemoryTrainConfig:
         split: the split training batches come from ("train", "val", "test"; the task's
             answers and text of that split only); None: unrestricted answers, the train
             text (as `task.sample(B, generator)`).
-        device: where the model trains (None: the process's device under torchrun with
-            NCCL, cuda:LOCAL_RANK; else the CPU).
+        device: where the model trains (None: cuda:LOCAL_RANK under torchrun with NCCL;
+            else where the model is).
 
     batch_size is the global batch: under torchrun each of W ranks takes batch_size / W of
     its rows (`memmodel.training.distributed`). `steps` counts the whole run: a resumed
@@ -327,7 +327,10 @@ def train_memory(model: MemoryLM, task: Task, tc: MemoryTrainConfig,
     """
     ctx = distributed.current()
     ctx.local_batch(tc.batch_size, "MemoryTrainConfig.batch_size")
-    device = train_device(tc.device, ctx)
+    if tc.device is None and not ctx.distributed:
+        device = next(model.parameters()).device
+    else:
+        device = train_device(tc.device, ctx)
     if controller is not None:
         attach_controller(model, controller)
     if (model.config.ltm_controller != "none" and hasattr(task, "chunk_size")
