@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import memmodel
+from memmodel.checkpoint import read_checkpoint
 from memmodel.training import cli
 
 TINY = {
@@ -123,6 +124,14 @@ def test_config_file_and_overrides_train_and_evaluate(tmp_path, capsys):
         assert (out / "train_loss.png").stat().st_size > 0
     except ImportError:
         pass
+    # the written config runs again; its checkpoint goes with the new --out
+    again = tmp_path / "again"
+    assert cli.main(["train", "--config", str(out / "config.json"), "--set", "train.steps=3",
+                     "--resume", str(out / "model.pt"), "--out", str(again),
+                     "--no-progress"]) == 0
+    assert json.loads((again / "train.json").read_text())["steps"] == 3
+    assert read_checkpoint(again / "model.pt")["step"] == 3
+    assert read_checkpoint(out / "model.pt")["step"] == 2
     capsys.readouterr()
     assert cli.main(["eval", str(out / "model.pt"), "--set", "lengths=[48,96]", "--n", "2",
                      "--set", "batch_size=2", "--out", str(tmp_path / "eval"),

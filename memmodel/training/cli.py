@@ -27,8 +27,9 @@ A training run's config (`memmodel train --print-config` prints the defaults):
     threads    torch CPU threads (null: torch's default)
 
 It writes under --out: config.json, model.pt (the checkpoint, loadable with
-`memmodel.load`), train.json (the loss of every step, the logged history, the final
-evaluation) and train_loss.png (loss against step; needs the `plot` extra).
+`memmodel.load`; always OUT/model.pt, whatever train.checkpoint says), train.json (the
+loss of every step, the logged history, the final evaluation) and train_loss.png (loss
+against step; needs the `plot` extra).
 """
 
 from __future__ import annotations
@@ -659,9 +660,10 @@ def _train(args, data: dict[str, Any]) -> int:
     from . import distributed
 
     cfg = resolve_train_config(data)
-    if cfg["train"]["checkpoint"] is None:
-        cfg["train"]["checkpoint"] = os.path.join(args.out, "model.pt")
-        cfg = resolve_train_config(cfg)
+    # the checkpoint belongs with the results: OUT/model.pt, whatever a reused config says
+    given, own = cfg["train"]["checkpoint"], os.path.join(args.out, "model.pt")
+    cfg["train"]["checkpoint"] = own
+    cfg = resolve_train_config(cfg)
     if args.print_config:
         sys.stdout.write(json.dumps(cfg, indent=1) + "\n")
         return 0
@@ -670,6 +672,9 @@ def _train(args, data: dict[str, Any]) -> int:
     joined = dist.is_available() and dist.is_initialized()  # a group made by the caller
     ctx = distributed.init_distributed()
     _configure_logging(ctx.rank)
+    if given is not None and os.path.normpath(given) != os.path.normpath(own):
+        log.info("train.checkpoint: writing %s (the checkpoint goes with --out), not %s",
+                 own, given)
     try:
         ctx.local_batch(cfg["train"]["batch_size"], "train.batch_size")
     except ValueError as e:
