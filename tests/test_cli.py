@@ -173,3 +173,29 @@ def test_plot_scaling(tmp_path):
     assert cli.plot_scaling(rows, tmp_path / "s.png", "eval")
     assert (tmp_path / "s.png").stat().st_size > 0
     assert not cli.plot_scaling([{"seq_len": 1024, "tokens_per_s": 1.0}], tmp_path / "t.png")
+
+
+SPEC = dict(
+    variants=["ssm", "fifo"],
+    model=dict(d_model=16, n_layers=1, d_state=4, backend="torch"),
+    ltm=dict(ltm_heads=1, ltm_chunk_size=8, ltm_summaries=1, ltm_levels=1, ltm_capacity=2,
+             ltm_merge=2),
+    train_tasks=[dict(name="passkey", seq_len=63, chunk_size=8, key_len=1)],
+    train=dict(steps=2, batch_size=2, eval_batches=1, log_every=1),
+    eval_tasks=[dict(name="passkey", chunk_size=8, key_len=1)],
+    eval_lengths=[128, 256], eval_n=2, eval_batch_size=2, segment=64, warmup_steps=0,
+)
+
+
+def test_ablate_runs_a_spec_file_with_overrides(tmp_path, capsys):
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(SPEC))
+    out = tmp_path / "ablation"
+    assert cli.main(["ablate", "--config", str(path), "--set", 'variants=["fifo"]',
+                     "--set", "eval_lengths=[128]", "--out", str(out), "--no-progress"]) == 0
+    spec = json.loads((out / "spec.json").read_text())
+    assert spec["variants"] == ["fifo"] and spec["eval_lengths"] == [128]
+    rows = json.loads((out / "results.json").read_text())
+    assert [(r["variant"], r["T"]) for r in rows] == [("fifo", 128)]
+    assert "memmodel ablate --config" in (out / "results.md").read_text()
+    assert "| fifo |" in capsys.readouterr().out

@@ -651,7 +651,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             rows = run_eval(args.checkpoint, cfg, out, progress=not args.no_progress)
             sys.stdout.write(_eval_table(rows) + "\n")
             return 0
-        return _ablate(args, data)
+        return _ablate(args, data, "memmodel " + " ".join(argv))
     except ConfigError as e:
         parser.exit(2, f"memmodel {args.command}: error: {e}\n")
 
@@ -704,7 +704,7 @@ def _eval_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _ablate(args, data: dict[str, Any]) -> int:
+def _ablate(args, data: dict[str, Any], command: str) -> int:
     import torch
 
     from .ablation import AblationSpec, markdown_table, run_ablation
@@ -721,7 +721,6 @@ def _ablate(args, data: dict[str, Any]) -> int:
     _configure_logging()
     if args.threads:
         torch.set_num_threads(args.threads)
-    command = "memmodel " + " ".join(sys.argv[1:])
     rows = run_ablation(spec, args.out, progress=not args.no_progress, command=command)
     sys.stdout.write(markdown_table(rows, spec, command) + "\n")
     return 0
