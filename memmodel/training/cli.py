@@ -606,7 +606,7 @@ def _configure_logging(rank: int = 0):
     logging.getLogger().setLevel(level)
 
 
-def _run_data(args, extra: list[str], parser) -> dict[str, Any]:
+def _run_data(args, extra: list[str]) -> dict[str, Any]:
     data = load_config(args.config) if args.config else {}
     for assignment in args.set + split_dotted_flags(extra):
         apply_override(data, assignment)
@@ -614,6 +614,10 @@ def _run_data(args, extra: list[str], parser) -> dict[str, Any]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    """The `memmodel` command on `argv` (default: sys.argv[1:]); its exit status. A bad
+    config, override or checkpoint exits with status 2 and a message naming it."""
+    from ..checkpoint import CheckpointError
+
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     if argv and argv[0] == "demo":  # the demo's own command line
@@ -638,7 +642,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 return 0
             run_bench(args.names, bench_args, args.out, progress=not args.no_progress)
             return 0
-        data = _run_data(args, extra, parser)
+        data = _run_data(args, extra)
         if args.command == "train":
             return _train(args, data)
         if args.command == "eval":
@@ -652,7 +656,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             sys.stdout.write(_eval_table(rows) + "\n")
             return 0
         return _ablate(args, data, "memmodel " + " ".join(argv))
-    except ConfigError as e:
+    except (ConfigError, CheckpointError, FileNotFoundError) as e:
         parser.exit(2, f"memmodel {args.command}: error: {e}\n")
 
 
