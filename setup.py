@@ -28,11 +28,13 @@ setup(
         "triton>=3.1",
         "numpy",
         "safetensors",  # save_pretrained / from_pretrained, loaded without pickle
-        "tqdm",  # progress bars of long evaluations
+        "tqdm",  # progress bars of training, evaluation and benchmarks
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "hypothesis", "ruff"],
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "ruff", "pyyaml"],
         "bench": ["pytest-benchmark"],
         "plot": ["matplotlib"],
+        "yaml": ["pyyaml"],  # YAML config files for the `memmodel` command
     },
+    entry_points={"console_scripts": ["memmodel = memmodel.training.cli:main"]},
 )

@@ -62,6 +62,7 @@ from dataclasses import asdict
 from typing import Any, NamedTuple, Optional
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -253,10 +254,62 @@ class QLearner:
         self.buffer = ReplayBuffer(config.buffer_size, feature_dim, n_next)
         self.generator = torch.Generator().manual_seed(config.seed + 1)
         self.updates = 0
+        self.synchronised = False
 
     @property
     def epsilon(self) -> float:
         return self.config.epsilon(self.updates)
+
+    def _collective_device(self) -> torch.device:
+        """Where a collective's tensors live: the networks' device (NCCL needs CUDA
+        tensors), the CPU under gloo."""
+        if dist.get_backend() == "nccl":
+            return next(self.online.parameters()).device
+        return torch.device("cpu")
+
+    def _all_ready(self, ready: bool) -> bool:
+        """Whether every rank's buffer is ready (an all-reduce MIN): the ranks update in
+        lockstep, or none does."""
+        flag = torch.tensor([int(ready)], device=self._collective_device())
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
+    def _average_gradients(self, loss: torch.Tensor) -> torch.Tensor:
+        """Average the online network's gradients and the loss over the ranks (one
+        all-reduce of one flat vector); the mean loss."""
+        params = list(self.online.parameters())
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads] + [loss.detach().reshape(1)])
+        device = flat.device
+        flat = flat.to(self._collective_device())
+        dist.all_reduce(flat)
+        flat = (flat / dist.get_world_size()).to(device)
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.grad = flat[offset:offset + n].view_as(p).clone()
+            offset += n
+        return flat[-1]
+
+    def synchronise(self, enabled: bool = True):
+        """Learn as one learner across the ranks of torch.distributed's process group:
+        rank 0's networks are broadcast to the others, then every update averages the
+        online network's gradients over the ranks before its step, and waits until every
+        rank's buffer is ready; each rank keeps its own replay buffer (the transitions of
+        its own shard of the batch). The networks then stay equal on every rank. Every
+        rank must call `update` the same number of times."""
+        if enabled and not (dist.is_available() and dist.is_initialized()):
+            raise ValueError("QLearner.synchronise: expected an initialised torch.distributed "
+                             "process group, got none")
+        self.synchronised = bool(enabled)
+        if self.synchronised:
+            device = self._collective_device()
+            with torch.no_grad():
+                for net in (self.online, self.target):
+                    for t in net.state_dict().values():
+                        moved = t.detach().to(device)
+                        dist.broadcast(moved, src=0)
+                        t.copy_(moved)
 
     def _to_networks(self, t: torch.Tensor) -> torch.Tensor:
         """A host tensor moved to the networks' device (float ones to their dtype)."""
@@ -271,10 +324,14 @@ class QLearner:
 
     def update(self, batch: Optional[Transitions] = None) -> Optional[float]:
         """One Double DQN step on `batch` (default: a uniform sample of the buffer, once it
-        holds min_buffer and batch_size transitions; None before). Returns the loss."""
+        holds min_buffer and batch_size transitions; None before). Returns the loss
+        (synchronised: the mean over the ranks, None until every rank's buffer is ready)."""
         c = self.config
         if batch is None:
-            if len(self.buffer) < max(c.min_buffer, c.batch_size):
+            ready = len(self.buffer) >= max(c.min_buffer, c.batch_size)
+            if self.synchronised:
+                ready = self._all_ready(ready)
+            if not ready:
                 return None
             batch = self.buffer.sample(c.batch_size, self.generator)
         batch = Transitions(*(self._to_networks(t) for t in batch))
@@ -283,6 +340,8 @@ class QLearner:
             loss = F.huber_loss(self.online(batch.x), y, delta=c.huber_delta)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+        if self.synchronised:
+            loss = self._average_gradients(loss)
         if c.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.online.parameters(), c.grad_clip)
         self.optimizer.step()
@@ -339,11 +398,16 @@ class RunningStats:
         n = x.numel()
         if n == 0:
             return
-        mean, m2 = x.mean().item(), ((x - x.mean()) ** 2).sum().item()
-        total = self.count + n
+        self.merge(n, x.mean().item(), ((x - x.mean()) ** 2).sum().item())
+
+    def merge(self, count: int, mean: float, m2: float):
+        """Add the statistics (count, mean, m2) of other scores (Chan's parallel update)."""
+        if count == 0:
+            return
+        total = self.count + count
         delta = mean - self.mean
-        self.mean += delta * n / total
-        self.m2 += m2 + delta ** 2 * self.count * n / total
+        self.mean += delta * count / total
+        self.m2 += m2 + delta ** 2 * self.count * count / total
         self.count = total
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
@@ -567,8 +631,11 @@ class QLearningController(MemoryController):
                              f"{list(task_reward.shape)}")
         # The score statistics learn from ended episodes only, so that no decision of a
         # forward pass depends on summaries made after it (another layer's, or later ones).
-        for score in episode.scores:
-            self.scores.update(score)
+        if self.learner.synchronised:
+            self._merge_scores(episode.scores)
+        else:
+            for score in episode.scores:
+                self.scores.update(score)
         if K == 0 or not episode.step:
             episode.clear()
             return 0
@@ -596,6 +663,37 @@ class QLearningController(MemoryController):
             next_mask))
         episode.clear()
         return int(rows.numel())
+
+    def synchronise(self, enabled: bool = True):
+        """Learn as one controller across the ranks of torch.distributed's process group
+        (training with DistributedDataParallel; docs/cli.md). Each rank records the
+        decisions of its own rows and keeps its own replay buffer; its Q updates average
+        the online network's gradients over the ranks (`QLearner.synchronise`: the
+        networks start from rank 0's and stay equal), and the score statistics that
+        normalise the features learn from every rank's ended episodes, so every rank
+        decides with the same network and the same normalisation. Rank r > 0 draws its
+        exploration from a stream of its own (the seed and the rank), not rank 0's.
+        Every rank must call `finish` and `update` the same number of times, in the same
+        order (as `memmodel.training.memory.train_memory` does)."""
+        self.learner.synchronise(enabled)
+        if enabled:
+            rank = dist.get_rank()
+            if rank:
+                draw = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+                self.generator.manual_seed((draw + 1_000_003 * rank) % 2**63)
+
+    def _merge_scores(self, scores: list[torch.Tensor]):
+        """Update the score statistics with every rank's scores, in rank order: each rank
+        sends (count, mean, m2) of its own and all merge the same list."""
+        local = RunningStats()
+        for score in scores:
+            local.update(score)
+        mine = torch.tensor([local.count, local.mean, local.m2], dtype=torch.float64,
+                            device=self.learner._collective_device())
+        every = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+        dist.all_gather(every, mine)
+        for count, mean, m2 in (t.tolist() for t in every):
+            self.scores.merge(int(count), mean, m2)
 
     def update(self, steps: int = 1) -> Optional[float]:
         """`steps` Q updates; the mean loss, or None while the buffer is still filling."""

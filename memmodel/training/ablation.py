@@ -395,13 +395,13 @@ def _training_task(spec: AblationSpec, warmup: bool = False):
     return tasks[0] if len(tasks) == 1 else TaskMix(tasks)
 
 
-def warm_up(spec: AblationSpec, checkpoint: Optional[str] = None):
+def warm_up(spec: AblationSpec, checkpoint: Optional[str] = None, progress: bool = False):
     """Phase 1 of the long-term-memory variants: the store_all variant's model, from the
     spec's seed, trained spec.warmup_steps steps: (model, MemoryTrainResult)."""
     torch.manual_seed(spec.seed)
     model = MemoryLM(spec.config("store_all"))
     result = train_memory(model, _training_task(spec, warmup=True),
-                          spec.warmup_config(checkpoint))
+                          spec.warmup_config(checkpoint), progress=progress)
     return model, result
 
 
@@ -418,7 +418,7 @@ def load_warm(model: MemoryLM, warm: dict[str, torch.Tensor]):
 
 def train_variant(spec: AblationSpec, variant: str, checkpoint: Optional[str] = None,
                   warm: Optional[dict[str, torch.Tensor]] = None,
-                  controller_seed: Optional[int] = None):
+                  controller_seed: Optional[int] = None, progress: bool = False):
     """Build `variant` from the spec's seed and train it (both phases when
     spec.warmup_steps > 0; the module docstring): (model, MemoryTrainResult of phase 2,
     MemoryTrainResult of phase 1 or None).
@@ -427,6 +427,7 @@ def train_variant(spec: AblationSpec, variant: str, checkpoint: Optional[str] = 
         warm: the warm-up model's state_dict (`warm_up`), for a long-term-memory variant
             of a spec with warmup_steps > 0 (None there: it is trained here).
         controller_seed: the Q-learning controller's seed (`spec.qlearning_config`).
+        progress: tqdm bars over the training steps.
     """
     config = spec.config(variant)
     task = _training_task(spec)
@@ -434,10 +435,11 @@ def train_variant(spec: AblationSpec, variant: str, checkpoint: Optional[str] = 
     model = MemoryLM(config)
     before = None
     if spec.warmup_steps and not spec.has_ltm(variant):
-        before = train_memory(model, _training_task(spec, warmup=True), spec.warmup_config())
+        before = train_memory(model, _training_task(spec, warmup=True), spec.warmup_config(),
+                              progress=progress)
     elif spec.warmup_steps:
         if warm is None:
-            warm_model, before = warm_up(spec)
+            warm_model, before = warm_up(spec, progress=progress)
             warm = warm_model.state_dict()
         load_warm(model, warm)
     elif warm is not None:
@@ -445,7 +447,8 @@ def train_variant(spec: AblationSpec, variant: str, checkpoint: Optional[str] = 
     controller = None
     if config.ltm_controller == "qlearning":
         controller = QLearningController(config, spec.qlearning_config(controller_seed))
-    result = train_memory(model, task, spec.train_config(checkpoint), controller)
+    result = train_memory(model, task, spec.train_config(checkpoint), controller,
+                          progress=progress)
     return model, result, before
 
 
@@ -502,7 +505,7 @@ def run_ablation(spec: AblationSpec, out, progress: bool = False, name: str = "r
         warm = warmed = None
         if needs_warm:
             log.info("== warm-up: %d steps with store_all", spec.warmup_steps)
-            warm_model, result = warm_up(spec, warm_path)
+            warm_model, result = warm_up(spec, warm_path, progress)
             warm, warmed = warm_model.state_dict(), (result.steps, result.seconds)
             del warm_model
         for variant in spec.variants:
@@ -596,7 +599,7 @@ def _variant_rows(spec: AblationSpec, variant: str, out: str,
         f"{variant}-seed{seed}"
     model, trained, before = train_variant(
         spec, variant, str(Path(out) / "models" / f"{stem}.pt"),
-        warm if spec.has_ltm(variant) else None, controller_seed=seed)
+        warm if spec.has_ltm(variant) else None, controller_seed=seed, progress=progress)
     shared = spec.has_ltm(variant) and warmed is not None
     if shared:
         w_steps, w_seconds = warmed

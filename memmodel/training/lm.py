@@ -34,6 +34,7 @@ from ..checkpoint import (
 from ..config import MemoryConfig
 from ..data import ByteCorpus
 from ..model import MemoryLM
+from . import distributed
 
 log = logging.getLogger("memmodel.training.lm")
 
@@ -137,6 +138,7 @@ def _bad(t: torch.Tensor) -> str:
 
 
 PATH = (lambda v: v is None or isinstance(v, (str, os.PathLike)), "a path (str) or None")
+DEVICE = (lambda v: v is None or isinstance(v, str), "a device name (str) or None")
 
 
 def check_checkpointing(config):
@@ -181,9 +183,12 @@ class TrainConfig:
             steps). None: not saved.
         checkpoint_every: steps between saves (None: only at the end).
         seed: seeds the model init and the batch sampler.
+        device: where the model trains (None: the process's device under torchrun with
+            NCCL, cuda:LOCAL_RANK; else the CPU).
 
-    Validated on construction: a bad value raises ValueError naming the field, what was
-    expected and what came.
+    batch_size is the global batch: under torchrun each of W ranks takes batch_size / W of
+    its rows (`memmodel.training.distributed`). Validated on construction: a bad value
+    raises ValueError naming the field, what was expected and what came.
     """
 
     seconds: float = 90.0
@@ -199,10 +204,11 @@ class TrainConfig:
     checkpoint: Optional[str] = None
     checkpoint_every: Optional[int] = None
     seed: int = 0
+    device: Optional[str] = None
 
     def __post_init__(self):
         check_fields(self, {
-            "seconds": POSITIVE, "max_steps": or_none(POSITIVE_INT),
+            "device": DEVICE, "seconds": POSITIVE, "max_steps": or_none(POSITIVE_INT),
             "batch_size": POSITIVE_INT, "seq_len": POSITIVE_INT, "lr": FINITE_AT_LEAST_0,
             "weight_decay": FINITE_AT_LEAST_0, "warmup_steps": INT_AT_LEAST_0,
             "grad_clip": FINITE_POSITIVE, "eval_batches": POSITIVE_INT,
@@ -232,8 +238,10 @@ class TrainResult:
 @torch.no_grad()
 def evaluate(model: MemoryLM, corpus: ByteCorpus, tc: TrainConfig, split: str = "val") -> float:
     g = torch.Generator().manual_seed(1234)  # the same batches every time
+    device = next(model.parameters()).device
     model.eval()
-    losses = [model(*corpus.batch(split, tc.batch_size, tc.seq_len, g)).loss.item()
+    losses = [model(*(t.to(device) for t in corpus.batch(split, tc.batch_size, tc.seq_len, g))
+                    ).loss.item()
               for _ in range(tc.eval_batches)]
     model.train()
     return sum(losses) / len(losses)
@@ -251,9 +259,15 @@ def _param_groups(model: MemoryLM, weight_decay: float):
             {"params": no_decay, "weight_decay": 0.0}]
 
 
+def train_device(device: Optional[str], ctx: distributed.DistContext) -> torch.device:
+    """A loop's device: `device` when given, else the rank's (cuda:LOCAL_RANK under NCCL,
+    the CPU otherwise)."""
+    return torch.device(device if device is not None else ctx.device)
+
+
 def train(config: MemoryConfig, tc: TrainConfig, corpus: Optional[ByteCorpus] = None,
           echo: Optional[Callable[[str], None]] = None,
-          resume: Optional[str] = None) -> TrainResult:
+          resume: Optional[str] = None, progress: bool = False) -> TrainResult:
     """Train a fresh MemoryLM, or go on from the checkpoint `resume`.
 
     Args:
@@ -262,15 +276,25 @@ def train(config: MemoryConfig, tc: TrainConfig, corpus: Optional[ByteCorpus] = 
         corpus: the data (default: ByteCorpus()).
         echo: receives the progress lines (default: logged at INFO).
         resume: a checkpoint written by this loop (tc.checkpoint); its model, optimiser,
-            schedule, data position and random state are restored.
+            schedule, data position and random state are restored. A checkpoint written
+            on any number of ranks resumes on any other.
+        progress: show a tqdm bar over the steps (rank 0 only).
+
+    Under torchrun (`memmodel.training.distributed`) each rank trains on its shard of
+    every global batch through DistributedDataParallel; the losses are the means over
+    the ranks, and rank 0 alone writes the checkpoint.
 
     Raises:
         CheckpointError: `resume` cannot be read or belongs to another run.
+        ValueError: tc.batch_size is not divisible by the number of ranks.
     """
     echo = echo or log.info
+    ctx = distributed.current()
+    ctx.local_batch(tc.batch_size, "TrainConfig.batch_size")
+    device = train_device(tc.device, ctx)
     torch.manual_seed(tc.seed)
     corpus = corpus or ByteCorpus()
-    model = MemoryLM(config)
+    model = MemoryLM(config).to(device)
     n_params = sum(p.numel() for p in model.parameters())
     echo(f"model: {n_params / 1e6:.2f}M parameters, d_model={config.d_model}, "
          f"n_layers={config.n_layers}, d_state={config.d_state}, d_inner={config.d_inner}")
@@ -284,26 +308,32 @@ def train(config: MemoryConfig, tc: TrainConfig, corpus: Optional[ByteCorpus] = 
         echo(f"resumed from {resume} at step {start}")
 
     guard = DivergenceGuard(tc.checkpoint)
+    net = distributed.wrap(model, ctx)
 
     def save(steps: int):
         guard.parameters(steps, model)
-        write_checkpoint(tc.checkpoint, "lm", {
-            "config": config.to_dict(), "train": settings(tc), "step": steps,
-            "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "data": {"generator": gen.get_state()},
-            "rng": rng_states()})
+        if ctx.is_main:
+            write_checkpoint(tc.checkpoint, "lm", {
+                "config": config.to_dict(), "train": settings(tc), "step": steps,
+                "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "data": {"generator": gen.get_state()},
+                "rng": rng_states()})
+        ctx.barrier()
         guard.saved(steps)
 
     def step(n: int):
-        x, y = corpus.batch("train", tc.batch_size, tc.seq_len, gen)
-        loss = model(x, labels=y).loss
-        guard.loss(n, loss)
+        # every rank draws the global batch (the same generator state) and keeps its rows
+        x, y = (ctx.shard(t).to(device)
+                for t in corpus.batch("train", tc.batch_size, tc.seq_len, gen))
+        loss = net(x, labels=y).loss
+        mean = ctx.mean(loss.detach())
+        guard.loss(n, mean)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         guard.clip_gradients(n, model, tc.grad_clip)
         opt.step()
         sched.step()
-        return loss.item()
+        return mean.item()
 
     # The first evaluation and the first step compile the chunked scan's forward and
     # backward (where a compiler is present); they are timed apart from training.
@@ -314,12 +344,18 @@ def train(config: MemoryConfig, tc: TrainConfig, corpus: Optional[ByteCorpus] = 
     result = TrainResult(val_loss_start=val_start, val_loss_end=float("nan"), steps=start)
     tokens, first_s = 0, 0.0
     t_start: Optional[float] = None  # the budget's clock starts after two steps
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=tc.max_steps, initial=start, unit="step", desc="train",
+               disable=not (progress and ctx.is_main))
     while tc.max_steps is None or result.steps < tc.max_steps:
-        if t_start is not None and time.perf_counter() - t_start >= tc.seconds:
+        if t_start is not None and ctx.any(time.perf_counter() - t_start >= tc.seconds):
             break
         t0 = time.perf_counter()
         result.train_losses.append(step(result.steps + 1))
         result.steps += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{result.train_losses[-1]:.3f}", refresh=False)
         ran, dt = len(result.train_losses), time.perf_counter() - t0
         if ran == 1:
             first_s = dt
@@ -336,6 +372,7 @@ def train(config: MemoryConfig, tc: TrainConfig, corpus: Optional[ByteCorpus] = 
             recent = result.train_losses[-tc.log_every:]
             echo(f"step {result.steps:5d}  train loss {sum(recent) / len(recent):.3f}  "
                  f"{tokens / (time.perf_counter() - t_start):,.0f} tokens/s")
+    bar.close()
     elapsed = time.perf_counter() - t_start if t_start is not None else 0.0
     if tc.checkpoint and guard.saved_step != result.steps:
         save(result.steps)

@@ -55,7 +55,9 @@ from ..controllers import (
 )
 from ..model import MemoryLM
 from ..tasks import SPLITS, PasskeyTask, Task, answer_metrics, key_kept
+from . import distributed
 from .lm import (
+    DEVICE,
     FINITE_AT_LEAST_0,
     FINITE_POSITIVE,
     INT_AT_LEAST_0,
@@ -65,6 +67,7 @@ from .lm import (
     check_fields,
     or_none,
     settings,
+    train_device,
 )
 
 log = logging.getLogger("memmodel.training.memory")
@@ -101,8 +104,12 @@ class MemoryTrainConfig:
         split: the split training batches come from ("train", "val", "test"; the task's
             answers and text of that split only); None: unrestricted answers, the train
             text (as `task.sample(B, generator)`).
+        device: where the model trains (None: cuda:LOCAL_RANK under torchrun with NCCL;
+            else where the model is).
 
-    `steps` counts the whole run: a resumed run goes on from the checkpoint's step to it.
+    batch_size is the global batch: under torchrun each of W ranks takes batch_size / W of
+    its rows (`memmodel.training.distributed`). `steps` counts the whole run: a resumed
+    run goes on from the checkpoint's step to it.
     """
 
     steps: int = 300
@@ -120,9 +127,11 @@ class MemoryTrainConfig:
     checkpoint_every: Optional[int] = None
     seed: int = 0
     split: Optional[str] = None
+    device: Optional[str] = None
 
     def __post_init__(self):
         check_fields(self, {
+            "device": DEVICE,
             "steps": POSITIVE_INT, "seconds": or_none(FINITE_POSITIVE),
             "batch_size": POSITIVE_INT, "lr": FINITE_AT_LEAST_0,
             "weight_decay": FINITE_AT_LEAST_0, "grad_clip": FINITE_POSITIVE,
@@ -147,10 +156,12 @@ RESUME_SETTINGS = ("batch_size", "lr", "freeze_steps", "weight_decay", "grad_cli
 @dataclass
 class MemoryTrainResult:
     """history: one dict per log line (step, answer loss, reward, epsilon, Q loss);
+    losses: the answer loss of each step made in this call (the mean over the ranks);
     final: `evaluate_memory` after training."""
 
     steps: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
     final: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -234,6 +245,7 @@ def evaluate_memory(model: MemoryLM, task: Task, batches: int = 4, batch_size: i
         reads: the fraction of chunks that read the bank.
     """
     g = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     learners = learning_controllers(model)
@@ -251,7 +263,7 @@ def evaluate_memory(model: MemoryLM, task: Task, batches: int = 4, batch_size: i
     try:
         with swap_controllers(model, tally):
             for _ in range(batches):
-                batch = task.sample(batch_size, g)
+                batch = _to(task.sample(batch_size, g), device)
                 out = model(batch.input_ids)
                 loss, acc = answer_metrics(out.logits, batch.labels)
                 sums["answer_loss"] += loss.mean().item() / batches
@@ -275,9 +287,16 @@ def evaluate_memory(model: MemoryLM, task: Task, batches: int = 4, batch_size: i
     return sums
 
 
+def _to(batch, device: torch.device):
+    """A task batch (a NamedTuple of tensors, some maybe None) moved to `device`."""
+    if device.type == "cpu":
+        return batch
+    return type(batch)(*(t.to(device) if isinstance(t, torch.Tensor) else t for t in batch))
+
+
 def train_memory(model: MemoryLM, task: Task, tc: MemoryTrainConfig,
                  controller: Optional[MemoryController] = None,
-                 resume: Optional[str] = None) -> MemoryTrainResult:
+                 resume: Optional[str] = None, progress: bool = False) -> MemoryTrainResult:
     """Train `model` (unless tc.lr == 0) and, when it learns, `controller` on `task`.
 
     Args:
@@ -290,11 +309,28 @@ def train_memory(model: MemoryLM, task: Task, tc: MemoryTrainConfig,
         resume: a checkpoint written by this loop: the model, optimiser, controller state,
             data position and random state are restored from it, and the run goes on to
             tc.steps. The model's config, the task, the controller (name and config) and
-            RESUME_SETTINGS must equal the checkpoint's.
+            RESUME_SETTINGS must equal the checkpoint's. A checkpoint written on any
+            number of ranks resumes on any other.
+        progress: show a tqdm bar over the steps (rank 0 only).
+
+    Under torchrun (`memmodel.training.distributed`) each rank trains on its shard of
+    every global batch through DistributedDataParallel, the logged losses are the means
+    over the ranks, and rank 0 alone writes the checkpoint. A learning controller is
+    synchronised (`QLearningController.synchronise`): each rank fills its own replay
+    buffer from its rows, the Q updates average their gradients over the ranks, so the
+    Q-networks stay equal. The checkpoint holds rank 0's controller state (its buffer and
+    random state), which every rank starts from on a resume.
 
     Raises:
         CheckpointError: `resume` cannot be read or belongs to another run.
+        ValueError: tc.batch_size is not divisible by the number of ranks.
     """
+    ctx = distributed.current()
+    ctx.local_batch(tc.batch_size, "MemoryTrainConfig.batch_size")
+    if tc.device is None and not ctx.distributed:
+        device = next(model.parameters()).device
+    else:
+        device = train_device(tc.device, ctx)
     if controller is not None:
         attach_controller(model, controller)
     if (model.config.ltm_controller != "none" and hasattr(task, "chunk_size")
@@ -307,6 +343,7 @@ def train_memory(model: MemoryLM, task: Task, tc: MemoryTrainConfig,
                          f"layer (attach_controller), got {len(learners)} learning controllers")
     for ctrl in learners:
         ctrl.train()  # explore and record
+    model.to(device)
     opt = None
     if tc.lr > 0:
         opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
@@ -316,31 +353,45 @@ def train_memory(model: MemoryLM, task: Task, tc: MemoryTrainConfig,
     if resume is not None:
         start, recent = _restore(resume, model, task, tc, opt, gen)
         log.info("resumed from %s at step %d", resume, start)
+    if ctx.distributed:
+        for ctrl in learners:
+            ctrl.synchronise()
     guard = DivergenceGuard(tc.checkpoint)
+    net = distributed.wrap(model, ctx)
 
     def save(steps: int):
         guard.parameters(steps, model)
-        save_checkpoint(tc.checkpoint, model, task, tc, steps, opt, gen, recent)
+        if ctx.is_main:
+            save_checkpoint(tc.checkpoint, model, task, tc, steps, opt, gen, recent)
+        ctx.barrier()
         guard.saved(steps)
 
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=tc.steps, initial=start, unit="step", desc="train",
+               disable=not (progress and ctx.is_main))
     t0 = time.perf_counter()
     model.train()
     result.steps = start
     for step in range(start + 1, tc.steps + 1):
-        batch = task.sample(tc.batch_size, gen, split=tc.split)
+        # every rank draws the global batch (the same generator state) and keeps its rows
+        batch = _to(ctx.shard(task.sample(tc.batch_size, gen, split=tc.split)), device)
         if learners:
             with torch.no_grad(), swap_controllers(model, lambda c: NoMemoryController()):
                 base = answer_metrics(model(batch.input_ids).logits, batch.labels)
         learns = opt is not None and not (learners and step <= tc.freeze_steps)
         with torch.set_grad_enabled(learns):
-            out = model(batch.input_ids, labels=batch.labels)
-        guard.loss(step, out.loss)
+            # DDP's wrapper only where a backward follows: it expects one after a forward
+            out = (net if learns else model)(batch.input_ids, labels=batch.labels)
+        loss_mean = ctx.mean(out.loss.detach())
+        guard.loss(step, loss_mean)
         if learns:
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             guard.clip_gradients(step, model, tc.grad_clip)
             opt.step()
-        record = {"answer_loss": out.loss.item()}
+        record = {"answer_loss": loss_mean.item()}
+        result.losses.append(record["answer_loss"])
         if learners:
             loss, acc = answer_metrics(out.logits.detach(), batch.labels)
             reward = base[0] - loss if tc.reward == "loss" else acc - base[1]
@@ -352,10 +403,12 @@ def train_memory(model: MemoryLM, task: Task, tc: MemoryTrainConfig,
                         if q is not None]
             for q in q_losses:
                 guard.loss(step, q, "controller Q loss", before="saving its Q step")
-            record.update(reward=reward.mean().item(), epsilon=learners[0].epsilon,
+            record.update(reward=ctx.mean(reward.mean()).item(), epsilon=learners[0].epsilon,
                           q_loss=sum(q_losses) / len(q_losses) if q_losses else math.nan)
         recent.append(record)
         result.steps = step
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['answer_loss']:.3f}", refresh=False)
         if step % tc.log_every == 0 or step == tc.steps:
             mean = {k: sum(r[k] for r in recent) / len(recent) for k in recent[0]}
             result.history.append({"step": step, **mean})
@@ -363,8 +416,9 @@ def train_memory(model: MemoryLM, task: Task, tc: MemoryTrainConfig,
             recent = []
         if tc.checkpoint_every and step % tc.checkpoint_every == 0:
             save(step)
-        if tc.seconds is not None and time.perf_counter() - t0 > tc.seconds:
+        if tc.seconds is not None and ctx.any(time.perf_counter() - t0 > tc.seconds):
             break
+    bar.close()
     result.seconds = time.perf_counter() - t0
     if tc.checkpoint and guard.saved_step != result.steps:
         save(result.steps)
@@ -455,7 +509,8 @@ def build_model(args, controller: str) -> MemoryLM:
     torch.manual_seed(args.seed)
     return MemoryLM(MemoryConfig(
         d_model=args.d_model, n_layers=args.n_layers, d_state=args.d_state,
-        ltm_controller=controller, ltm_heads=args.heads, ltm_chunk_size=args.chunk_size,
+        wm_slots=args.wm_slots, wm_heads=args.wm_heads, ltm_controller=controller,
+        ltm_heads=args.heads, ltm_chunk_size=args.chunk_size,
         ltm_summaries=args.summaries, ltm_levels=len(args.capacity),
         ltm_capacity=args.capacity, ltm_merge=args.merge, backend=args.backend))
 
@@ -496,6 +551,9 @@ def main(argv=None):
                    help="entries per level (one int per level)")
     p.add_argument("--merge", type=int, default=2)
     p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--wm-slots", type=int, default=0,
+                   help="working-memory slots per head (0: no working memory)")
+    p.add_argument("--wm-heads", type=int, default=2)
     p.add_argument("--d-model", type=int, default=64)
     p.add_argument("--n-layers", type=int, default=2)
     p.add_argument("--d-state", type=int, default=16)
