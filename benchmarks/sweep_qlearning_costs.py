@@ -44,6 +44,8 @@ def main(argv=None):
                    help="the demo's rows, for fifo, importance and store_all at --T")
     p.add_argument("--memory-costs", type=parse_floats, default=[0.0, 0.002, 0.01])
     p.add_argument("--retrieve-costs", type=parse_floats, default=[0.0, 0.01])
+    p.add_argument("--steps", type=int, default=None,
+                   help="phase-2 steps (default: the demo's); fewer for a quick check")
     p.add_argument("--T", type=int, default=131072, help="evaluation length in tokens")
     p.add_argument("--n", type=int, default=16, help="sequences per task")
     p.add_argument("--threads", type=int, default=1)
@@ -74,6 +76,8 @@ def main(argv=None):
         data = base.to_dict()
         data["qlearning"] = {**data["qlearning"], "memory_cost": memory_cost,
                              "retrieve_cost": retrieve_cost}
+        if args.steps is not None:
+            data["train"] = {**data["train"], "steps": args.steps}
         spec = AblationSpec.from_dict(data)
         config = spec.config("qlearning")
         torch.manual_seed(spec.seed)

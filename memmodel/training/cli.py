@@ -585,6 +585,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the same as --config")
     a.add_argument("--out", default=None, help="folder for the results and models")
     a.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    a.add_argument("--workers", type=int, default=1,
+                   help="processes training and evaluating variants side by side")
     sub.add_parser("demo", help="the package's demo: the memory ablation from 1K to 128K "
                    "tokens (`memmodel demo --help`)", add_help=False)
     b = sub.add_parser("bench", help="run benchmark scripts of the checkout's benchmarks/",
@@ -725,7 +727,10 @@ def _ablate(args, data: dict[str, Any], command: str) -> int:
     _configure_logging()
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = run_ablation(spec, args.out, progress=not args.no_progress, command=command)
+    if args.workers < 1:
+        raise ConfigError(f"--workers: expected a positive int, got {args.workers}")
+    rows = run_ablation(spec, args.out, progress=not args.no_progress, command=command,
+                        workers=args.workers)
     sys.stdout.write(markdown_table(rows, spec, command) + "\n")
     return 0
 

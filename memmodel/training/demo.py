@@ -87,6 +87,8 @@ LONG = dict(
     # store_all's bank grows with T and its retrieval work with T squared: at 1M tokens
     # (65536 entries per sequence) it alone would take hours on a CPU
     eval_max=dict(store_all=131072),
+    # the Q-learning variants from three controller seeds, their rows pooled
+    controller_seeds=[0, 1, 2],
 )
 
 
