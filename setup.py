@@ -7,6 +7,10 @@ name never collides with other packages called `kernels`.
 from setuptools import find_packages, setup
 
 KERNEL_PACKAGES = ["memmodel.kernels." + p for p in find_packages("kernels")]
+# The language / vision / biology tasks and the classification metrics: scikit-learn (its
+# metrics and the 8x8 digits it ships), pyjaspar (the JASPAR motif matrices, shipped as
+# SQLite files: nothing is downloaded). The tests need them too.
+DOMAINS = ["scikit-learn", "pyjaspar>=4"]
 
 setup(
     name="memmodel",
@@ -31,8 +35,9 @@ setup(
         "tqdm",  # progress bars of long evaluations
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "hypothesis", "ruff"],
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "ruff", *DOMAINS],
         "bench": ["pytest-benchmark"],
         "plot": ["matplotlib"],
+        "domains": DOMAINS,
     },
 )

@@ -27,42 +27,12 @@ from typing import Any, Optional
 
 import torch
 
+from .metrics import Z_95, classification_metrics, wilson_interval  # noqa: F401 (re-exported)
 from .model import MemoryLM
 from .state import MemoryState
 from .tasks import Task, query_metrics
 
 log = logging.getLogger("memmodel.evaluation")
-
-Z_95 = 1.959963984540054  # the standard normal's 97.5% quantile
-
-
-def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
-    """The Wilson score interval of a binomial proportion (95% by default).
-
-    Args:
-        successes: k, the number of successes, 0 <= k <= n.
-        n: trials; n = 0 gives the uninformative (0, 1).
-        z: the normal quantile of the interval's level.
-
-    Returns:
-        (low, high), both in [0, 1].
-
-    Example:
-        >>> [round(x, 3) for x in wilson_interval(8, 10)]
-        [0.49, 0.943]
-    """
-    if n < 0 or not 0 <= successes <= n:
-        raise ValueError(f"wilson_interval: expected 0 <= successes <= n, got "
-                         f"successes={successes}, n={n}")
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    z2 = z * z
-    denom = 1.0 + z2 / n
-    center = (p + z2 / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
-    return max(0.0, center - half), min(1.0, center + half)
-
 
 def depth_histogram(depth: torch.Tensor, correct: torch.Tensor, bins: int = 5
                     ) -> list[dict[str, float]]:
