@@ -9,7 +9,8 @@ from setuptools import find_packages, setup
 KERNEL_PACKAGES = ["memmodel.kernels." + p for p in find_packages("kernels")]
 # The language / vision / biology tasks and the classification metrics: scikit-learn (its
 # metrics and the 8x8 digits it ships), pyjaspar (the JASPAR motif matrices, shipped as
-# SQLite files: nothing is downloaded). The tests need them too.
+# SQLite files: nothing is downloaded). The tests need them too, and matplotlib for the
+# confusion-matrix figure.
 DOMAINS = ["scikit-learn", "pyjaspar>=4"]
 
 setup(
@@ -35,7 +36,7 @@ setup(
         "tqdm",  # progress bars of long evaluations
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "hypothesis", "ruff", *DOMAINS],
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "ruff", *DOMAINS, "matplotlib"],
         "bench": ["pytest-benchmark"],
         "plot": ["matplotlib"],
         "domains": DOMAINS,
