@@ -7,6 +7,11 @@ name never collides with other packages called `kernels`.
 from setuptools import find_packages, setup
 
 KERNEL_PACKAGES = ["memmodel.kernels." + p for p in find_packages("kernels")]
+# The language / vision / biology tasks and the classification metrics: scikit-learn (its
+# metrics and the 8x8 digits it ships), pyjaspar (the JASPAR motif matrices, shipped as
+# SQLite files: nothing is downloaded). The tests need them too, and matplotlib for the
+# confusion-matrix figure.
+DOMAINS = ["scikit-learn", "pyjaspar>=4"]
 
 setup(
     name="memmodel",
@@ -31,10 +36,12 @@ setup(
         "tqdm",  # progress bars of training, evaluation and benchmarks
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "hypothesis", "ruff", "pyyaml"],
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "ruff", "pyyaml", *DOMAINS,
+                 "matplotlib"],
         "bench": ["pytest-benchmark"],
         "plot": ["matplotlib"],
         "yaml": ["pyyaml"],  # YAML config files for the `memmodel` command
+        "domains": DOMAINS,
     },
     entry_points={"console_scripts": ["memmodel = memmodel.training.cli:main"]},
 )

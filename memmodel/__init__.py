@@ -4,5 +4,6 @@
 """
 
 from .checkpoint import load
+from .model import MemoryClassifier, MemoryLM
 
-__all__ = ["load"]
+__all__ = ["MemoryClassifier", "MemoryLM", "load"]

@@ -30,18 +30,31 @@ CORPUS_MODULES = (
 SPLITS = {"train": (0.0, 0.9), "val": (0.9, 0.95), "test": (0.95, 1.0)}
 
 
-def load_corpus() -> bytes:
-    """The concatenated source bytes of CORPUS_MODULES (a few MB)."""
+def load_modules() -> dict[str, bytes]:
+    """The source bytes of each module of CORPUS_MODULES found, by name, in that order."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    parts = []
+    out = {}
     for name in CORPUS_MODULES:
         for path in (root / f"{name}.py", root / name / "__init__.py"):
             if path.is_file():
-                parts.append(path.read_bytes())
+                out[name] = path.read_bytes()
                 break
-    if not parts:
+    if not out:
         raise RuntimeError(f"no standard-library source found under {root}")
-    return b"\n".join(parts)
+    return out
+
+
+def module_split(name: str) -> str:
+    """The split a whole module belongs to, for the tasks that keep documents whole (the
+    long-document language tasks): of CORPUS_MODULES sorted by name, the 9th of every ten
+    is "val", the 10th "test", the others "train" (42 / 5 / 5 of the 52)."""
+    i = sorted(CORPUS_MODULES).index(name)
+    return {8: "val", 9: "test"}.get(i % 10, "train")
+
+
+def load_corpus() -> bytes:
+    """The concatenated source bytes of CORPUS_MODULES (a few MB)."""
+    return b"\n".join(load_modules().values())
 
 
 class ByteCorpus:

@@ -27,42 +27,12 @@ from typing import Any, Optional
 
 import torch
 
+from .metrics import Z_95, classification_metrics, wilson_interval  # noqa: F401 (re-exported)
 from .model import MemoryLM
 from .state import MemoryState
 from .tasks import Task, query_metrics
 
 log = logging.getLogger("memmodel.evaluation")
-
-Z_95 = 1.959963984540054  # the standard normal's 97.5% quantile
-
-
-def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
-    """The Wilson score interval of a binomial proportion (95% by default).
-
-    Args:
-        successes: k, the number of successes, 0 <= k <= n.
-        n: trials; n = 0 gives the uninformative (0, 1).
-        z: the normal quantile of the interval's level.
-
-    Returns:
-        (low, high), both in [0, 1].
-
-    Example:
-        >>> [round(x, 3) for x in wilson_interval(8, 10)]
-        [0.49, 0.943]
-    """
-    if n < 0 or not 0 <= successes <= n:
-        raise ValueError(f"wilson_interval: expected 0 <= successes <= n, got "
-                         f"successes={successes}, n={n}")
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    z2 = z * z
-    denom = 1.0 + z2 / n
-    center = (p + z2 / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
-    return max(0.0, center - half), min(1.0, center + half)
-
 
 def depth_histogram(depth: torch.Tensor, correct: torch.Tensor, bins: int = 5
                     ) -> list[dict[str, float]]:
@@ -181,6 +151,12 @@ class StreamResult:
         tokens_per_s: tokens over the wall time of the forward calls; seconds: that time.
         peak_rss_mb: the process's peak RSS at the end (a process-wide peak: it includes
             whatever ran before); rss_increase_mb: how much that peak rose during the call.
+        macro_precision, macro_recall, macro_f1, f1_low, f1_high, confusion, class_names:
+            for a task scored as classes (`task.scoring == "classes"`: one answer byte
+            naming a class), the prediction being the argmax byte at the answer position:
+            `memmodel.metrics.classification_metrics` over the task's classes (f1_low,
+            f1_high: the bootstrap 95% interval; confusion: rows true, columns predicted);
+            None for other tasks.
     """
 
     task: str
@@ -201,6 +177,13 @@ class StreamResult:
     seconds: float = 0.0
     peak_rss_mb: float = 0.0
     rss_increase_mb: float = 0.0
+    macro_precision: Optional[float] = None
+    macro_recall: Optional[float] = None
+    macro_f1: Optional[float] = None
+    f1_low: Optional[float] = None
+    f1_high: Optional[float] = None
+    confusion: Optional[list[list[int]]] = None
+    class_names: Optional[list[str]] = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -253,9 +236,14 @@ def evaluate_stream(model: MemoryLM, task: Task, seq_len: Optional[int] = None, 
     for name, value in (("n", n), ("batch_size", batch_size), ("segment", segment)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"evaluate_stream: expected a positive int {name}, got {value!r}")
+    if getattr(task, "scoring", "answers") == "lm":
+        raise ValueError(f"evaluate_stream: task {task.name!r} scores every byte (scoring "
+                         f"'lm'); evaluate it with evaluate_lm_stream")
     if seq_len is not None and seq_len != task.seq_len:
         task = dataclasses.replace(task, seq_len=seq_len)
     T = task.seq_len
+    classes = getattr(task, "scoring", "answers") == "classes"
+    truth, guess = [], []
     rss0 = rss_peak_mb()
     was_training = model.training
     model.eval()
@@ -273,6 +261,9 @@ def evaluate_stream(model: MemoryLM, task: Task, seq_len: Optional[int] = None, 
                                                        batch.answer_pos, segment,
                                                        progress=bar)
             scores = query_metrics(logits, batch.answers)
+            if classes:
+                truth.append(batch.answers[:, 0, 0].cpu())
+                guess.append(logits[:, 0, 0].argmax(-1).cpu())
             loss_sum += scores.loss.sum().item()
             tok_sum += scores.token_accuracy.sum().item()
             correct.append(scores.query_correct.cpu())
@@ -295,7 +286,159 @@ def evaluate_stream(model: MemoryLM, task: Task, seq_len: Optional[int] = None, 
         entries=entries / n, state_bytes=state_bytes / n,
         tokens_per_s=n * T / seconds if seconds > 0 else math.inf, seconds=seconds,
         peak_rss_mb=peak, rss_increase_mb=peak - rss0)
+    if classes:
+        report = classification_metrics(torch.cat(truth), torch.cat(guess),
+                                        labels=[ord(c) for c in task.answer_alphabet],
+                                        names=task.class_names)
+        result = dataclasses.replace(
+            result, macro_precision=report.precision, macro_recall=report.recall,
+            macro_f1=report.f1, f1_low=report.f1_low, f1_high=report.f1_high,
+            confusion=report.confusion, class_names=report.names)
     log.info("%s T=%d: accuracy %.3f [%.3f, %.3f] (n=%d), loss %.3f, %.0f tokens/s",
              task.name, T, result.accuracy, lo, hi, q, result.answer_loss,
              result.tokens_per_s)
+    return result
+
+
+@dataclass
+class LMResult:
+    """What `evaluate_lm_stream` measured; `to_dict()` gives plain fields.
+
+    Attributes:
+        task, seq_len, segment, sequences: as in StreamResult; tokens: bytes scored.
+        loss: mean cross-entropy per byte (nats) over every position; bpb: in bits
+            (loss / ln 2), with bpb_low, bpb_high: the normal 95% interval over the
+            sequences' own bits per byte.
+        byte_accuracy: the fraction of next bytes predicted (argmax) right.
+        bins: bits per byte by position, one dict per [lo, hi) of `edges`: lo, hi, tokens,
+            bpb, bpb_low, bpb_high (the interval over sequences, as above).
+        entries, state_bytes, tokens_per_s, seconds, peak_rss_mb: as in StreamResult.
+    """
+
+    task: str
+    seq_len: int
+    segment: int
+    sequences: int
+    tokens: int
+    loss: float
+    bpb: float
+    bpb_low: float
+    bpb_high: float
+    byte_accuracy: float
+    bins: list[dict[str, Any]] = field(default_factory=list)
+    entries: float = 0.0
+    state_bytes: float = 0.0
+    tokens_per_s: float = 0.0
+    seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@torch.no_grad()
+def evaluate_lm_stream(model: MemoryLM, task: Task, seq_len: Optional[int] = None,
+                       n: int = 8, batch_size: int = 8, segment: int = 4096,
+                       split: str = "test", start_index: int = 0,
+                       edges: Optional[list[int]] = None, progress: bool = True) -> LMResult:
+    """Bits per byte of `model` on `n` sequences of a language-modelling task (every next
+    byte a label: `task.scoring == "lm"`, e.g. corpus_lm), streamed in segments with the
+    state carried; each segment's loss is reduced at once, so nothing of full length but
+    the token ids is held.
+
+    Args:
+        model, task, seq_len, n, batch_size, segment, split, start_index, progress: as in
+            `evaluate_stream`.
+        edges: position boundaries of the `bins` (None: 0, then powers of 4 from 1024 up
+            to T, and T), e.g. [0, 1024, T] separates the training length from beyond.
+
+    Returns:
+        An LMResult.
+
+    Example:
+        >>> r = evaluate_lm_stream(model, CorpusLMTask(seq_len=2048), n=2, progress=False)
+        >>> r.tokens
+        4096
+    """
+    from .metrics import bits_per_byte, mean_interval
+
+    for name, value in (("n", n), ("batch_size", batch_size), ("segment", segment)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"evaluate_lm_stream: expected a positive int {name}, got "
+                             f"{value!r}")
+    if getattr(task, "scoring", "answers") != "lm":
+        raise ValueError(f"evaluate_lm_stream: expected a task with scoring 'lm', got "
+                         f"{task.name!r} ({getattr(task, 'scoring', 'answers')!r})")
+    if seq_len is not None and seq_len != task.seq_len:
+        task = dataclasses.replace(task, seq_len=seq_len)
+    T = task.seq_len
+    if edges is None:
+        edges, e = [0], 1024
+        while e < T:
+            edges.append(e)
+            e *= 4
+        edges.append(T)
+    if sorted(set(edges)) != list(edges) or edges[0] != 0 or edges[-1] != T:
+        raise ValueError(f"evaluate_lm_stream: expected increasing edges from 0 to T={T}, "
+                         f"got {edges}")
+    bounds = torch.tensor(edges[1:-1], dtype=torch.int64)
+    nb = len(edges) - 1
+    was_training = model.training
+    model.eval()
+    device = _device(model)
+    sizes = [min(batch_size, n - i) for i in range(0, n, batch_size)]
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(sizes) * math.ceil(T / segment), unit="seg", disable=not progress,
+               desc=f"{task.name} T={T}")
+    per_seq = []  # [rows, bins] nats summed, one tensor per batch
+    right = entries = state_bytes = seconds = 0.0
+    try:
+        for i, b in enumerate(sizes):
+            batch = task.sample(b, split=split, index=start_index + i)
+            nats = torch.zeros(b, nb, dtype=torch.float64)
+            state = None
+            for s in range(0, T, segment):
+                e = min(s + segment, T)
+                ids = batch.input_ids[:, s:e].to(device)
+                _sync(device)
+                t0 = time.perf_counter()
+                out = model(ids, state=state)
+                _sync(device)
+                seconds += time.perf_counter() - t0
+                state = out.state
+                target = batch.labels[:, s:e].to(device)
+                ce = torch.nn.functional.cross_entropy(out.logits.float().transpose(1, 2),
+                                                       target, reduction="none")
+                right += (out.logits.argmax(-1) == target).sum().item()
+                which = torch.bucketize(torch.arange(s, e), bounds, right=True)
+                nats.index_add_(1, which, ce.double().cpu())
+                del out
+                bar.update(1)
+            per_seq.append(nats)
+            entries += live_entries(state).sum().item()
+            state_bytes += state.nbytes()
+    finally:
+        bar.close()
+        model.train(was_training)
+    nats = torch.cat(per_seq)  # [n, bins]
+    width = torch.tensor([hi - lo for lo, hi in zip(edges[:-1], edges[1:])],
+                         dtype=torch.float64)
+    seq_bpb = (nats.sum(1) / T / math.log(2)).tolist()
+    bpb, lo, hi = mean_interval(seq_bpb)
+    bins = []
+    for j in range(nb):
+        m, blo, bhi = mean_interval((nats[:, j] / width[j] / math.log(2)).tolist())
+        bins.append({"lo": edges[j], "hi": edges[j + 1], "tokens": int(width[j]) * n,
+                     "bpb": m, "bpb_low": blo, "bpb_high": bhi})
+    loss = float(nats.sum() / (n * T))
+    assert abs(bits_per_byte(loss) - bpb) < 1e-6
+    result = LMResult(task=task.name, seq_len=T, segment=segment, sequences=n, tokens=n * T,
+                      loss=loss, bpb=bpb, bpb_low=lo, bpb_high=hi,
+                      byte_accuracy=right / (n * T), bins=bins, entries=entries / n,
+                      state_bytes=state_bytes / n,
+                      tokens_per_s=n * T / seconds if seconds > 0 else math.inf,
+                      seconds=seconds, peak_rss_mb=rss_peak_mb())
+    log.info("%s T=%d: %.3f bits per byte [%.3f, %.3f] (n=%d), %.0f tokens/s", task.name, T,
+             bpb, lo, hi, n, result.tokens_per_s)
     return result

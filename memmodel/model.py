@@ -299,11 +299,12 @@ class MemoryLM(nn.Module):
                               layer.working_memory.initial_slots(batch_size))
         return state
 
-    def _advance(self, input_ids, state, run):
+    def _advance(self, input_ids, state, run, head=None):
         """(state, logits [B, T, vocab]): `run(layer, h, layer_state)` over the layers on
         copies of the layer states; the caller's state changes only once every layer has
         succeeded, and the controllers' per-stream records are rolled back when one
-        fails."""
+        fails. `head` replaces lm_head on the final norm's output (MemoryClassifier: the
+        identity, so the result is the normed hidden states [B, T, D])."""
         B, T = input_ids.shape
         if state is None:
             state = MemoryState.empty(len(self.layers))
@@ -314,7 +315,7 @@ class MemoryLM(nn.Module):
             h = self.embedding(input_ids)
             for layer, layer_state in zip(self.layers, work):
                 h = run(layer, h, layer_state)
-            logits = self.lm_head(self.norm_f(h))
+            logits = (self.lm_head if head is None else head)(self.norm_f(h))
         except BaseException:
             for layer_state, mark in zip(state.layers, marks):
                 _rollback(layer_state, mark)
@@ -549,3 +550,171 @@ class MemoryLM(nn.Module):
                                  f"(ltm_controller='none'), got a state with a bank")
             if ls.ltm is not None:
                 layer.long_term_memory.check_state(ls.ltm, batch, where=f"{where}.ltm")
+
+
+CLASSIFIER_VERSION = 1  # of the classifier's files in a save_pretrained folder
+POOLINGS = ("last", "mean")
+
+
+class ClassifierOutput(NamedTuple):
+    """logits: [B, n_classes] for the stream so far; loss: scalar or None; state: the
+    MemoryState after the input."""
+
+    logits: torch.Tensor
+    loss: Optional[torch.Tensor]
+    state: MemoryState
+
+
+class MemoryClassifier(nn.Module):
+    """Sequence classification on the language model's backbone: embedding, blocks and
+    final norm (a `MemoryLM` of the same config, `backbone`), then a linear head on a read
+    of the whole stream so far.
+
+        h = backbone(input_ids)          # [B, T, D], normed, the state carried
+        read = h[:, -1]                  # pooling "last": the final state's read
+             | sum of h over the stream / tokens seen     # pooling "mean"
+        logits = head(read)              # [B, n_classes]
+
+    It streams like the language model: feeding a sequence in segments with the state
+    carried gives, on the last segment, the logits of one call over the whole sequence
+    (mean pooling carries its running sum in `state.pool`). The backbone's lm_head is not
+    used (with tie_embeddings, the default, it holds no weights of its own).
+
+    Args:
+        config: MemoryConfig of the backbone.
+        n_classes: K >= 2.
+        pooling: "last" or "mean".
+
+    Example:
+        >>> model = MemoryClassifier(MemoryConfig(d_model=32, n_layers=1), n_classes=10)
+        >>> ids = torch.randint(0, 256, (4, 64))
+        >>> out = model(ids[:, :32])
+        >>> out = model(ids[:, 32:], labels=torch.tensor([1, 2, 3, 4]), state=out.state)
+        >>> out.logits.shape
+        torch.Size([4, 10])
+    """
+
+    def __init__(self, config: MemoryConfig, n_classes: int, pooling: str = "last"):
+        super().__init__()
+        if not _is_count(n_classes) or n_classes < 2:
+            raise ValueError(f"n_classes: expected an int >= 2, got {n_classes!r}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling: expected one of {POOLINGS}, got {pooling!r}")
+        self.config, self.n_classes, self.pooling = config, n_classes, pooling
+        self.backbone = MemoryLM(config)
+        self.head = nn.Linear(config.d_model, n_classes)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        self.backbone.reset_parameters()
+        nn.init.normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, input_ids: torch.Tensor, labels: Optional[torch.Tensor] = None,
+                state: Optional[MemoryState] = None) -> ClassifierOutput:
+        """Run a segment of the streams and classify them as read so far.
+
+        Args:
+            input_ids: [B, T] int64 (or int32) token ids in [0, vocab_size).
+            labels: [B] int64 classes in [0, n_classes). Optional.
+            state: the MemoryState of the previous segment (None: fresh streams); updated
+                in place and returned (a call that raises leaves it as it was).
+
+        Returns:
+            ClassifierOutput(logits [B, n_classes], loss (mean cross-entropy) or None,
+            state).
+
+        Raises:
+            TypeError, ValueError: as `MemoryLM.forward` for input_ids and state; labels
+            not a [B] integer tensor of classes.
+        """
+        bb = self.backbone
+        bb._check_ids("input_ids", input_ids)
+        B, T = input_ids.shape
+        if labels is not None:
+            if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int32,
+                                                                             torch.int64):
+                raise TypeError(f"labels: expected a [B] int64 tensor of classes, got "
+                                f"{getattr(labels, 'dtype', type(labels).__name__)}")
+            if tuple(labels.shape) != (B,):
+                raise ValueError(f"labels: expected shape ({B},), one class per row, got "
+                                 f"{tuple(labels.shape)}")
+            if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.n_classes):
+                raise ValueError(f"labels: expected classes in [0, {self.n_classes}), got "
+                                 f"[{int(labels.min())}, {int(labels.max())}]")
+        if state is not None and self.pooling == "mean" and state.position and \
+                state.pool is None:
+            raise ValueError("state: expected a state made by a mean-pooling classifier "
+                             "(state.pool), got one without")
+        seen = 0 if state is None else state.position
+        state, h = bb._advance(input_ids, state, lambda layer, x, ls: layer(x, ls),
+                               head=nn.Identity())
+        if self.pooling == "last":
+            read = h[:, -1]
+        else:
+            total = h.float().sum(1)
+            state.pool = total if state.pool is None else state.pool + total
+            read = (state.pool / (seen + T)).to(h.dtype)
+        logits = self.head(read)
+        loss = None if labels is None else F.cross_entropy(logits.float(), labels.long())
+        return ClassifierOutput(logits, loss, state)
+
+    @torch.no_grad()
+    def predict(self, input_ids: torch.Tensor, segment: int = 4096) -> torch.Tensor:
+        """[B, n_classes] logits of whole sequences [B, T], fed in segments of `segment`
+        tokens with the state carried (no gradients; the model's mode as it is)."""
+        if not _is_count(segment) or segment < 1:
+            raise ValueError(f"segment: expected a positive int, got {segment!r}")
+        state = out = None
+        for t0 in range(0, input_ids.shape[1], segment):
+            out = self(input_ids[:, t0:t0 + segment], state=state)
+            state = out.state
+        if out is None:
+            raise ValueError(f"input_ids: expected at least one token, got "
+                             f"{tuple(input_ids.shape)}")
+        return out.logits
+
+    def save_pretrained(self, path) -> None:
+        """Write the classifier to the folder `path`: the backbone as
+        `MemoryLM.save_pretrained` writes it, plus `classifier.json` (n_classes, pooling)
+        and `classifier.safetensors` (the head)."""
+        from safetensors.torch import save as safetensors_bytes
+
+        self.backbone.save_pretrained(path)
+        head = {k: t.detach().contiguous() for k, t in self.head.state_dict().items()}
+        data = safetensors_bytes(head)
+        atomic_write(os.path.join(path, "classifier.safetensors"), lambda f: f.write(data))
+        meta = {"format": "memmodel.classifier", "version": CLASSIFIER_VERSION,
+                "n_classes": self.n_classes, "pooling": self.pooling}
+        text = json.dumps(meta, indent=2).encode("utf-8")
+        atomic_write(os.path.join(path, "classifier.json"), lambda f: f.write(text))
+
+    @classmethod
+    def from_pretrained(cls, path, device=None) -> MemoryClassifier:
+        """A classifier written by `save_pretrained`, in eval mode.
+
+        Raises:
+            FileNotFoundError: a file of the folder is missing.
+            ValueError: files that are not a memmodel classifier's, or do not fit.
+        """
+        from safetensors.torch import load_file
+
+        backbone = MemoryLM.from_pretrained(path)
+        with open(os.path.join(path, "classifier.json"), encoding="utf-8") as f:
+            meta = json.load(f)
+        if not isinstance(meta, dict) or meta.get("format") != "memmodel.classifier" or \
+                meta.get("version") != CLASSIFIER_VERSION:
+            raise ValueError(f"from_pretrained: {path}/classifier.json is not a memmodel "
+                             f"classifier's of version {CLASSIFIER_VERSION}")
+        model = cls(backbone.config, meta["n_classes"], meta["pooling"])
+        model.backbone = backbone
+        head = load_file(os.path.join(path, "classifier.safetensors"))
+        try:
+            model.head.load_state_dict(head)
+        except RuntimeError as e:
+            raise ValueError(f"from_pretrained: {path}/classifier.safetensors does not fit "
+                             f"classifier.json: {e}") from e
+        if device is not None:
+            model.to(device)
+        return model.eval()

@@ -93,6 +93,9 @@ class MemoryState:
     layers: list[LayerState] = field(default_factory=list)
     position: int = 0
     signature: Optional[dict[str, Any]] = None
+    # A MemoryClassifier with mean pooling: [B, D] float32, the sum of its final hidden
+    # states over the stream so far (None otherwise).
+    pool: Optional[torch.Tensor] = None
 
     @classmethod
     def empty(cls, n_layers: int) -> MemoryState:
@@ -107,6 +110,8 @@ class MemoryState:
                 out += list(layer.wm)
             if layer.ltm is not None:
                 out += [getattr(layer.ltm, name) for name in LTM_TENSORS]
+        if self.pool is not None:
+            out.append(self.pool)
         return out
 
     def nbytes(self) -> int:
@@ -124,4 +129,6 @@ class MemoryState:
                 layer.wm = (layer.wm[0].detach(), layer.wm[1].detach())
             if layer.ltm is not None:
                 layer.ltm.detach()
+        if self.pool is not None:
+            self.pool = self.pool.detach()
         return self

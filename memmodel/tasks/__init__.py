@@ -16,12 +16,17 @@ from .base import (
     answer_split,
     query_metrics,
 )
+from .biology import MotifPairTask, load_motif
+from .language import CorpusLMTask, ModuleQuestionTask
 from .needles import MultiNeedleTask
 from .passkey import PasskeyBatch, PasskeyTask, key_kept
 from .registry import TASKS, build_task, task_from_spec
 from .synthetic import InductionTask, MQARTask, SelectiveCopyTask
+from .vision import DigitsStreamTask, digit_pixels, digit_split_indices
 
-__all__ = ["IGNORE", "SPLITS", "SPLIT_MIN_ANSWERS", "TASKS", "InductionTask", "MQARTask",
+__all__ = ["IGNORE", "SPLITS", "SPLIT_MIN_ANSWERS", "TASKS", "CorpusLMTask", "DigitsStreamTask",
+           "InductionTask", "MQARTask", "ModuleQuestionTask", "MotifPairTask",
            "MultiNeedleTask", "PasskeyBatch", "PasskeyTask", "QueryScores",
            "SelectiveCopyTask", "Task", "TaskBatch", "answer_metrics", "answer_split",
-           "build_task", "key_kept", "query_metrics", "task_from_spec"]
+           "build_task", "digit_pixels", "digit_split_indices", "key_kept", "load_motif",
+           "query_metrics", "task_from_spec"]

@@ -174,6 +174,17 @@ class Task:
 
     name: ClassVar[str] = ""
     format: ClassVar[str] = ""
+    # How a task is scored: "answers" (every query's answer bytes; accuracy), "classes"
+    # (one query of one byte that names a class: accuracy, macro precision / recall / F1,
+    # the confusion matrix over `class_names`) or "lm" (every next byte: loss and bits per
+    # byte; `evaluate_lm_stream`).
+    scoring: ClassVar[str] = "answers"
+
+    @property
+    def class_names(self) -> Optional[list[str]]:
+        """A name per class (per byte of answer_alphabet) for scoring "classes"; None
+        otherwise."""
+        return None
 
     @property
     def answer_space(self) -> int:

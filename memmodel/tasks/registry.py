@@ -7,12 +7,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from .base import SPEC_KEYS, Task
+from .biology import MotifPairTask
+from .language import CorpusLMTask, ModuleQuestionTask
 from .needles import MultiNeedleTask
 from .passkey import PasskeyTask
 from .synthetic import InductionTask, MQARTask, SelectiveCopyTask
+from .vision import DigitsStreamTask
 
 TASKS: dict[str, type] = {cls.name: cls for cls in (
-    PasskeyTask, MultiNeedleTask, MQARTask, SelectiveCopyTask, InductionTask)}
+    PasskeyTask, MultiNeedleTask, MQARTask, SelectiveCopyTask, InductionTask,
+    CorpusLMTask, ModuleQuestionTask, DigitsStreamTask, MotifPairTask)}
 
 
 def build_task(name: str, **kwargs) -> Task:

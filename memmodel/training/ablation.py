@@ -71,7 +71,7 @@ import torch
 
 from ..config import MemoryConfig, QLearningConfig
 from ..controllers import QLearningController
-from ..evaluation import evaluate_stream, wilson_interval
+from ..evaluation import evaluate_lm_stream, evaluate_stream, wilson_interval
 from ..model import MemoryLM
 from ..tasks import Task, task_from_spec
 from .memory import MemoryTrainConfig, train_memory
@@ -81,6 +81,14 @@ log = logging.getLogger("memmodel.training.ablation")
 VARIANTS = ("ssm", "wm", "fifo", "importance", "store_all", "qlearning", "full")
 ROW_FIELDS = ("variant", "task", "T", "n", "accuracy", "ci_low", "ci_high", "chance",
               "entries", "state_bytes", "tokens_per_s", "peak_rss_mb")
+# and, for a task scored as classes (`task.scoring == "classes"`), these too (None otherwise)
+CLASS_FIELDS = ("macro_precision", "macro_recall", "macro_f1", "f1_low", "f1_high")
+# the rows of a language-modelling task (scoring "lm") have these instead of accuracy: bits
+# per byte over all positions, within the training length and beyond it, with intervals
+LM_FIELDS = ("variant", "task", "T", "n", "bpb", "bpb_low", "bpb_high", "bpb_within",
+             "bpb_within_low", "bpb_within_high", "bpb_beyond", "bpb_beyond_low",
+             "bpb_beyond_high", "train_len", "byte_accuracy", "entries", "state_bytes",
+             "tokens_per_s", "peak_rss_mb")
 
 
 def _default_model():
@@ -607,9 +615,16 @@ def _variant_rows(spec: AblationSpec, variant: str, out: str,
         w_steps, w_seconds = before.steps, before.seconds
     else:
         w_steps, w_seconds = 0, 0.0
+    training = dict(train_steps=trained.steps, train_seconds=trained.seconds,
+                    warmup_steps=w_steps, warmup_seconds=w_seconds, warmup_shared=shared,
+                    threads=torch.get_num_threads(), seeds=[seed])
     rows, depth_rows = [], []
     for task in spec.evaluation_tasks():
         for T in spec.lengths_of(variant):
+            if getattr(task, "scoring", "answers") == "lm":
+                rows.append({**lm_row(spec, model, variant, _with_length(task, T), progress),
+                             **training})
+                continue
             r = evaluate_stream(model, _with_length(task, T), n=spec.eval_n,
                                 batch_size=spec.eval_batch_size, segment=spec.segment,
                                 split=spec.eval_split, progress=progress)
@@ -619,11 +634,10 @@ def _variant_rows(spec: AblationSpec, variant: str, out: str,
                 ci_low=d["ci_low"], ci_high=d["ci_high"], chance=d["chance"],
                 entries=d["entries"], state_bytes=d["state_bytes"],
                 tokens_per_s=d["tokens_per_s"], peak_rss_mb=d["peak_rss_mb"],
+                **{k: d[k] for k in CLASS_FIELDS}, confusion=d["confusion"],
                 sequences=d["sequences"], token_accuracy=d["token_accuracy"],
                 answer_loss=d["answer_loss"], rss_increase_mb=d["rss_increase_mb"],
-                train_steps=trained.steps, train_seconds=trained.seconds,
-                warmup_steps=w_steps, warmup_seconds=w_seconds, warmup_shared=shared,
-                threads=torch.get_num_threads(), seeds=[seed]))
+                **training))
             depth_rows += [dict(variant=variant, task=d["task"], T=T, seed=seed, **b)
                            for b in d["depth_bins"]]
     return rows, depth_rows
@@ -634,14 +648,26 @@ def pool_seeds(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     (task, T) in the same order) as one row per (task, T): n and the accuracy over the
     queries of every seed, with its Wilson interval; seed_accuracy (each seed's) and
     seed_std (their sample standard deviation, 0 for one seed); the means of entries,
-    state_bytes, tokens_per_s and the other measures; the largest peak_rss_mb."""
+    state_bytes, tokens_per_s and the other measures; the largest peak_rss_mb. A class
+    task's macro precision, recall and F1 are the seeds' means, its F1 interval the
+    envelope of theirs (the lowest low, the highest high), its confusion matrix their sum.
+    A language-modelling row (no accuracy) gets the means of its measures."""
     if len(runs) == 1:
-        return [dict(r, seed_accuracy=[r["accuracy"]], seed_std=0.0) for r in runs[0]]
+        return [dict(r, seed_accuracy=[r["accuracy"]], seed_std=0.0) if "accuracy" in r
+                else dict(r) for r in runs[0]]
     pooled = []
     for group in zip(*runs):
         first = group[0]
         if any((r["task"], r["T"]) != (first["task"], first["T"]) for r in group):
             raise ValueError("pool_seeds: expected the same (task, T) in every seed's rows")
+        if "accuracy" not in first:
+            row = dict(first, n=sum(r["n"] for r in group),
+                       seeds=[s for r in group for s in r["seeds"]])
+            for key, value in first.items():
+                if isinstance(value, float) and all(r[key] is not None for r in group):
+                    row[key] = sum(r[key] for r in group) / len(group)
+            pooled.append(row)
+            continue
         n = sum(r["n"] for r in group)
         k = round(sum(r["accuracy"] * r["n"] for r in group))
         lo, hi = wilson_interval(k, n)
@@ -656,8 +682,39 @@ def pool_seeds(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
                    peak_rss_mb=max(r["peak_rss_mb"] for r in group),
                    seeds=[s for r in group for s in r["seeds"]], seed_accuracy=accs,
                    seed_std=(sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) ** 0.5)
+        if first.get("macro_f1") is not None:
+            for key in ("macro_precision", "macro_recall", "macro_f1"):
+                row[key] = sum(r[key] for r in group) / len(group)
+            row.update(f1_low=min(r["f1_low"] for r in group),
+                       f1_high=max(r["f1_high"] for r in group),
+                       confusion=[[sum(c) for c in zip(*rows_)] for rows_ in
+                                  zip(*(r["confusion"] for r in group))])
         pooled.append(row)
     return pooled
+
+
+def lm_row(spec: AblationSpec, model: MemoryLM, variant: str, task: Task,
+           progress: bool = False) -> dict[str, Any]:
+    """The row of a language-modelling task at task.seq_len (`evaluate_lm_stream`):
+    LM_FIELDS, "within" being the positions below the longest training sequence of the
+    spec (train_len) and "beyond" those at or past it (None when T <= train_len)."""
+    train_len = max(t.seq_len for t in spec.training_tasks())
+    T = task.seq_len
+    edges = [0, train_len, T] if train_len < T else [0, T]
+    r = evaluate_lm_stream(model, task, n=spec.eval_n, batch_size=spec.eval_batch_size,
+                           segment=spec.segment, split=spec.eval_split, edges=edges,
+                           progress=progress).to_dict()
+    within = r["bins"][0]
+    beyond = r["bins"][1] if len(r["bins"]) > 1 else dict(bpb=None, bpb_low=None,
+                                                          bpb_high=None)
+    return dict(variant=variant, task=r["task"], T=T, n=r["sequences"], bpb=r["bpb"],
+                bpb_low=r["bpb_low"], bpb_high=r["bpb_high"], bpb_within=within["bpb"],
+                bpb_within_low=within["bpb_low"], bpb_within_high=within["bpb_high"],
+                bpb_beyond=beyond["bpb"], bpb_beyond_low=beyond["bpb_low"],
+                bpb_beyond_high=beyond["bpb_high"], train_len=train_len,
+                byte_accuracy=r["byte_accuracy"], entries=r["entries"],
+                state_bytes=r["state_bytes"], tokens_per_s=r["tokens_per_s"],
+                peak_rss_mb=r["peak_rss_mb"], tokens=r["tokens"], loss=r["loss"])
 
 
 def _write_json(path: Path, data):
@@ -723,23 +780,48 @@ def markdown_table(rows: list[dict[str, Any]], spec: Optional[AblationSpec] = No
                 "Training tasks: " + "; ".join(
                 _task_line(t) for t in spec.training_tasks()) + ".\n"]
     for task in dict.fromkeys(r["task"] for r in rows):
+        mine = [r for r in rows if r["task"] == task]
+        if "bpb" in mine[0]:
+            lines += ["", f"## {task}", "", f"Bits per byte (95% interval over the "
+                      f"{mine[0]['n']} sequences), within the training length "
+                      f"({mine[0]['train_len']}) and beyond it.", "",
+                      "| variant | T | n | bits/byte | within | beyond | entries | "
+                      "state KB | tokens/s |",
+                      "| --- | ---: | ---: | --- | --- | --- | ---: | ---: | ---: |"]
+            for r in mine:
+                lines.append(
+                    f"| {r['variant']} | {r['T']} | {r['n']} | "
+                    f"{_interval(r, 'bpb')} | {_interval(r, 'bpb_within')} | "
+                    f"{_interval(r, 'bpb_beyond')} | {r['entries']:.1f} | "
+                    f"{r['state_bytes'] / 1024:.1f} | {r['tokens_per_s']:.0f} |")
+            continue
+        f1 = mine[0].get("macro_f1") is not None
         lines += ["", f"## {task}", "",
-                  "| variant | T | n | accuracy [95% CI] | chance | entries | state KB | "
-                  "tokens/s | peak RSS MB |",
-                  "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
-        for r in rows:
-            if r["task"] != task:
-                continue
+                  "| variant | T | n | accuracy [95% CI] |" + (" macro F1 [95% CI] |" if f1
+                                                               else "") +
+                  " chance | entries | state KB | tokens/s | peak RSS MB |",
+                  "| --- | ---: | ---: | --- |" + (" --- |" if f1 else "") +
+                  " ---: | ---: | ---: | ---: | ---: |"]
+        for r in mine:
             seeds = r.get("seed_accuracy", [])
             spread = "" if len(seeds) < 2 else (
                 f" ({len(seeds)} seeds: " + ", ".join(f"{a:.2f}" for a in seeds)
                 + f"; sd {r['seed_std']:.2f})")
             lines.append(
                 f"| {r['variant']} | {r['T']} | {r['n']} | {r['accuracy']:.3f} "
-                f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]{spread} | {r['chance']:.2g} | "
+                f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]{spread} | " +
+                (f"{r['macro_f1']:.3f} [{r['f1_low']:.3f}, {r['f1_high']:.3f}] | " if f1
+                 else "") +
+                f"{r['chance']:.2g} | "
                 f"{r['entries']:.1f} | {r['state_bytes'] / 1024:.1f} | "
                 f"{r['tokens_per_s']:.0f} | {r['peak_rss_mb']:.0f} |")
     return "\n".join(lines) + "\n"
+
+
+def _interval(row: dict[str, Any], key: str) -> str:
+    if row.get(key) is None:
+        return "-"
+    return f"{row[key]:.3f} [{row[key + '_low']:.3f}, {row[key + '_high']:.3f}]"
 
 
 def _task_line(task: Task) -> str:
@@ -761,7 +843,10 @@ def plot_results(rows: list[dict[str, Any]], path) -> bool:
         log.warning("matplotlib is not installed (pip install 'memmodel[plot]'): %s not "
                     "written", path)
         return False
+    rows = [r for r in rows if "accuracy" in r]  # language-modelling rows: tables only
     tasks = list(dict.fromkeys(r["task"] for r in rows))
+    if not tasks:
+        return False
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False,
                              sharey=True)
     for ax, task in zip(axes[0], tasks):
