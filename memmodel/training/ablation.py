@@ -296,6 +296,8 @@ class AblationSpec:
             out["warmup_tasks"] = [t.spec() for t in self.warming_tasks()]
         out["eval_tasks"] = [t.spec() for t in self.evaluation_tasks()]
         out["qlearning"] = dataclasses.asdict(self.qlearning_config())
+        if self.controller_seeds is not None:  # each run's seed is one of them
+            del out["qlearning"]["seed"]
         train = dataclasses.asdict(self.train_config())
         out["train"] = {k: v for k, v in train.items() if k not in _TRAIN_OWN}
         return out
