@@ -638,6 +638,8 @@ def plot(result: dict[str, Any], path: Path) -> bool:
         log.warning("matplotlib is not installed (the `plot` extra): no %s", path)
         return False
     modes = [m for m in ("infer", "train") if any(r["mode"] == m for r in result["rows"])]
+    if not modes:  # a loop-only run has no curve against T
+        return False
     fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 4.5), squeeze=False)
     for ax, mode in zip(axes[0], modes):
         rows = [r for r in result["rows"] if r["mode"] == mode and r["us_per_token"]]
