@@ -13,7 +13,7 @@ PLOT_STAMP := $(VENV)/.memmodel-plot
 DEMO ?=
 DEMO_OUT ?= results
 
-.PHONY: demo test test-fast bench-cpu lint clean
+.PHONY: demo test test-fast bench bench-cpu throughput lint clean
 
 $(PY):
 	$(PYTHON) -m venv --system-site-packages $(VENV)
@@ -35,6 +35,19 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+# pytest-benchmark suites of the CPU hot paths (benchmarks/test_bench_hotpaths.py; `make
+# test` never collects them): each run is saved under .benchmarks/, and
+# `make bench BENCH_ARGS=--benchmark-compare` compares it with the last saved one.
+BENCH_ARGS ?=
+bench: $(STAMP)
+	$(PY) -m pytest benchmarks --benchmark-only --benchmark-autosave -p no:cacheprovider $(BENCH_ARGS)
+
+# long-sequence throughput of every variant beside SSM only and a Transformer
+# (`make throughput THROUGHPUT_ARGS="--lengths 1K,4K --repeats 1"` for a quick look)
+THROUGHPUT_ARGS ?=
+throughput: $(PLOT_STAMP)
+	$(PY) benchmarks/bench_throughput.py --out $(DEMO_OUT)/throughput $(THROUGHPUT_ARGS)
 
 bench-cpu: $(STAMP)
 	$(PY) benchmarks/bench_selective_scan_cpu.py

@@ -18,8 +18,9 @@ tests_rc=${PIPESTATUS[0]}
 
 jsonl="$out/bench_selective_scan.jsonl"
 : >"$jsonl"
-# Each step has its own time limit (150 + 180 + 100 + 120 s in all), so the whole suite stays
-# inside one 10-minute device call even when a step hangs.
+# Each step has its own time limit (150 + 180 + 100 + 120 s in all, then bench_throughput in
+# what is left of 570 s), so the whole suite stays inside one 10-minute device call even when
+# a step hangs.
 run() {  # run <seconds> <script> <json path>: a benchmark with its own log, never stopping the suite
   local name; name=$(basename "$2" .py)
   echo "== $2"
@@ -29,10 +30,23 @@ run() {  # run <seconds> <script> <json path>: a benchmark with its own log, nev
 run 180 benchmarks/bench_selective_scan.py "$jsonl"
 [ -f benchmarks/bench_gated_cache.py ] && run 100 benchmarks/bench_gated_cache.py "$out/bench_gated_cache.json"
 [ -f benchmarks/bench_ltm.py ] && run 120 benchmarks/bench_ltm.py "$out/bench_ltm.json"
+# The long-sequence throughput at GPU sizes (d_model 1024), in the time the suite has left
+# of its 10 minutes (at most 150 s; the results so far are written after every case).
+left=$(( 570 - SECONDS )); [ "$left" -gt 150 ] && left=150
+if [ "$left" -ge 30 ]; then
+  echo "== benchmarks/bench_throughput.py --gpu (${left} s at most)"
+  timeout "$left" python3 benchmarks/bench_throughput.py --gpu --modes infer,train --repeats 1 \
+    --max-case-seconds 15 --out "$out/throughput" --no-progress >"$out/bench_throughput.log" 2>&1 \
+    || echo "bench_throughput stopped (its ${left} s cap, or a failure): $out/bench_throughput.log"
+else
+  echo "== bench_throughput skipped: ${left} s left of the suite's time"
+fi
 
 echo "== gpu tests exit code: $tests_rc"
 for name in bench_gated_cache bench_ltm; do
   [ -f "$out/$name.log" ] && { echo "== $name"; tail -n 14 "$out/$name.log"; }
 done
+[ -f "$out/throughput/throughput.md" ] && { echo "== bench_throughput"; \
+  grep -A 12 "^infer: tokens/s" "$out/throughput/throughput.md"; }
 echo "== bench_selective_scan"
 python3 benchmarks/summarize.py "$jsonl"

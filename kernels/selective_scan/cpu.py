@@ -83,6 +83,20 @@ def _pad_time(x, Tp):
     return torch.cat([x, pad], dim=1)
 
 
+def _to_chunks(x, L):
+    """[B, n * L, ...] -> [n, B, L, ...] contiguous: chunk c is then x[c], whose strides do
+    not depend on n, so the compiled chunk sees one layout at every sequence length (a
+    slice of [B, T, ...] has strides that change with T, and each would recompile)."""
+    x = x.unflatten(1, (-1, L)).transpose(0, 1)
+    # a fresh tensor: contiguous() keeps the strides of size-1 dimensions (B = 1)
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device).copy_(x)
+
+
+def _from_chunks(x, T):
+    """[n, B, L, ...] -> [B, T, ...] (the first T of the n * L steps)."""
+    return x.transpose(0, 1).flatten(1, 2)[:, :T]
+
+
 class _ChunkedScanFn(torch.autograd.Function):
     """The core recurrence y_ssm = C . h, h_t = exp(dt A) h_{t-1} + dt B u, on float32 inputs.
 
@@ -97,35 +111,35 @@ class _ChunkedScanFn(torch.autograd.Function):
         L = chunk_size
         n_chunks = -(-T // L)
         Tp = n_chunks * L
-        u_p, dt_p, B_p, C_p = (_pad_time(x, Tp) for x in (u, dt, Bx, Cx))
-        h = h0
+        u_c, dt_c, B_c, C_c = (_to_chunks(_pad_time(x, Tp), L) for x in (u, dt, Bx, Cx))
+        h = h0.contiguous()
         boundaries = u.new_empty(n_chunks, Bsz, E, A.shape[1])
-        y = u.new_empty(Bsz, Tp, E)
+        y = u.new_empty(n_chunks, Bsz, L, E)
         for c in range(n_chunks):
-            sl = slice(c * L, (c + 1) * L)
             boundaries[c] = h
-            y[:, sl], h = _chunk_fwd(h, u_p[:, sl], dt_p[:, sl], A, B_p[:, sl], C_p[:, sl])
-        ctx.save_for_backward(u_p, dt_p, A, B_p, C_p, boundaries)
+            y[c], h = _chunk_fwd(h, u_c[c], dt_c[c], A, B_c[c], C_c[c])
+        ctx.save_for_backward(u_c, dt_c, A, B_c, C_c, boundaries)
         ctx.T, ctx.L = T, L
-        return y[:, :T], h
+        return _from_chunks(y, T), h
 
     @staticmethod
     def backward(ctx, gy, gh):
-        u_p, dt_p, A, B_p, C_p, boundaries = ctx.saved_tensors
+        u_c, dt_c, A, B_c, C_c, boundaries = ctx.saved_tensors
         T, L = ctx.T, ctx.L
-        Tp = u_p.shape[1]
-        gy = _pad_time(gy.float(), Tp) if gy is not None else torch.zeros_like(u_p)
-        g = gh.float() if gh is not None else torch.zeros_like(boundaries[0])
-        du, ddt = torch.empty_like(u_p), torch.empty_like(dt_p)
-        dB, dC = torch.empty_like(B_p), torch.empty_like(C_p)
+        n_chunks = u_c.shape[0]
+        gy = (_to_chunks(_pad_time(gy.float(), n_chunks * L), L) if gy is not None
+              else torch.zeros_like(u_c))
+        g = gh.float().contiguous() if gh is not None else torch.zeros_like(boundaries[0])
+        du, ddt = torch.empty_like(u_c), torch.empty_like(dt_c)
+        dB, dC = torch.empty_like(B_c), torch.empty_like(C_c)
         dA = torch.zeros_like(A)
-        for c in range(boundaries.shape[0] - 1, -1, -1):
-            sl = slice(c * L, (c + 1) * L)
-            du[:, sl], ddt[:, sl], dA_c, dB[:, sl], dC[:, sl], g = _chunk_bwd(
-                boundaries[c], u_p[:, sl], dt_p[:, sl], A, B_p[:, sl], C_p[:, sl], gy[:, sl], g
+        for c in range(n_chunks - 1, -1, -1):
+            du[c], ddt[c], dA_c, dB[c], dC[c], g = _chunk_bwd(
+                boundaries[c], u_c[c], dt_c[c], A, B_c[c], C_c[c], gy[c], g
             )
             dA += dA_c
-        return du[:, :T], ddt[:, :T], dA, dB[:, :T], dC[:, :T], g, None
+        return (_from_chunks(du, T), _from_chunks(ddt, T), dA, _from_chunks(dB, T),
+                _from_chunks(dC, T), g, None)
 
 
 def _scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, chunk_size):
