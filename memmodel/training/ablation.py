@@ -506,7 +506,8 @@ def run_ablation(spec: AblationSpec, out, progress: bool = False, name: str = "r
         rows = [r for v in order for r in done[v][0]]
         _write_json(out / f"{name}.json", rows)
         _write_json(out / "depth.json", [r for v in order for r in done[v][1]])
-        (out / f"{name}.md").write_text(markdown_table(rows, spec, command), encoding="utf-8")
+        (out / f"{name}.md").write_text(markdown_table(rows, spec, command, workers),
+                                        encoding="utf-8")
         plot_results(rows, out / f"{name}.png")
 
     needs_warm = bool(spec.warmup_steps) and any(spec.has_ltm(v) for v in spec.variants)
@@ -736,7 +737,7 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def provenance(command: Optional[str] = None) -> str:
+def provenance(command: Optional[str] = None, workers: int = 1) -> str:
     """The command (None: this process's, as the ablation module's), machine, versions
     and date of this run, as a markdown paragraph."""
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else _cpu_name()
@@ -744,8 +745,11 @@ def provenance(command: Optional[str] = None) -> str:
     if command is None:
         command = f"python -m memmodel.training.ablation {' '.join(sys.argv[1:])}".strip()
     threads = torch.get_num_threads()
+    each = max(1, threads // workers)
+    how = f"{threads} torch threads" if workers == 1 else \
+        f"{workers} worker processes of {each} torch thread{'s' if each > 1 else ''}"
     return (f"Command: `{command}`  \n"
-            f"Machine: {device}, {os.cpu_count()} CPUs ({threads} torch threads), "
+            f"Machine: {device}, {os.cpu_count()} CPUs ({how}), "
             f"{platform.system()}  \n"
             f"Versions: Python {platform.python_version()}, torch {torch.__version__}  \n"
             f"Date: {when}\n")
@@ -765,10 +769,10 @@ def warmup_note(spec: AblationSpec) -> str:
 
 
 def markdown_table(rows: list[dict[str, Any]], spec: Optional[AblationSpec] = None,
-                   command: Optional[str] = None) -> str:
-    """The rows as one markdown table per task, with the provenance (`provenance(command)`
-    and, given the spec, how it trained: `warmup_note`) above them."""
-    lines = ["# Memory ablation", "", provenance(command)]
+                   command: Optional[str] = None, workers: int = 1) -> str:
+    """The rows as one markdown table per task, with the provenance (`provenance(command,
+    workers)`) and, given the spec, how it trained: `warmup_note`) above them."""
+    lines = ["# Memory ablation", "", provenance(command, workers)]
     if spec is not None:
         lines += [warmup_note(spec)]
         for variant, top in spec.eval_max.items():
