@@ -408,6 +408,33 @@ def test_three_levels_compress_merge_and_evict_within_capacity():
     assert ctrl.finish(state.ltm, 0.0) == len(ctrl.learner.buffer) > 0
 
 
+@pytest.mark.parametrize("config", [ONE_LEVEL, THREE_LEVELS], ids=["one-level", "three"])
+def test_greedy_select_on_the_live_entries_equals_the_full_width(config, monkeypatch):
+    """A greedy select reads the live entries only (a segment's bank has a column for each
+    of its summaries): the same evictions, merges and outputs as over every column."""
+    cfg = MemoryConfig(ltm_controller="qlearning", **config)
+    g = torch.Generator().manual_seed(3)
+    x = [torch.randn(3, 61, cfg.ltm_heads, cfg.ltm_head_dim, generator=g) for _ in range(3)]
+    runs = []
+    for compact in (True, False):
+        monkeypatch.setattr(QLearningController, "_compact_select", compact)
+        torch.manual_seed(0)
+        # seed 2: its untrained greedy policy stores, so the bank overflows and selects
+        rec = Recorder(QLearningController(cfg, QLearningConfig(seed=2)).eval())
+        ltm = LongTermMemory.from_config(cfg, controller=rec).eval()
+        state = LayerState()
+        with torch.no_grad():
+            out = [ltm.remember(*(t[:, a:b] for t in x), state).o
+                   for a, b in ((0, 29), (29, 61))]
+        runs.append((out, state.ltm, rec.selects))
+    (out_c, ltm_c, sel_c), (out_f, ltm_f, sel_f) = runs
+    assert sel_c == sel_f > 0
+    for a, b in zip(out_c, out_f):
+        assert torch.equal(a, b)
+    for name in ("k", "v", "level", "start", "score"):
+        assert torch.equal(getattr(ltm_c, name), getattr(ltm_f, name)), name
+
+
 # ---------------------------------------------------------------- baselines
 
 def test_importance_keeps_the_highest_scores():

@@ -564,32 +564,55 @@ class QLearningController(MemoryController):
             episode.add(xr[rows, read.long()], every)
         return ChunkDecision(action=SUMMARY_ACTIONS[pick], retrieve=read)
 
+    # A greedy select reads only the live entries: the segment's bank has a column for
+    # every summary it made (hundreds), live or not, and the features' pairwise terms are
+    # quadratic in the columns. Exploring picks keep the full width (their random draws
+    # are over it); the greedy picks are the same either way.
+    _compact_select = True
+
     def select(self, features: LevelFeatures) -> torch.Tensor:
         bank, level = features.bank, features.level
-        B, M = bank.live.shape
-        candidate = bank.live & (bank.level == level) & features.rows[:, None]
-        score = on_host(bank.score)
-        keys = F.normalize(on_host(bank.keys), dim=-1)
+        live = bank.live
+        B, M = live.shape
+        cols = None
+        if self._compact_select and self.epsilon == 0 and M > 1:
+            width = max(int(live.sum(1).max()), 1)
+            if width < M:  # each row's live columns first, in column order
+                cols = torch.argsort((~live).to(torch.int8), dim=1, stable=True)[:, :width]
+
+        def take(t: torch.Tensor) -> torch.Tensor:
+            if cols is None:
+                return t
+            if t.dim() == 2:
+                return t.gather(1, cols)
+            return t.gather(1, cols[..., None].expand(-1, -1, t.shape[-1]))
+
+        full_score = on_host(bank.score)
+        live_c, score = take(live), take(full_score)
+        M = live_c.shape[1]
+        level_c = take(bank.level)
+        candidate = live_c & (level_c == level) & features.rows[:, None]
+        keys = F.normalize(take(on_host(bank.keys)), dim=-1)
         sim = keys @ keys.transpose(1, 2)
-        others = bank.live[:, None, :] & ~torch.eye(M, dtype=torch.bool)
+        others = live_c[:, None, :] & ~torch.eye(M, dtype=torch.bool)
         peers = candidate[:, None, :] & ~torch.eye(M, dtype=torch.bool)
         lower = ((score[:, None, :] < score[:, :, None]) & peers).sum(-1)
-        age = bank.age.float()
+        age = take(bank.age).float()
         item = torch.zeros(B, M, len(ITEM_FEATURES) + self.key_dim)
         item[..., 0] = self.scores.normalise(score)
         item[..., 1] = sim.masked_fill(~others, -1.0).amax(-1) if M > 1 else -1.0
         item[..., 2] = lower / (candidate.sum(1, keepdim=True) - 1).clamp_min(1)
         item[..., 3] = torch.log1p(age.clamp_min(0) / self.chunk_size) / math.log1p(AGE_CHUNKS)
         if self.rl.use_usage:
-            item[..., 4] = on_host(bank.usage) / age.clamp_min(1)
-        item[..., 5] = bank.level.float() / max(self.levels - 1, 1)
+            item[..., 4] = take(on_host(bank.usage)) / age.clamp_min(1)
+        item[..., 5] = level_c.float() / max(self.levels - 1, 1)
         if self.key_dim:
             item[..., len(ITEM_FEATURES):] = keys
         # a slot that holds no entry is never a candidate; zeros, not an age read from
         # its padding
-        item = item.masked_fill(~bank.live[..., None], 0.0)
+        item = item.masked_fill(~live_c[..., None], 0.0)
         choice = Choice.EVICT if features.top else Choice.MERGE
-        x = self._phi(self._context(bank, score)[:, None, None], (choice,),
+        x = self._phi(self._context(bank, full_score)[:, None, None], (choice,),
                       item[:, :, None])[:, :, 0]
         episode, rows = features.controller_state, torch.arange(B)
         generator = episode.generator if isinstance(episode, Episode) else self.generator
@@ -598,8 +621,10 @@ class QLearningController(MemoryController):
             guide = None
             if self.rl.guided > 0 and self.epsilon > 0:  # the lowest-scored candidate
                 guide = torch.where(candidate, ranked(score), float("inf")).argmin(1)
+            valid = candidate.any(1)
             idx, explored = self._choose(x, candidate, generator, guide)
-            picks.append(idx)
+            picks.append(idx if cols is None else
+                         torch.where(valid, cols.gather(1, idx[:, None])[:, 0], 0))
             if self.training and isinstance(episode, Episode):
                 episode.add(x[rows, idx], features.rows.clone())
                 episode.explored[-1] = episode.explored[-1] | (explored & features.rows)
