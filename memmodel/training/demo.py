@@ -24,7 +24,7 @@ extra), depth.json, spec.json (the resolved spec) and models/<variant>.pt, each 
 with `memmodel.load`. The table is printed at the end.
 
 The settings are `DEMO_SPEC` (and `LONG`, its changes for --long). One run on a 2-core CPU
-takes about 19 minutes (two worker processes of one thread each), most of it streaming 14
+takes about 16 minutes (two worker processes of one thread each), most of it streaming 14
 (variant, task) pairs through 16 sequences of 128K tokens; docs/results.md has what it
 measured.
 """
