@@ -64,6 +64,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from memmodel.model import MemoryLM, RMSNorm
+from memmodel.plotting import pyplot
 from memmodel.training.ablation import VARIANTS, AblationSpec
 
 log = logging.getLogger("bench_throughput")
@@ -630,12 +631,8 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def plot(result: dict[str, Any], path: Path) -> bool:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed (the `plot` extra): no %s", path)
+    plt = pyplot(path)
+    if plt is None:
         return False
     modes = [m for m in ("infer", "train") if any(r["mode"] == m for r in result["rows"])]
     if not modes:  # a loop-only run has no curve against T

@@ -22,6 +22,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from .plotting import pyplot
+
 log = logging.getLogger("memmodel.metrics")
 
 Z_95 = 1.959963984540054  # the standard normal's 97.5% quantile
@@ -211,13 +213,8 @@ def plot_confusion(report: ClassificationReport, path, title: Optional[str] = No
     """The report's confusion matrix as a PNG at `path` (rows: true class, columns:
     predicted; each cell's count written in it). Returns False (and logs a warning)
     without matplotlib (the `plot` extra)."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed (pip install 'memmodel[plot]'): %s not "
-                    "written", path)
+    plt = pyplot(path)
+    if plt is None:
         return False
     matrix = np.asarray(report.confusion)
     k = len(report.labels)

@@ -73,6 +73,7 @@ from ..config import MemoryConfig, QLearningConfig
 from ..controllers import QLearningController
 from ..evaluation import evaluate_lm_stream, evaluate_stream, wilson_interval
 from ..model import MemoryLM
+from ..plotting import pyplot
 from ..tasks import Task, task_from_spec
 from .memory import MemoryTrainConfig, train_memory
 
@@ -841,13 +842,8 @@ def _task_line(task: Task) -> str:
 def plot_results(rows: list[dict[str, Any]], path) -> bool:
     """Accuracy against T (log x), a line per variant with its 95% interval, a panel per
     task, the chance level dashed. Returns False (and logs a warning) without matplotlib."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed (pip install 'memmodel[plot]'): %s not "
-                    "written", path)
+    plt = pyplot(path)
+    if plt is None:
         return False
     rows = [r for r in rows if "accuracy" in r]  # language-modelling rows: tables only
     tasks = list(dict.fromkeys(r["task"] for r in rows))

@@ -306,7 +306,9 @@ def run_train(cfg: dict[str, Any], out, resume: Optional[str] = None,
 def plot_losses(results: dict[str, Any], path) -> bool:
     """The loss of every step against the step (a line; its running mean over 1/20 of
     the run on top). False (and a warning) without matplotlib."""
-    plt = _pyplot(path)
+    from ..plotting import pyplot
+
+    plt = pyplot(path)
     if plt is None:
         return False
     losses = results["losses"]
@@ -327,19 +329,6 @@ def plot_losses(results: dict[str, Any], path) -> bool:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
-
-
-def _pyplot(path):
-    """matplotlib.pyplot on the Agg backend, or None (with a warning naming `path`)."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed (pip install 'memmodel[plot]'): %s not "
-                    "written", path)
-        return None
-    return plt
 
 
 def write_json(path: Path, data) -> None:
@@ -505,7 +494,9 @@ def plot_scaling(rows: list[dict[str, Any]], path, title: str = "") -> bool:
              None)
     if x is None or y is None:
         return False
-    plt = _pyplot(path)
+    from ..plotting import pyplot
+
+    plt = pyplot(path)
     if plt is None:
         return False
     groups: dict[str, list[tuple[float, float]]] = {}
