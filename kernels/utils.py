@@ -287,3 +287,28 @@ def log_compile_fallback_once() -> None:
 @functools.cache
 def _log_once(message: str) -> None:
     logger.warning(message)
+
+
+# The CPU fast paths' chunk layout (selective_scan, gated_cache)
+
+def pad_time(x: torch.Tensor, Tp: int) -> torch.Tensor:
+    """[B, T, ...] -> [B, Tp, ...], zeros after T (Tp >= T)."""
+    T = x.shape[1]
+    if T == Tp:
+        return x
+    pad = x.new_zeros((x.shape[0], Tp - T) + tuple(x.shape[2:]))
+    return torch.cat([x, pad], dim=1)
+
+
+def to_chunks(x: torch.Tensor, L: int) -> torch.Tensor:
+    """[B, n * L, ...] -> [n, B, L, ...] contiguous: chunk c is then x[c], whose strides do
+    not depend on n, so the compiled chunk sees one layout at every sequence length (a
+    slice of [B, T, ...] has strides that change with T, and each would recompile)."""
+    x = x.unflatten(1, (-1, L)).transpose(0, 1)
+    # a fresh tensor: contiguous() keeps the strides of size-1 dimensions (B = 1)
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device).copy_(x)
+
+
+def from_chunks(x: torch.Tensor, T: int) -> torch.Tensor:
+    """[n, B, L, ...] -> [B, T, ...] (the first T of the n * L steps)."""
+    return x.transpose(0, 1).flatten(1, 2)[:, :T]

@@ -16,7 +16,13 @@ from typing import Optional
 
 import torch
 
-from ..utils import log_compile_fallback_once, maybe_compiled
+from ..utils import (
+    from_chunks,
+    log_compile_fallback_once,
+    maybe_compiled,
+    pad_time,
+    to_chunks,
+)
 from .ref import State, default_scale, run_varlen, write, written, zero_state
 
 
@@ -81,27 +87,6 @@ def _chunk_bwd(Mk, Mv, q, k, v, w, scale: float, dr, dMk, dMv):
     return stack(dq), stack(dk), stack(dv), stack(dw), Gk, Gv
 
 
-def _pad_time(x, Tp):
-    T = x.shape[1]
-    if T == Tp:
-        return x
-    return torch.cat([x, x.new_zeros((x.shape[0], Tp - T) + tuple(x.shape[2:]))], dim=1)
-
-
-def _to_chunks(x, L):
-    """[B, n * L, ...] -> [n, B, L, ...] contiguous: chunk c is then x[c], whose strides do
-    not depend on n, so the compiled chunk sees one layout at every sequence length (a
-    slice of [B, T, ...] has strides that change with T, and each would recompile)."""
-    x = x.unflatten(1, (-1, L)).transpose(0, 1)
-    # a fresh tensor: contiguous() keeps the strides of size-1 dimensions (B = 1)
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device).copy_(x)
-
-
-def _from_chunks(x, T):
-    """[n, B, L, ...] -> [B, T, ...] (the first T of the n * L steps)."""
-    return x.transpose(0, 1).flatten(1, 2)[:, :T]
-
-
 class _ChunkedCacheFn(torch.autograd.Function):
     """The gated cache recurrence on float32 inputs [B, T, H, *], chunk by chunk.
 
@@ -114,7 +99,7 @@ class _ChunkedCacheFn(torch.autograd.Function):
     def forward(ctx, q, k, v, w, Mk0, Mv0, scale, chunk_size):
         T, L = q.shape[1], chunk_size
         n_chunks = -(-T // L)
-        q_c, k_c, v_c, w_c = (_to_chunks(_pad_time(x, n_chunks * L), L) for x in (q, k, v, w))
+        q_c, k_c, v_c, w_c = (to_chunks(pad_time(x, n_chunks * L), L) for x in (q, k, v, w))
         # contiguous starting slots: every call of the compiled chunk sees one layout
         Mk, Mv = Mk0.contiguous(), Mv0.contiguous()
         rs, bk, bv = [], [], []
@@ -125,14 +110,14 @@ class _ChunkedCacheFn(torch.autograd.Function):
             rs.append(r)
         ctx.save_for_backward(q_c, k_c, v_c, w_c, torch.stack(bk), torch.stack(bv))
         ctx.T, ctx.L, ctx.scale = T, L, scale
-        return _from_chunks(torch.stack(rs), T), Mk, Mv
+        return from_chunks(torch.stack(rs), T), Mk, Mv
 
     @staticmethod
     def backward(ctx, dr, dMk, dMv):
         q_c, k_c, v_c, w_c, bk, bv = ctx.saved_tensors
         T, L, scale = ctx.T, ctx.L, ctx.scale
         n_chunks = q_c.shape[0]
-        dr = (_to_chunks(_pad_time(dr.float(), n_chunks * L), L) if dr is not None
+        dr = (to_chunks(pad_time(dr.float(), n_chunks * L), L) if dr is not None
               else v_c.new_zeros(v_c.shape))
         Gk = dMk.float().contiguous() if dMk is not None else torch.zeros_like(bk[0])
         Gv = dMv.float().contiguous() if dMv is not None else torch.zeros_like(bv[0])
@@ -141,7 +126,7 @@ class _ChunkedCacheFn(torch.autograd.Function):
             *grads, Gk, Gv = _chunk_bwd(bk[c], bv[c], q_c[c], k_c[c], v_c[c], w_c[c], scale,
                                         dr[c], Gk, Gv)
             outs.append(grads)
-        dq, dk, dv, dw = (_from_chunks(torch.stack(g[::-1]), T) for g in zip(*outs))
+        dq, dk, dv, dw = (from_chunks(torch.stack(g[::-1]), T) for g in zip(*outs))
         return dq, dk, dv, dw, Gk, Gv, None, None
 
 

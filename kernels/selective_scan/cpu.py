@@ -15,7 +15,13 @@ from typing import Optional
 
 import torch
 
-from ..utils import log_compile_fallback_once, maybe_compiled
+from ..utils import (
+    from_chunks,
+    log_compile_fallback_once,
+    maybe_compiled,
+    pad_time,
+    to_chunks,
+)
 from .ref import expand_groups, finish_output, prepare_dt, run_varlen
 
 
@@ -75,28 +81,6 @@ def _chunk_bwd(h0, u, dt, A, Bx, Cx, gy, gh):
     return du, ddt, dA_param, dB, dC, g
 
 
-def _pad_time(x, Tp):
-    T = x.shape[1]
-    if T == Tp:
-        return x
-    pad = x.new_zeros((x.shape[0], Tp - T) + tuple(x.shape[2:]))
-    return torch.cat([x, pad], dim=1)
-
-
-def _to_chunks(x, L):
-    """[B, n * L, ...] -> [n, B, L, ...] contiguous: chunk c is then x[c], whose strides do
-    not depend on n, so the compiled chunk sees one layout at every sequence length (a
-    slice of [B, T, ...] has strides that change with T, and each would recompile)."""
-    x = x.unflatten(1, (-1, L)).transpose(0, 1)
-    # a fresh tensor: contiguous() keeps the strides of size-1 dimensions (B = 1)
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device).copy_(x)
-
-
-def _from_chunks(x, T):
-    """[n, B, L, ...] -> [B, T, ...] (the first T of the n * L steps)."""
-    return x.transpose(0, 1).flatten(1, 2)[:, :T]
-
-
 class _ChunkedScanFn(torch.autograd.Function):
     """The core recurrence y_ssm = C . h, h_t = exp(dt A) h_{t-1} + dt B u, on float32 inputs.
 
@@ -111,7 +95,7 @@ class _ChunkedScanFn(torch.autograd.Function):
         L = chunk_size
         n_chunks = -(-T // L)
         Tp = n_chunks * L
-        u_c, dt_c, B_c, C_c = (_to_chunks(_pad_time(x, Tp), L) for x in (u, dt, Bx, Cx))
+        u_c, dt_c, B_c, C_c = (to_chunks(pad_time(x, Tp), L) for x in (u, dt, Bx, Cx))
         h = h0.contiguous()
         boundaries = u.new_empty(n_chunks, Bsz, E, A.shape[1])
         y = u.new_empty(n_chunks, Bsz, L, E)
@@ -120,14 +104,14 @@ class _ChunkedScanFn(torch.autograd.Function):
             y[c], h = _chunk_fwd(h, u_c[c], dt_c[c], A, B_c[c], C_c[c])
         ctx.save_for_backward(u_c, dt_c, A, B_c, C_c, boundaries)
         ctx.T, ctx.L = T, L
-        return _from_chunks(y, T), h
+        return from_chunks(y, T), h
 
     @staticmethod
     def backward(ctx, gy, gh):
         u_c, dt_c, A, B_c, C_c, boundaries = ctx.saved_tensors
         T, L = ctx.T, ctx.L
         n_chunks = u_c.shape[0]
-        gy = (_to_chunks(_pad_time(gy.float(), n_chunks * L), L) if gy is not None
+        gy = (to_chunks(pad_time(gy.float(), n_chunks * L), L) if gy is not None
               else torch.zeros_like(u_c))
         g = gh.float().contiguous() if gh is not None else torch.zeros_like(boundaries[0])
         du, ddt = torch.empty_like(u_c), torch.empty_like(dt_c)
@@ -138,8 +122,8 @@ class _ChunkedScanFn(torch.autograd.Function):
                 boundaries[c], u_c[c], dt_c[c], A, B_c[c], C_c[c], gy[c], g
             )
             dA += dA_c
-        return (_from_chunks(du, T), _from_chunks(ddt, T), dA, _from_chunks(dB, T),
-                _from_chunks(dC, T), g, None)
+        return (from_chunks(du, T), from_chunks(ddt, T), dA, from_chunks(dB, T),
+                from_chunks(dC, T), g, None)
 
 
 def _scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, chunk_size):
