@@ -62,7 +62,7 @@ def main(argv=None):
     from memmodel.model import MemoryLM
     from memmodel.training.ablation import AblationSpec, _training_task, _with_length, load_warm
     from memmodel.training.demo import demo_spec
-    from memmodel.training.memory import Tally, load_checkpoint, swap_controllers, train_memory
+    from memmodel.training.memory import load_checkpoint, tallying, train_memory
 
     if not Path(args.warm).exists():
         p.error(f"--warm: {args.warm} does not exist (run `make demo` first)")
@@ -88,13 +88,7 @@ def main(argv=None):
         train_memory(model, _training_task(spec), spec.train_config(), controller)
         trained_s = time.perf_counter() - t0
         for task in spec.evaluation_tasks():
-            tallies = []
-
-            def tally(ctrl, tallies=tallies):
-                tallies.append(Tally(ctrl))
-                return tallies[-1]
-
-            with swap_controllers(model, tally):
+            with tallying(model) as tallies:
                 r = evaluate_stream(model, _with_length(task, args.T), n=args.n,
                                     batch_size=spec.eval_batch_size, segment=spec.segment,
                                     split=spec.eval_split, progress=False)
@@ -131,13 +125,10 @@ def table(rows, baselines) -> str:
 
 
 def plot(rows, baselines, path):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logging.warning("matplotlib is not installed (pip install 'memmodel[plot]'): %s "
-                        "not written", path)
+    from memmodel.plotting import pyplot
+
+    plt = pyplot(path)
+    if plt is None:
         return
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     fig, axes = plt.subplots(len(tasks), 2, figsize=(9, 3.4 * len(tasks)), squeeze=False)

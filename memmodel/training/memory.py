@@ -222,6 +222,20 @@ class Tally(MemoryController):
         return self.inner.select(features)
 
 
+@contextmanager
+def tallying(model: MemoryLM):
+    """Within the block, each layer's long-term memory runs its controller wrapped in a
+    `Tally`; yields the list of those Tallies (their counts, summed, are the model's)."""
+    tallies: list[Tally] = []
+
+    def wrap(ctrl):
+        tallies.append(Tally(ctrl))
+        return tallies[-1]
+
+    with swap_controllers(model, wrap):
+        yield tallies
+
+
 def _learning(controller) -> bool:
     return isinstance(controller, QLearningController)
 
@@ -252,16 +266,10 @@ def evaluate_memory(model: MemoryLM, task: Task, batches: int = 4, batch_size: i
     modes = [c.training for c in learners]
     for c in learners:
         c.eval()
-    tallies = []
-
-    def tally(ctrl):
-        tallies.append(Tally(ctrl))
-        return tallies[-1]
-
     sums = dict(answer_loss=0.0, answer_accuracy=0.0, key_kept=0.0, entries=0.0)
     banks = 0
     try:
-        with swap_controllers(model, tally):
+        with tallying(model) as tallies:
             for _ in range(batches):
                 batch = _to(task.sample(batch_size, g), device)
                 out = model(batch.input_ids)
