@@ -621,7 +621,8 @@ class QLearningController(MemoryController):
             guide = None
             if self.rl.guided > 0 and self.epsilon > 0:  # the lowest-scored candidate
                 guide = torch.where(candidate, ranked(score), float("inf")).argmin(1)
-            valid = candidate.any(1)
+            if cols is not None:  # 0 where no candidate is valid, as over every column
+                valid = candidate.any(1)
             idx, explored = self._choose(x, candidate, generator, guide)
             picks.append(idx if cols is None else
                          torch.where(valid, cols.gather(1, idx[:, None])[:, 0], 0))
