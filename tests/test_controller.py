@@ -354,6 +354,33 @@ def test_replay_buffer_is_bounded_and_samples_uniformly():
     assert (counts > 0).all()
 
 
+def test_acting_on_the_host_is_the_network_and_follows_its_updates():
+    """The Q-values a controller acts on (QNetwork.act, float32 NumPy on the host) are the
+    network's forward, and stay so after an optimiser step, a load_state_dict and a
+    parameter replaced outright: its cached host weights follow every change."""
+    ctrl = QLearningController(MemoryConfig(ltm_controller="qlearning", **ONE_LEVEL),
+                               QLearningConfig(min_buffer=1, batch_size=4))
+    x = torch.rand(5, 3, ctrl.feature_dim, generator=torch.Generator().manual_seed(0))
+    net = ctrl.learner.online
+
+    def agrees():
+        with torch.no_grad():
+            assert_close(ctrl.learner.q(x), net(x))
+
+    agrees()
+    before = ctrl.learner.q(x)
+    ctrl.learner.update(Transitions(x[:, 0], torch.ones(5), torch.zeros(5), x,
+                                    torch.ones(5, 3, dtype=torch.bool)))
+    assert not torch.equal(ctrl.learner.q(x), before), "the step reached the host weights"
+    agrees()
+    net.load_state_dict(QLearningController(
+        MemoryConfig(ltm_controller="qlearning", **ONE_LEVEL),
+        QLearningConfig(seed=7)).learner.online.state_dict())
+    agrees()
+    net.heads.bias = torch.nn.Parameter(torch.full((len(Choice),), 3.0))
+    agrees()
+
+
 def test_epsilon_follows_its_linear_schedule():
     cfg = QLearningConfig(epsilon_start=1.0, epsilon_end=0.1, epsilon_decay=100)
     assert [cfg.epsilon(t) for t in (0, 50, 100, 1000)] == pytest.approx([1.0, 0.55, 0.1, 0.1])
@@ -366,7 +393,7 @@ def test_epsilon_follows_its_linear_schedule():
     # picks differ from the greedy one
     x = torch.rand(20_000, 3, ctrl.feature_dim)
     mask = torch.tensor([True, False, True]).expand(20_000, 3)
-    pick, explored = ctrl._choose(x, mask)
+    pick, explored = (torch.from_numpy(a) for a in ctrl._choose(x, mask))
     greedy = ctrl.learner.q(x).masked_fill(~mask, float("-inf")).argmax(-1)
     assert (pick != 1).all()
     assert torch.equal(explored, pick != greedy)
@@ -646,7 +673,7 @@ def test_checkpoint_round_trip_restores_the_controller_state(tmp_path):
         assert torch.equal(a, b)
     x = torch.rand(6, 3, ctrl.feature_dim)
     mask = torch.ones(6, 3, dtype=torch.bool)
-    assert torch.equal(ctrl._choose(x, mask)[0], ctrl2._choose(x, mask)[0])
+    assert (ctrl._choose(x, mask)[0] == ctrl2._choose(x, mask)[0]).all()
 
     buffer = io.BytesIO()  # the training state alone, through torch.save
     torch.save(ctrl.training_state(), buffer)

@@ -47,9 +47,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Callable, Optional
 
+import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 
 class Action(enum.IntEnum):
@@ -134,14 +134,14 @@ class ChunkFeatures:
 
     @cached_property
     def max_similarity(self) -> torch.Tensor:
-        """[B, P] float32: the novelty feature, the largest cosine similarity between each new
-        summary's key and a live entry's (1: a duplicate; -1 when the bank is empty)."""
-        keys = self.bank.keys
+        """[B, P] float32 (host): the novelty feature, the largest cosine similarity between
+        each new summary's key and a live entry's (1: a duplicate; -1 when the bank is
+        empty)."""
+        keys = on_host(self.bank.keys).numpy()
         if keys.shape[1] == 0:
-            return self.score.new_full(self.score.shape, -1.0)
-        sim = F.normalize(self.keys, dim=-1) @ F.normalize(keys, dim=-1).transpose(1, 2)
-        live = self.bank.live.to(sim.device)[:, None, :]
-        return sim.masked_fill(~live, -1.0).amax(-1)
+            return torch.full(tuple(self.score.shape), -1.0)
+        sim = unit_rows(on_host(self.keys).numpy()) @ unit_rows(keys).transpose(0, 2, 1)
+        return torch.from_numpy(np.where(self.bank.live.numpy()[:, None, :], sim, -1.0).max(-1))
 
 
 @dataclass
@@ -266,6 +266,13 @@ def on_host(t: torch.Tensor) -> torch.Tensor:
     """A device field (score, usage, keys) as a controller computes with it: detached,
     float32, on the host."""
     return t.detach().float().cpu()
+
+
+def unit_rows(a: np.ndarray) -> np.ndarray:
+    """a [..., K] float32 with each row scaled to unit L2 norm (as `F.normalize`: a zero row
+    stays zero)."""
+    norm = np.sqrt((a * a).sum(-1, keepdims=True))
+    return a / np.maximum(norm, np.float32(1e-12))
 
 
 def ranked(score: torch.Tensor) -> torch.Tensor:

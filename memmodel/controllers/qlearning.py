@@ -61,6 +61,7 @@ import math
 from dataclasses import asdict
 from typing import Any, NamedTuple, Optional
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -76,6 +77,7 @@ from .base import (
     MemoryController,
     on_host,
     ranked,
+    unit_rows,
 )
 from .heuristics import highest_scores
 
@@ -174,10 +176,34 @@ class QNetwork(nn.Module):
         self.trunk = nn.Sequential(nn.Linear(feature_dim - n_choices, hidden), nn.ReLU(),
                                    nn.Linear(hidden, hidden), nn.ReLU())
         self.heads = nn.Linear(hidden, n_choices)
+        self._host_cache = (None, None)  # (the parameters' identity and versions, arrays)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         choice, features = x[..., : self.n_choices], x[..., self.n_choices:]
         return (self.heads(self.trunk(features)) * choice).sum(-1)
+
+    def act(self, x: np.ndarray) -> np.ndarray:
+        """`forward` on host features, in float32 NumPy, without autograd: x [..., F] ->
+        [...]. Acting asks the network about a few rows at every chunk boundary, where a
+        torch call's overhead is most of the cost; the weights are copied to the host once
+        and again only after a parameter changes (its version counter moves, as an
+        optimiser step or `load_state_dict` makes it, or it is replaced, as `to()` does)."""
+        layers = self._host_weights()
+        h = x[..., self.n_choices:]
+        for w, b in layers[:-1]:
+            h = np.maximum(h @ w + b, 0.0)
+        w, b = layers[-1]
+        return ((h @ w + b) * x[..., : self.n_choices]).sum(-1)
+
+    def _host_weights(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        params = [m._parameters[name] for m in (self.trunk[0], self.trunk[2], self.heads)
+                  for name in ("weight", "bias")]
+        key = [(id(t), t.data_ptr(), t._version) for t in params]
+        if self._host_cache[0] != key:
+            arrays = [t.detach().float().cpu().numpy() for t in params]
+            self._host_cache = (key, [(w.T.copy(), b.copy())
+                                      for w, b in zip(arrays[::2], arrays[1::2])])
+        return self._host_cache[1]
 
 
 def nstep_returns(rewards: torch.Tensor, n: int, gamma: float,
@@ -316,11 +342,12 @@ class QLearner:
         p = next(self.online.parameters())
         return t.to(p.device, p.dtype) if t.is_floating_point() else t.to(p.device)
 
-    @torch.no_grad()
-    def q(self, x: torch.Tensor) -> torch.Tensor:
+    def q(self, x) -> torch.Tensor:
         """[...] float32 on the host: the online Q-values of phi rows x [..., F] (host
-        features; the networks may live on any device, in any float dtype)."""
-        return self.online(self._to_networks(x)).float().cpu()
+        features, a tensor or an array), computed on the host in float32 (`QNetwork.act`)
+        whatever the networks' device and dtype."""
+        a = x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else x
+        return torch.from_numpy(self.online.act(np.asarray(a, dtype=np.float32)))
 
     def update(self, batch: Optional[Transitions] = None) -> Optional[float]:
         """One Double DQN step on `batch` (default: a uniform sample of the buffer, once it
@@ -383,7 +410,7 @@ CONTEXT_FEATURES = ("live_fraction", "high_score", "low_score", "mean_score")  #
 ITEM_FEATURES = ("score", "similarity", "rank", "log_age", "usage_rate", "level")
 AGE_CHUNKS = 1024  # the age feature reads 1 for an entry this many chunks old
 SUMMARY_CHOICES = (Choice.STORE, Choice.COMPRESS, Choice.DISCARD)
-SUMMARY_ACTIONS = torch.tensor([int(Action.STORE), int(Action.COMPRESS), int(Action.DISCARD)])
+SUMMARY_ACTIONS = np.array([int(Action.STORE), int(Action.COMPRESS), int(Action.DISCARD)])
 
 
 class RunningStats:
@@ -410,10 +437,12 @@ class RunningStats:
         self.m2 += m2 + delta ** 2 * self.count * count / total
         self.count = total
 
-    def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        """(x - mean) / std, clipped to [-5, 5] (std 1 until two scores were seen)."""
+    def normalise(self, x: np.ndarray) -> np.ndarray:
+        """(x - mean) / std, clipped to [-5, 5] (std 1 until two scores were seen); x a
+        float32 array."""
         std = math.sqrt(self.m2 / self.count) if self.count > 1 else 1.0
-        return ((x - self.mean) / max(std, 1e-6)).clamp(-5.0, 5.0)
+        z = (x - np.float32(self.mean)) / np.float32(max(std, 1e-6))
+        return np.minimum(np.maximum(z, -5.0), 5.0)
 
 
 class Episode:
@@ -520,49 +549,50 @@ class QLearningController(MemoryController):
         return Episode(batch_size, torch.Generator().manual_seed(seed))
 
     def decide(self, features: ChunkFeatures) -> ChunkDecision:
-        bank, B, P = features.bank, *features.score.shape
-        score = on_host(features.score)
+        bank, (B, P) = features.bank, features.score.shape
+        score = _host(features.score)
         episode = features.controller_state
         generator = episode.generator if isinstance(episode, Episode) else self.generator
-        bank_score = on_host(bank.score)
-        ctx = self._context(bank, bank_score)
-        live0 = bank.live & (bank.level == 0)
-        lower = (bank_score[:, None, :] < score[:, :, None]) & live0[:, None, :]
-        item = torch.zeros(B, P, len(ITEM_FEATURES) + self.key_dim)
-        item[..., 0] = self.scores.normalise(score)
-        item[..., 1] = features.max_similarity.float().cpu()
-        item[..., 2] = lower.sum(-1) / live0.sum(1, keepdim=True).clamp_min(1)
-        item_read = torch.zeros(B, 1, len(ITEM_FEATURES) + self.key_dim)
+        live, level = bank.live.numpy(), bank.level.numpy()
+        bank_score = _host(bank.score)
+        ctx = self._context(bank, live, level, bank_score)
+        live0 = live & (level == 0)
+        lower = ((bank_score[:, None, :] < score[:, :, None]) & live0[:, None, :]).sum(-1)
+        # rows 0 .. P - 1: the summaries; row P: the retrieval (zeros but for its content)
+        item = np.zeros((B, P + 1, len(ITEM_FEATURES) + self.key_dim), np.float32)
+        item[:, :P, 0] = self.scores.normalise(score)
+        item[:, :P, 1] = features.max_similarity.numpy()
+        item[:, :P, 2] = lower / np.maximum(live0.sum(1, keepdims=True), 1)
         if self.key_dim:
-            keys = F.normalize(on_host(features.keys), dim=-1)  # [B, P, key_dim]
-            item[..., len(ITEM_FEATURES):] = keys
-            item_read[:, 0, len(ITEM_FEATURES):] = keys.mean(1)
-        x = self._phi(ctx[:, None, None], SUMMARY_CHOICES, item[:, :, None])  # [B, P, 3, F]
-        mask = torch.tensor([True, self.levels > 1, True]).expand(B, P, 3)
+            keys = unit_rows(_host(features.keys))  # [B, P, key_dim]
+            item[:, :P, len(ITEM_FEATURES):] = keys
+            item[:, P, len(ITEM_FEATURES):] = keys.mean(1)
+        x = self._phi(ctx, SUMMARY_CHOICES, item[:, :P])  # [B, P, 3, F]
+        mask = np.broadcast_to(np.array([True, self.levels > 1, True]), (B, P, 3))
         guide = guide_read = None
         if self.rl.guided > 0 and self.epsilon > 0:
             heuristic = highest_scores(features)
-            guide = torch.where(heuristic.action == int(Action.STORE), 0, 2).flatten()
-            guide_read = heuristic.retrieve.long()  # SKIP 0, RETRIEVE 1
-        pick, explored = self._choose(x.flatten(0, 1), mask.flatten(0, 1), generator, guide)
-        pick, explored = pick.view(B, P), explored.view(B, P).any(1)
-        xr = self._phi(ctx[:, None], (Choice.SKIP, Choice.RETRIEVE), item_read)  # [B, 2, F]
-        read, explored_read = self._choose(xr, torch.ones(B, 2, dtype=torch.bool), generator,
-                                           guide_read)
-        read = read == 1
+            guide = np.where(heuristic.action.numpy() == int(Action.STORE), 0, 2).reshape(-1)
+            guide_read = heuristic.retrieve.numpy().astype(np.int64)  # SKIP 0, RETRIEVE 1
+        pick, explored = self._choose(x.reshape(B * P, 3, -1), mask.reshape(B * P, 3),
+                                      generator, guide)
+        pick, explored = pick.reshape(B, P), explored.reshape(B, P).any(1)
+        xr = self._phi(ctx, (Choice.SKIP, Choice.RETRIEVE), item[:, P:])[:, 0]  # [B, 2, F]
+        read, explored_read = self._choose(xr, np.ones((B, 2), bool), generator, guide_read)
+        read = torch.from_numpy(read == 1)
         if self.training and isinstance(episode, Episode):
-            episode.scores.append(score)
+            rows, every = np.arange(B), torch.ones(B, dtype=torch.bool)
+            episode.scores.append(torch.from_numpy(score))
             episode.positions.append(features.position)
-            episode.live.append(bank.live.sum(1))
+            episode.live.append(torch.from_numpy(live.sum(1)))
             episode.read.append(read)
-            episode.explored.append(explored | explored_read)
-            episode.first_x.append(x[:, 0])
-            episode.first_mask.append(mask[:, 0])
-            rows, every = torch.arange(B), torch.ones(B, dtype=torch.bool)
+            episode.explored.append(torch.from_numpy(explored | explored_read))
+            episode.first_x.append(torch.from_numpy(x[:, 0].copy()))
+            episode.first_mask.append(torch.from_numpy(mask[:, 0].copy()))
             for p in range(P):
-                episode.add(x[rows, p, pick[:, p]], every)
-            episode.add(xr[rows, read.long()], every)
-        return ChunkDecision(action=SUMMARY_ACTIONS[pick], retrieve=read)
+                episode.add(torch.from_numpy(x[rows, p, pick[:, p]]), every)
+            episode.add(torch.from_numpy(xr[rows, read.numpy().astype(np.int64)]), every)
+        return ChunkDecision(action=torch.from_numpy(SUMMARY_ACTIONS[pick]), retrieve=read)
 
     # A greedy select reads only the live entries: the segment's bank has a column for
     # every summary it made (hundreds), live or not, and the features' pairwise terms are
@@ -572,66 +602,68 @@ class QLearningController(MemoryController):
 
     def select(self, features: LevelFeatures) -> torch.Tensor:
         bank, level = features.bank, features.level
-        live = bank.live
+        live = bank.live.numpy()
         B, M = live.shape
         cols = None
         if self._compact_select and self.epsilon == 0 and M > 1:
             width = max(int(live.sum(1).max()), 1)
             if width < M:  # each row's live columns first, in column order
-                cols = torch.argsort((~live).to(torch.int8), dim=1, stable=True)[:, :width]
+                cols = np.argsort(~live, axis=1, kind="stable")[:, :width]
 
-        def take(t: torch.Tensor) -> torch.Tensor:
-            if cols is None:
-                return t
-            if t.dim() == 2:
-                return t.gather(1, cols)
-            return t.gather(1, cols[..., None].expand(-1, -1, t.shape[-1]))
+        rows = np.arange(B)
 
-        full_score = on_host(bank.score)
-        live_c, score = take(live), take(full_score)
+        def take(a: np.ndarray) -> np.ndarray:
+            return a if cols is None else a[rows[:, None], cols]
+
+        full_score = _host(bank.score)
+        live_c, score, level_c = take(live), take(full_score), take(bank.level.numpy())
         M = live_c.shape[1]
-        level_c = take(bank.level)
-        candidate = live_c & (level_c == level) & features.rows[:, None]
-        keys = F.normalize(take(on_host(bank.keys)), dim=-1)
-        sim = keys @ keys.transpose(1, 2)
-        others = live_c[:, None, :] & ~torch.eye(M, dtype=torch.bool)
-        peers = candidate[:, None, :] & ~torch.eye(M, dtype=torch.bool)
-        lower = ((score[:, None, :] < score[:, :, None]) & peers).sum(-1)
-        age = take(bank.age).float()
-        item = torch.zeros(B, M, len(ITEM_FEATURES) + self.key_dim)
+        rows_need = features.rows.numpy()
+        candidate = live_c & (level_c == level) & rows_need[:, None]
+        keys = unit_rows(take(_host(bank.keys)))
+        apart = ~np.eye(M, dtype=bool)
+        lower = ((score[:, None, :] < score[:, :, None]) & candidate[:, None, :] & apart).sum(-1)
+        age = take(bank.age.numpy()).astype(np.float32)
+        item = np.zeros((B, M, len(ITEM_FEATURES) + self.key_dim), np.float32)
         item[..., 0] = self.scores.normalise(score)
-        item[..., 1] = sim.masked_fill(~others, -1.0).amax(-1) if M > 1 else -1.0
-        item[..., 2] = lower / (candidate.sum(1, keepdim=True) - 1).clamp_min(1)
-        item[..., 3] = torch.log1p(age.clamp_min(0) / self.chunk_size) / math.log1p(AGE_CHUNKS)
+        if M > 1:
+            sim = keys @ keys.transpose(0, 2, 1)
+            item[..., 1] = np.where(live_c[:, None, :] & apart, sim, -1.0).max(-1)
+        else:
+            item[..., 1] = -1.0
+        item[..., 2] = lower / np.maximum(candidate.sum(1, keepdims=True) - 1, 1)
+        item[..., 3] = np.log1p(np.maximum(age, 0) / self.chunk_size) / math.log1p(AGE_CHUNKS)
         if self.rl.use_usage:
-            item[..., 4] = take(on_host(bank.usage)) / age.clamp_min(1)
-        item[..., 5] = level_c.float() / max(self.levels - 1, 1)
+            item[..., 4] = take(_host(bank.usage)) / np.maximum(age, 1)
+        item[..., 5] = level_c / max(self.levels - 1, 1)
         if self.key_dim:
             item[..., len(ITEM_FEATURES):] = keys
         # a slot that holds no entry is never a candidate; zeros, not an age read from
         # its padding
-        item = item.masked_fill(~live_c[..., None], 0.0)
+        item[~live_c] = 0.0
         choice = Choice.EVICT if features.top else Choice.MERGE
-        x = self._phi(self._context(bank, full_score)[:, None, None], (choice,),
-                      item[:, :, None])[:, :, 0]
-        episode, rows = features.controller_state, torch.arange(B)
+        x = self._phi(self._context(bank, live, bank.level.numpy(), full_score), (choice,),
+                      item)[:, :, 0]  # [B, M, F]
+        episode = features.controller_state
         generator = episode.generator if isinstance(episode, Episode) else self.generator
+        q = self.learner.q(torch.from_numpy(x)).numpy()  # the same for every pick
         picks = []
         for _ in range(features.count):
             guide = None
             if self.rl.guided > 0 and self.epsilon > 0:  # the lowest-scored candidate
-                guide = torch.where(candidate, ranked(score), float("inf")).argmin(1)
-            if cols is not None:  # 0 where no candidate is valid, as over every column
-                valid = candidate.any(1)
-            idx, explored = self._choose(x, candidate, generator, guide)
+                order = ranked(torch.from_numpy(score)).numpy()
+                guide = np.where(candidate, order, np.inf).argmin(1)
+            idx, explored = self._choose(x, candidate, generator, guide, q)
+            # 0 where no candidate is valid, as over every column
             picks.append(idx if cols is None else
-                         torch.where(valid, cols.gather(1, idx[:, None])[:, 0], 0))
+                         np.where(candidate.any(1), cols[rows, idx], 0))
             if self.training and isinstance(episode, Episode):
-                episode.add(x[rows, idx], features.rows.clone())
-                episode.explored[-1] = episode.explored[-1] | (explored & features.rows)
-            candidate = candidate.clone()
+                episode.add(torch.from_numpy(x[rows, idx]), features.rows.clone())
+                episode.explored[-1] = episode.explored[-1] | (
+                    torch.from_numpy(explored) & features.rows)
+            candidate = candidate.copy()
             candidate[rows, idx] = False
-        return torch.stack(picks, 1)
+        return torch.from_numpy(np.stack(picks, 1))
 
     def finish(self, state, task_reward) -> int:
         """End the episodes of a finished stream: price its spans, add the task reward to
@@ -787,53 +819,71 @@ class QLearningController(MemoryController):
         return (f"{self.feature_dim} (ltm_levels={self.levels}, content key width "
                 f"{self.key_dim})")
 
-    def _context(self, bank: BankView, bank_score: torch.Tensor) -> torch.Tensor:
-        """[B, levels + 4]: occupancy / capacity per level, live entries / total capacity,
-        highest, lowest and mean normalised live score (0 for an empty bank). Nothing in
-        it depends on the boundary's position. bank_score: the bank's scores on the host."""
+    def _context(self, bank: BankView, live: np.ndarray, level: np.ndarray,
+                 bank_score: np.ndarray) -> np.ndarray:
+        """[B, levels + 4] float32: occupancy / capacity per level, live entries / total
+        capacity, highest, lowest and mean normalised live score (0 for an empty bank).
+        Nothing in it depends on the boundary's position. live, level, bank_score: the
+        bank's [B, M] fields as host arrays."""
         z = self.scores.normalise(bank_score)
-        live = bank.live
         n_live = live.sum(1)
-        mean = torch.where(live, z, 0.0).sum(1) / n_live.clamp_min(1)
-        z = torch.cat([z, torch.zeros(z.shape[0], 1)], 1)  # an empty bank reads 0
-        live = torch.cat([live, ~live.any(1, keepdim=True)], 1)
-        hi = z.masked_fill(~live, float("-inf")).amax(1)
-        lo = z.masked_fill(~live, float("inf")).amin(1)
-        capacity = torch.tensor(bank.capacity, dtype=torch.float32)
-        occupancy = bank.occupancy.float() / capacity
-        fill = n_live.float() / capacity.sum()
-        return torch.cat([occupancy, fill[:, None], hi[:, None], lo[:, None], mean[:, None]],
-                         1)
+        some = n_live > 0
+        count = np.maximum(n_live, 1).astype(np.float32)
+        mean = np.where(live, z, 0.0).sum(1, dtype=np.float32) / count
+        hi = np.where(some, np.where(live, z, -np.inf).max(1, initial=-np.inf), 0.0)
+        lo = np.where(some, np.where(live, z, np.inf).min(1, initial=np.inf), 0.0)
+        capacity = np.asarray(bank.capacity, dtype=np.float32)
+        levels = np.arange(len(bank.capacity))
+        occupancy = ((level[..., None] == levels) & live[..., None]).sum(1) / capacity
+        fill = n_live / capacity.sum()
+        return np.concatenate([occupancy, fill[:, None], hi[:, None], lo[:, None],
+                               mean[:, None]], 1, dtype=np.float32)
 
-    def _phi(self, ctx: torch.Tensor, choices, item: torch.Tensor) -> torch.Tensor:
-        """[..., len(choices), F] = [one-hot choice, ctx, item] from ctx [..., 1, Fc] and
-        item [..., 1, Fi] (broadcast over the choices)."""
-        onehot = F.one_hot(torch.tensor([int(c) for c in choices]), len(Choice)).float()
-        shape = torch.broadcast_shapes(ctx.shape[:-1], item.shape[:-1], onehot.shape[:-1])
-        return torch.cat([onehot.expand(*shape, -1), ctx.expand(*shape, -1),
-                          item.expand(*shape, -1)], -1)
+    def _phi(self, ctx: np.ndarray, choices, item: np.ndarray) -> np.ndarray:
+        """[B, N, len(choices), F] float32 = [one-hot choice, ctx, item] from ctx [B, Fc]
+        and item [B, N, Fi] (the same ctx and item for every choice)."""
+        B, N = item.shape[:2]
+        n = len(Choice)
+        x = np.empty((B, N, len(choices), self.feature_dim), np.float32)
+        x[..., :n] = _ONE_HOT[[int(c) for c in choices]]
+        x[..., n: n + ctx.shape[1]] = ctx[:, None, None]
+        x[..., n + ctx.shape[1]:] = item[:, :, None]
+        return x
 
-    def _choose(self, x: torch.Tensor, mask: torch.Tensor,
-                generator: Optional[torch.Generator] = None,
-                guide: Optional[torch.Tensor] = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Epsilon-greedy over the masked candidates x [N, K, F]: the picks [N] (0 where
-        none is valid) and [N] bool, whether a pick is an exploring one other than the
-        greedy. Random draws come from `generator` (the stream's; default the
-        controller's). guide: [N], the heuristic's valid pick, which an exploring draw
-        takes with probability `rl.guided` (see QLearningConfig.guided)."""
+    def _choose(self, x, mask, generator: Optional[torch.Generator] = None, guide=None,
+                q: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+        """Epsilon-greedy over the masked candidates x [N, K, F] (mask [N, K] bool; arrays
+        or host tensors): the picks [N] int64 (0 where none is valid) and [N] bool, whether
+        a pick is an exploring one other than the greedy. Random draws come from
+        `generator` (the stream's; default the controller's). guide: [N], the heuristic's
+        valid pick, which an exploring draw takes with probability `rl.guided` (see
+        QLearningConfig.guided). q: the Q-values of x [N, K] when known (several picks
+        among the same candidates), else asked of the network."""
         generator = self.generator if generator is None else generator
-        q = self.learner.q(x).masked_fill(~mask, float("-inf"))
-        pick = q.argmax(-1)
-        explored = torch.zeros(pick.shape, dtype=torch.bool)
+        mask = np.asarray(mask, dtype=bool)
+        valid = mask.any(-1)
+        if q is None:
+            q = self.learner.q(torch.as_tensor(x)).numpy()
+        pick = np.where(mask, q, -np.inf).argmax(-1)
+        explored = np.zeros(pick.shape, dtype=bool)
         eps = self.epsilon
         if eps > 0:
-            explore = torch.rand(pick.shape, generator=generator) < eps
-            weights = torch.where(mask.any(-1, keepdim=True), mask.float(), 1.0)
-            random = torch.multinomial(weights, 1, generator=generator)[:, 0]
+            shape = tuple(pick.shape)
+            explore = (torch.rand(shape, generator=generator) < eps).numpy()
+            weights = torch.from_numpy(np.where(valid[:, None], mask, True).astype(np.float32))
+            random = torch.multinomial(weights, 1, generator=generator)[:, 0].numpy()
             if guide is not None:
-                follow = torch.rand(pick.shape, generator=generator) < self.rl.guided
-                random = torch.where(follow, guide, random)
-            explored = explore & (random != pick) & mask.any(-1)
-            pick = torch.where(explore, random, pick)
-        return torch.where(mask.any(-1), pick, 0), explored
+                follow = (torch.rand(shape, generator=generator) < self.rl.guided).numpy()
+                random = np.where(follow, np.asarray(guide), random)
+            explored = explore & (random != pick) & valid
+            pick = np.where(explore, random, pick)
+        return np.where(valid, pick, 0), explored
+
+
+def _host(t: torch.Tensor) -> np.ndarray:
+    """A device field (score, usage, keys) as the controller's features read it: a
+    float32 host array (`on_host`)."""
+    return on_host(t).numpy()
+
+
+_ONE_HOT = np.eye(len(Choice), dtype=np.float32)
