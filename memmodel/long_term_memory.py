@@ -279,13 +279,14 @@ class LongTermMemory(nn.Module):
                 decision = self._checked(plan.decision(B, score.shape[2]), B, score.shape[2])
             else:
                 keys = s_k.detach().flatten(3)  # [B, n, P, H * Dh], what the controller sees
+            whole = _WholeChunks(self, s_k, s_v)
             for i, boundary in enumerate(positions):
                 if plan is None:
                     decision = self._decide(bank, first + i, boundary, score[:, i],
                                             keys[:, i], st.controller)
                 flags.append(self._apply_decision(
                     bank, decision, boundary, s_k[:, i], s_v[:, i], score[:, i], usage[:, i],
-                    st.controller))
+                    st.controller, lambda i=i: whole[i]))
             spans += [boundary - pos0 for boundary in positions]
         spans.append(T)
         read = torch.cat([f[:, None].expand(B, spans[i + 1] - spans[i])
@@ -329,10 +330,12 @@ class LongTermMemory(nn.Module):
         return action, retrieve.bool()
 
     def _apply_decision(self, bank: Bank, decision, position: int, new_k, new_v, score, usage,
-                        ctrl_state) -> torch.Tensor:
+                        ctrl_state, whole=None) -> torch.Tensor:
         """Apply one boundary's checked decision (action, retrieve) to the chunk's summaries
         (new_k, new_v: [B, P, H, Dh]; score, usage: [B, P]); returns the [B] retrieve
-        flags."""
+        flags. whole: optional, () -> the chunk's P summaries pooled into one entry (k, v
+        [B, 1, H, Dh], score [B, 1]), what COMPRESS makes when a row compresses all of them
+        (made once per segment for every chunk, `_WholeChunks`)."""
         action, retrieve = decision
         store = action == Action.STORE
         if store.any():
@@ -344,7 +347,10 @@ class LongTermMemory(nn.Module):
                 raise ValueError(f"{self.controller!r}.decide: COMPRESS needs ltm_levels >= 2")
             rows = compress.any(1)
             self._make_room(bank, 1, rows.astype(np.int64), position, ctrl_state)
-            k1, v1, score1 = self._merge_selected(new_k, new_v, torch.from_numpy(compress))
+            if whole is not None and compress[rows].all():  # every row that compresses, all P
+                k1, v1, score1 = whole()
+            else:
+                k1, v1, score1 = self._merge_selected(new_k, new_v, torch.from_numpy(compress))
             bank.add(k1, v1, score1, torch.zeros_like(score1), 1, position, rows[:, None])
         return retrieve
 
@@ -459,6 +465,29 @@ class LongTermMemory(nn.Module):
             pending_k=pending_k.float(), pending_v=pending_v.float(), retrieve=retrieve,
             position=position, controller=controller,
         )
+
+
+class _WholeChunks:
+    """What COMPRESS makes of a chunk whose P summaries are all compressed, for every chunk of
+    a segment at once: one `chunk_compress` call pools each chunk's summaries (s_k, s_v:
+    [B, n, P, H, Dh]) with level 0's merge query, the same pooling `_merge_selected` does
+    for one chunk, made when a boundary first asks for it (a controller that never
+    compresses pays nothing). `whole[i]` is chunk i's (k, v [B, 1, H, Dh], score [B, 1])."""
+
+    def __init__(self, module: LongTermMemory, s_k: torch.Tensor, s_v: torch.Tensor):
+        self.module, self.s_k, self.s_v = module, s_k, s_v
+        self.pooled = None
+
+    def __getitem__(self, i: int):
+        if self.pooled is None:
+            B, n, P, H, Dh = self.s_k.shape
+            m = self.module
+            k, v, score = chunk_compress(self.s_k.reshape(B, n * P, H, Dh),
+                                         self.s_v.reshape(B, n * P, H, Dh), m.merge_q[0], P,
+                                         backend=m.config.backend)
+            self.pooled = (k[:, :, :, 0], v[:, :, :, 0], score[..., 0].mean(2))
+        k, v, score = self.pooled
+        return k[:, i: i + 1], v[:, i: i + 1], score[:, i: i + 1]
 
 
 @torch.no_grad()

@@ -484,6 +484,53 @@ def test_compress_pools_each_rows_selected_summaries():
     assert k1[2].abs().max() == 0 and score[2] == 0
 
 
+class CompressSome(FifoController):
+    """COMPRESS every summary of rows 0 and 2, and in row 1 the first summary only of odd
+    chunks (else all); evict and merge the oldest."""
+
+    def decide(self, features):
+        B, P = features.score.shape
+        action = torch.full((B, P), int(Action.COMPRESS))
+        if features.chunk_index % 2:
+            action[1, 1:] = int(Action.DISCARD)
+        return ChunkDecision(action=action, retrieve=torch.ones(B, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("all_rows", [True, False], ids=["all-compress-whole", "mixed"])
+def test_whole_chunks_pooled_once_per_segment_equal_pooling_each_boundary(all_rows,
+                                                                          monkeypatch):
+    """A chunk whose summaries are all compressed is pooled, with every other such chunk of
+    the segment, in one call (`_WholeChunks`); the outputs, the carried bank and the merge
+    query's gradient are those of pooling it at its boundary (`_merge_selected`)."""
+    torch.manual_seed(0)
+    ltm = LongTermMemory.from_config(MemoryConfig(**LTM), controller=(
+        CompressSome() if not all_rows else type("CompressAll", (FifoController,), {
+            "decide": lambda self, f: ChunkDecision(
+                action=torch.full(tuple(f.score.shape), int(Action.COMPRESS)),
+                retrieve=torch.ones(f.score.shape[0], dtype=torch.bool))})()))
+    x = qkv(3, 37)
+    runs = []
+    apply = LongTermMemory._apply_decision
+    for whole in (True, False):
+        if not whole:  # the boundary's own pooling, always
+            monkeypatch.setattr(LongTermMemory, "_apply_decision",
+                                lambda self, *a: apply(self, *a[:8]))
+        ltm.zero_grad()
+        state = LayerState()
+        out = [ltm.remember(*(t[:, a:b] for t in x), state).o for a, b in ((0, 21), (21, 37))]
+        torch.cat(out, 1).square().sum().backward()
+        runs.append((out, state.ltm, ltm.merge_q.grad.clone()))
+    (out_w, st_w, g_w), (out_b, st_b, g_b) = runs
+    assert (st_w.level == 1).any()
+    for a, b in zip(out_w, out_b):
+        assert_close(a, b, "outputs")
+    for name in ("k", "v", "score"):
+        assert_close(getattr(st_w, name), getattr(st_b, name), name)
+    assert torch.equal(st_w.level, st_b.level) and torch.equal(st_w.start, st_b.start)
+    assert g_w.abs().sum() > 0
+    assert_close(g_w, g_b, "merge_q gradient")
+
+
 class BadSelect(FifoController):
     def select(self, features):
         return torch.zeros(features.rows.shape[0], features.count, dtype=torch.int64)
