@@ -134,6 +134,19 @@ class Block(nn.Module):
         options = {k: v for k, v in config.to_dict().items() if k != "d_model"}
         return cls(config.d_model, device=device, dtype=dtype, **options)
 
+    def branches(self) -> dict[str, nn.Module]:
+        """The parts whose outputs are added to the residual stream, by attribute name
+        ("mixer", then "working_memory" and "long_term_memory" where present); each ends in
+        a linear `out_proj` ([D, *] weight) that writes its output into the stream.
+
+        Example:
+            >>> list(Block(32, wm_slots=4).branches())
+            ['mixer', 'working_memory']
+        """
+        parts = {"mixer": self.mixer, "working_memory": self.working_memory,
+                 "long_term_memory": self.long_term_memory}
+        return {name: part for name, part in parts.items() if part is not None}
+
     def forward(self, x: torch.Tensor, state: Optional[LayerState] = None) -> torch.Tensor:
         """x: [B, T, D] -> [B, T, D]; with a LayerState, continues the stream it holds."""
         h = self.norm(x)

@@ -115,6 +115,40 @@ def test_warmup_is_shared_and_the_budget_equal(tmp_path, monkeypatch):
         ("ssm", 3), ("fifo", 3), ("qlearning", 3), ("full", 3)}
 
 
+def test_grafted_working_memory_starts_as_a_zero_branch():
+    """full from the warm store_all weights computes qlearning's logits at step 0 (the
+    same Q-learning controller, greedy); its working memory's output projection is zero
+    and gets gradient, its inner weights none until the projection is non-zero."""
+    from memmodel.controllers import QLearningController
+    from memmodel.model import MemoryLM
+    from memmodel.training.memory import attach_controller
+
+    spec = AblationSpec.from_dict({**TINY, "variants": ["qlearning", "full"],
+                                   "wm": dict(wm_slots=2, wm_heads=1)})
+    warm = ablation.warm_up(spec)[0].state_dict()
+    batch = spec.training_tasks()[0].sample(2, torch.Generator().manual_seed(3))
+    models = {}
+    for variant in ("qlearning", "full"):
+        config = spec.config(variant)
+        torch.manual_seed(spec.seed)
+        model = MemoryLM(config)
+        grafted = ablation.load_warm(model, warm)
+        assert grafted == (["layers.0.working_memory"] if variant == "full" else [])
+        got = model.state_dict()
+        assert all(torch.equal(got[k], v) for k, v in warm.items())
+        attach_controller(model, QLearningController(config, spec.qlearning_config()))
+        models[variant] = model.eval()
+    wm = models["full"].layers[0].working_memory
+    assert not wm.out_proj.weight.any() and wm.in_proj.weight.any()
+    out = {v: m(batch.input_ids, labels=batch.labels) for v, m in models.items()}
+    torch.testing.assert_close(out["full"].logits, out["qlearning"].logits, rtol=0, atol=1e-6)
+    out["full"].loss.backward()
+    assert wm.out_proj.weight.grad is not None and wm.out_proj.weight.grad.abs().sum() > 0
+    assert not wm.in_proj.weight.grad.any()
+    ltm = models["full"].layers[0].long_term_memory
+    assert ltm.out_proj.weight.any() and ltm.out_proj.weight.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("change, pattern", [
     (dict(variants=["ssm", "lstm"]), "variants: expected distinct names"),
     (dict(colour="red"), r"unknown fields \['colour'\]"),

@@ -22,10 +22,16 @@ Q-learning controller learns alongside. Training has two phases when the spec's
      step) trains W steps on the batches of seed `seed` (of the spec's `warmup_tasks`
      when given, a curriculum: an easier form of the tasks first; else its train_tasks);
   2. every long-term-memory variant (fifo, importance, store_all, qlearning, full) starts
-     from those warm weights, the same for all (full's working memory and a Q-learning
-     controller's networks, which the warm-up model lacks, start from their seeded
-     initialisation), and trains S steps under its own controller on the batches of seed
-     `seed + 1`, with a fresh optimiser.
+     from those warm weights, the same for all, and trains S steps under its own
+     controller on the batches of seed `seed + 1`, with a fresh optimiser. What the
+     warm-up model lacks starts from the variant's seeded initialisation, with one
+     change (`load_warm`): a residual branch it lacks (full's working memory) is grafted
+     on with its output projection zeroed, as a new residual branch is added to a
+     pretrained network, so at the start of phase 2 full computes exactly what
+     qlearning computes from the same weights and decisions, and the branch grows by
+     gradient from there (its projection gets gradient at once, its inner weights once
+     the projection is non-zero). A Q-learning controller's networks are not a residual
+     branch and keep their initialisation.
 
 `ssm` and `wm` have no long-term memory to warm: they run the same two phases on their own
 model (W steps on the warm-up's batches of seed `seed`, then S steps with a fresh optimiser on
@@ -416,15 +422,53 @@ def warm_up(spec: AblationSpec, checkpoint: Optional[str] = None, progress: bool
     return model, result
 
 
-def load_warm(model: MemoryLM, warm: dict[str, torch.Tensor]):
-    """Copy the warm-up's weights into `model`. The warm model may lack only the working
-    memory and a learning controller's networks (those keep their initialisation);
-    anything else missing, extra or of another shape is an error."""
+def load_warm(model: MemoryLM, warm: dict[str, torch.Tensor]) -> list[str]:
+    """Copy the warm-up's weights into `model` and graft on what the warm model lacks.
+
+    The warm model may lack only the working memory and a learning controller's networks;
+    anything else missing, extra or of another shape is an error. A residual branch of
+    `model` (`Block.branches`: a part whose output is added to the residual stream) with
+    no weight in `warm` is grafted on: its output projection is zeroed, so the model first
+    computes what the warm model computes with the same controller decisions, and the
+    branch grows from there by gradient (the projection gets gradient at once; the
+    branch's inner weights, which keep their initialisation, once it is non-zero). Today
+    that is full's working memory. A controller's networks are not a residual branch:
+    they keep their initialisation.
+
+    Args:
+        model: the phase-2 model, built from the variant's config.
+        warm: the warm-up model's `state_dict()`.
+
+    Returns:
+        the names (state_dict prefixes, e.g. "layers.0.working_memory") of the grafted
+        branches.
+
+    Example:
+        >>> spec = AblationSpec()
+        >>> warm = MemoryLM(spec.config("store_all")).state_dict()
+        >>> load_warm(MemoryLM(spec.config("full")), warm)
+        ['layers.0.working_memory', 'layers.1.working_memory']
+    """
     missing, unexpected = model.load_state_dict(warm, strict=False)
     own = [k for k in missing if ".working_memory." not in k and ".controller." not in k]
     if own or unexpected:
         raise ValueError(f"load_warm: the warm-up's weights do not fit this model: missing "
                          f"{own}, unexpected {list(unexpected)}")
+    grafted = []
+    with torch.no_grad():
+        for i, layer in enumerate(model.layers):
+            for name, branch in layer.branches().items():
+                prefix = f"layers.{i}.{name}."
+                if any(k.startswith(prefix) for k in warm):
+                    continue
+                branch.out_proj.weight.zero_()
+                if branch.out_proj.bias is not None:
+                    branch.out_proj.bias.zero_()
+                grafted.append(prefix[:-1])
+    if grafted:
+        log.info("grafted onto the warm model with a zero output projection: %s",
+                 ", ".join(grafted))
+    return grafted
 
 
 def train_variant(spec: AblationSpec, variant: str, checkpoint: Optional[str] = None,
