@@ -203,7 +203,7 @@ class Tally(MemoryController):
         super().__init__(inner.config)
         self.inner, self.name = inner, inner.name
         self.enabled, self.needs_usage = inner.enabled, inner.needs_usage
-        self.bounded = inner.bounded
+        self.bounded, self.differentiable = inner.bounded, inner.differentiable
         self.summaries = self.kept = self.chunks = self.reads = 0
 
     def init_state(self, batch_size):
@@ -220,6 +220,9 @@ class Tally(MemoryController):
 
     def select(self, features):
         return self.inner.select(features)
+
+    def gate(self, keys):
+        return self.inner.gate(keys)
 
 
 @contextmanager
