@@ -3,8 +3,9 @@
     python -m memmodel.training.demo --out results            # `make demo`
     python -m memmodel.training.demo --out results --long     # `make demo DEMO=long`
 
-Trains the seven variants of `memmodel.training.ablation` (ssm, wm, fifo, importance,
-store_all, qlearning, full) with one budget on a mix of two tasks at training length
+Trains seven variants of `memmodel.training.ablation` (ssm, wm, fifo, importance,
+store_all, qlearning, full; `--variants` also takes the runner's eighth, gumbel, the
+differentiable keep gate) with one budget on a mix of two tasks at training length
 (<= 2K tokens), then streams each on both tasks at 1K, 8K, 32K and 128K tokens (the long
 setting trains longer and adds 512K and 1M):
 
@@ -108,7 +109,9 @@ def main(argv=None):
     p.add_argument("--out", default="results", help="folder for the results and models")
     p.add_argument("--long", action="store_true",
                    help="train longer and evaluate at 512K and 1M tokens too")
-    p.add_argument("--variants", default=None, help="comma-separated subset of the variants")
+    p.add_argument("--variants", default=None,
+                   help="comma-separated variants of the runner (default: DEMO_SPEC's; "
+                        "gumbel is the one not among them)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--workers", type=int, default=None,
                    help="processes training and evaluating variants side by side (default: "

@@ -539,7 +539,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="Train MemoryLM and its memory controller on the "
                                             "passkey task.")
     p.add_argument("--controller", default="qlearning",
-                   help="fifo, importance, store_all, qlearning or none")
+                   help="fifo, importance, store_all, qlearning, gumbel or none")
     p.add_argument("--ablation", default=None,
                    help="comma-separated controllers, each trained from the same seed; "
                         "prints a markdown table")
