@@ -37,9 +37,10 @@ def _ltm(**kw):
     return LongTermMemory.from_config(MemoryConfig(**{**LTM, **kw}))
 
 
-def _view(keys, live, level, position=40, capacity=(5, 3, 2)):
+def _view(keys, live, level, position=40, capacity=(5, 3, 2), score=None):
     B, M = live.shape
-    fields = {"keys": keys, "score": torch.zeros(B, M), "usage": torch.zeros(B, M)}
+    fields = {"keys": keys, "score": torch.zeros(B, M) if score is None else score,
+              "usage": torch.zeros(B, M)}
     return BankView(position, capacity, live, level, torch.zeros(B, M, dtype=torch.int64),
                     lambda name: fields[name])
 
@@ -84,15 +85,17 @@ def test_training_keeps_where_the_noisy_logit_over_tau_is_positive():
     assert math.isclose(float(grad), float(slope.sum().detach()), rel_tol=1e-5)
 
 
-def test_a_full_level_gives_up_its_lowest_logits():
-    ctrl = GumbelController(MemoryConfig(**LTM)).eval()
+@pytest.mark.parametrize("evict", ["logit", "score"])
+def test_a_full_level_gives_up_its_lowest_logits_or_scores(evict):
+    ctrl = GumbelController(MemoryConfig(**LTM, ltm_gate_evict=evict)).eval()
     B, M = 2, 7
-    keys = torch.randn(B, M, WIDTH)
+    keys, score = torch.randn(B, M, WIDTH), torch.randn(B, M)
     live = torch.tensor([[1, 1, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0, 1]], dtype=torch.bool)
     level = torch.tensor([[0, 0, 0, 1, 0, 0, 1], [0, 1, 0, 0, 0, 0, 0]])
-    picked = ctrl.select(LevelFeatures(_view(keys, live, level), level=0, count=2,
-                                       rows=torch.ones(B, dtype=torch.bool), top=False))
-    logit = ctrl.logits(keys)
+    picked = ctrl.select(LevelFeatures(_view(keys, live, level, score=score), level=0,
+                                       count=2, rows=torch.ones(B, dtype=torch.bool),
+                                       top=False))
+    logit = ctrl.logits(keys).detach() if evict == "logit" else score
     for b in range(B):
         candidates = [m for m in range(M) if live[b, m] and level[b, m] == 0]
         expect = sorted(candidates, key=lambda m: float(logit[b, m]))[:2]
@@ -192,8 +195,8 @@ def test_state_dict_round_trip_into_a_fresh_controller():
 
 @pytest.mark.parametrize("field, value", [
     ("ltm_gate_tau", 0.0), ("ltm_gate_tau", float("nan")), ("ltm_gate_hidden", 0),
-    ("ltm_gate_bias", float("inf")), ("ltm_gate_seed", -1),
-], ids=["tau-zero", "tau-nan", "hidden-zero", "bias-inf", "seed-negative"])
+    ("ltm_gate_bias", float("inf")), ("ltm_gate_seed", -1), ("ltm_gate_evict", "oldest"),
+], ids=["tau-zero", "tau-nan", "hidden-zero", "bias-inf", "seed-negative", "evict-unknown"])
 def test_a_bad_gate_config_value_is_named(field, value):
     with pytest.raises(ValueError, match=rf"MemoryConfig\.{field}: expected"):
         MemoryConfig(**{**LTM, field: value})

@@ -90,6 +90,7 @@ class GumbelController(MemoryController):
         super().__init__(config)
         self.width = config.ltm_heads * config.ltm_head_dim
         self.tau, self.seed = float(config.ltm_gate_tau), config.ltm_gate_seed
+        self.evict = config.ltm_gate_evict
         self.net = nn.Sequential(nn.Linear(self.width, config.ltm_gate_hidden), nn.GELU(),
                                  nn.Linear(config.ltm_gate_hidden, 1))
         self.register_buffer("draws", torch.zeros((), dtype=torch.int64))
@@ -156,12 +157,16 @@ class GumbelController(MemoryController):
 
     def select(self, features: LevelFeatures) -> torch.Tensor:
         """[B, count] int64: per row, the live entries of the level with the lowest gate
-        logits (a NaN logit lowest; ties: the older first)."""
+        logits (ltm_gate_evict "logit") or pooling scores ("score"); a NaN lowest, ties:
+        the older first."""
         bank = features.bank
         candidate = bank.live & (bank.level == features.level)
-        with torch.no_grad():
-            logit = ranked(on_host(self.logits(bank.keys)))
-        key = torch.where(candidate, logit, float("inf"))
+        if self.evict == "score":
+            rank = ranked(on_host(bank.score))
+        else:
+            with torch.no_grad():
+                rank = ranked(on_host(self.logits(bank.keys)))
+        key = torch.where(candidate, rank, float("inf"))
         return torch.sort(key, dim=1, stable=True).indices[:, : features.count]
 
     def policy_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -174,4 +179,4 @@ class GumbelController(MemoryController):
         self.load_state_dict(tensors)
 
     def extra_repr(self) -> str:
-        return f"width={self.width}, tau={self.tau}, seed={self.seed}"
+        return f"width={self.width}, tau={self.tau}, seed={self.seed}, evict={self.evict!r}"
