@@ -57,9 +57,10 @@ class MemoryConfig:
             warm-up's "keep everything").
         ltm_gate_seed: seeds the gate's initialisation and its logistic noise in
             training.
-        ltm_gate_evict: what a full level gives up under the gate: "logit" (the live
-            entries with the lowest gate logits) or "score" (the lowest pooling scores,
-            as the importance controller).
+        ltm_gate_evict: what a full level gives up under the gate: "score" (the live
+            entries with the lowest pooling scores, as the importance controller) or
+            "logit" (the lowest gate logits); see memmodel.controllers.gumbel for why
+            "score" is the default.
         memory_layers: the indices of the blocks that carry the working and long-term
             memory (as hybrid models place attention in some layers only); None: every
             block. The other blocks are the SSM alone.
@@ -95,7 +96,7 @@ class MemoryConfig:
     ltm_gate_tau: float = 1.0
     ltm_gate_bias: float = 2.0
     ltm_gate_seed: int = 0
-    ltm_gate_evict: str = "logit"
+    ltm_gate_evict: str = "score"
     memory_layers: Optional[list[int]] = None
 
     def __post_init__(self):
@@ -177,7 +178,7 @@ class MemoryConfig:
             raise ValueError(f"MemoryConfig.ltm_gate_seed: expected an int >= 0, got "
                              f"{self.ltm_gate_seed!r}")
         if self.ltm_gate_evict not in ("logit", "score"):
-            raise ValueError(f"MemoryConfig.ltm_gate_evict: expected 'logit' or 'score', got "
+            raise ValueError(f"MemoryConfig.ltm_gate_evict: expected 'score' or 'logit', got "
                              f"{self.ltm_gate_evict!r}")
         if self.ltm_controller == "none":
             return

@@ -23,14 +23,18 @@ biased straight-through gradient never reaches the key projection or the pooling
 queries, so the comparison with the heuristics and Q-learning changes the controller
 alone, not the memory's representations.
 
-Eviction (`select` at a full level): the live entries of the level with the lowest gate
-logits, recomputed from the bank's keys (no noise, no gradient). The gate's logit rather
-than the pooling score, so that one learned rule, "keep what the gate values", decides
-both what enters and what stays; the pooling score ranks by attention of the pooling
-query, which the gate's training does not see, and its scale differs between levels (each
-has its own merge query). The gate is trained on new summaries' keys only, so on a merged
-entry (levels above 0) its logit is the learned rule read on a pooled key. Every chunk is
-read.
+Eviction (`select` at a full level, `ltm_gate_evict`): by default ("score") the live
+entries of the level with the lowest pooling scores, as the importance controller; with
+"logit" those with the lowest gate logits, recomputed from the bank's keys (no noise, no
+gradient). "logit" is the purer design (one learned rule decides what enters and what
+stays), but on the demo spec it answered at chance (passkey 0.00 [0.00, 0.19] at 128K,
+multi-needle 0.06), where "score", from the same warm-up, answered the passkey at 1.00 at
+every length (docs/results.md). The likely cause: the gate starts untrained, so its early
+evictions are close to random, a bank of 4 over 16 chunks then seldom holds the chunk
+asked about, and the model learns to do without the memory (its answer loss was at
+chance by step 100) before the gate learns anything, after which the gradient it would
+learn from is gone. The pooling score is shaped by the warm-up, so it is informative from
+the first step; the gate then decides what enters. Every chunk is read.
 """
 
 from __future__ import annotations
@@ -157,8 +161,8 @@ class GumbelController(MemoryController):
 
     def select(self, features: LevelFeatures) -> torch.Tensor:
         """[B, count] int64: per row, the live entries of the level with the lowest gate
-        logits (ltm_gate_evict "logit") or pooling scores ("score"); a NaN lowest, ties:
-        the older first."""
+        pooling scores (ltm_gate_evict "score") or gate logits ("logit"); a NaN lowest,
+        ties: the older first."""
         bank = features.bank
         candidate = bank.live & (bank.level == features.level)
         if self.evict == "score":
