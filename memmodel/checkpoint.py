@@ -247,8 +247,10 @@ def _sync_folder(folder: str):
 
 def build_saved_model(path, payload: dict[str, Any]):
     """(model, controller) from a "memory" checkpoint's payload: the model with its
-    weights, in eval mode, and its controller (attached to every layer, greedy like the
-    model; None without a long-term memory) with its learning state. CheckpointError
+    weights, in eval mode, and its controller (greedy like the model; None without a
+    long-term memory) with its learning state: a qlearning controller is one object
+    attached to every layer, any other is built per layer, and this is the first
+    layer's. CheckpointError
     names the file when the payload does not build them."""
     from .config import MemoryConfig, QLearningConfig
     from .controllers import QLearningController, build_controller
@@ -259,16 +261,24 @@ def build_saved_model(path, payload: dict[str, Any]):
         model = MemoryLM(config)
         saved, controller = payload["controller"], None
         if saved is not None and config.ltm_controller != "none":
-            if saved["name"] == "qlearning":
+            if saved["name"] == "qlearning":  # one learner, shared by the layers
                 controller = QLearningController(config,
                                                  QLearningConfig.from_dict(saved["state"]["rl"]))
-            else:
-                controller = build_controller(config, saved["name"])
-            if saved["state"] is not None:
                 controller.load_training_state(saved["state"])
+                made = lambda: controller
+            else:
+                # one per layer, as MemoryLM builds them: a controller with parameters
+                # (gumbel) has a set of its own in each layer's saved weights
+                def made():
+                    ctrl = build_controller(config, saved["name"])
+                    if saved["state"] is not None:
+                        ctrl.load_training_state(saved["state"])
+                    return ctrl
             for layer in model.layers:
                 if layer.long_term_memory is not None:
-                    layer.long_term_memory.controller = controller
+                    layer.long_term_memory.controller = made()
+                    if controller is None:
+                        controller = layer.long_term_memory.controller
         # after the controller is attached: its networks are part of the model's weights
         model.load_state_dict(payload["model"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:

@@ -13,7 +13,7 @@ from typing import Optional, Union
 
 # The valid `ltm_controller` names: the built-in controllers of memmodel.controllers, and
 # every name given to its `register_controller`.
-CONTROLLER_NAMES: set[str] = {"none", "fifo", "importance", "store_all", "qlearning"}
+CONTROLLER_NAMES: set[str] = {"none", "fifo", "importance", "store_all", "qlearning", "gumbel"}
 
 
 @dataclass
@@ -49,6 +49,18 @@ class MemoryConfig:
             (>= P + r - 1), other levels below the top >= r, the top level >= 1 (>= P
             with a single level).
         ltm_merge: r, entries of a full level merged into one entry of the next.
+        ltm_gate_hidden: hidden width of the "gumbel" controller's keep gate (an MLP over
+            a summary's L2-normalised key).
+        ltm_gate_tau: temperature of the gate's Gumbel-sigmoid in training, > 0.
+        ltm_gate_bias: the gate's initial output bias: the logit every summary starts
+            from (2.0: about 88% of the summaries kept at first, near the store_all
+            warm-up's "keep everything").
+        ltm_gate_seed: seeds the gate's initialisation and its logistic noise in
+            training.
+        ltm_gate_evict: what a full level gives up under the gate: "score" (the live
+            entries with the lowest pooling scores, as the importance controller) or
+            "logit" (the lowest gate logits); see memmodel.controllers.gumbel for why
+            "score" is the default.
         memory_layers: the indices of the blocks that carry the working and long-term
             memory (as hybrid models place attention in some layers only); None: every
             block. The other blocks are the SSM alone.
@@ -80,6 +92,11 @@ class MemoryConfig:
     ltm_levels: int = 2
     ltm_capacity: Union[int, list[int]] = 256
     ltm_merge: int = 4
+    ltm_gate_hidden: int = 32
+    ltm_gate_tau: float = 1.0
+    ltm_gate_bias: float = 2.0
+    ltm_gate_seed: int = 0
+    ltm_gate_evict: str = "score"
     memory_layers: Optional[list[int]] = None
 
     def __post_init__(self):
@@ -146,6 +163,23 @@ class MemoryConfig:
             raise ValueError(
                 f"MemoryConfig.ltm_controller: expected one of {sorted(CONTROLLER_NAMES)}, got "
                 f"{self.ltm_controller!r}")
+        # the gate's fields are checked whatever the controller: a "gumbel" controller may
+        # be attached to a model of another ltm_controller
+        if not _is_int(self.ltm_gate_hidden) or self.ltm_gate_hidden < 1:
+            raise ValueError(f"MemoryConfig.ltm_gate_hidden: expected a positive int, got "
+                             f"{self.ltm_gate_hidden!r}")
+        if not _is_real(self.ltm_gate_tau) or not self.ltm_gate_tau > 0:
+            raise ValueError(f"MemoryConfig.ltm_gate_tau: expected a finite positive number, "
+                             f"got {self.ltm_gate_tau!r}")
+        if not _is_real(self.ltm_gate_bias):
+            raise ValueError(f"MemoryConfig.ltm_gate_bias: expected a finite number, got "
+                             f"{self.ltm_gate_bias!r}")
+        if not _is_int(self.ltm_gate_seed) or self.ltm_gate_seed < 0:
+            raise ValueError(f"MemoryConfig.ltm_gate_seed: expected an int >= 0, got "
+                             f"{self.ltm_gate_seed!r}")
+        if self.ltm_gate_evict not in ("logit", "score"):
+            raise ValueError(f"MemoryConfig.ltm_gate_evict: expected 'score' or 'logit', got "
+                             f"{self.ltm_gate_evict!r}")
         if self.ltm_controller == "none":
             return
         for name in ("ltm_chunk_size", "ltm_summaries", "ltm_levels"):

@@ -142,6 +142,9 @@ class LongTermMemory(nn.Module):
         """The long-term memory of a model: d_model, n_layers, the ltm_* fields and backend
         from `config`; `controller` overrides `config.ltm_controller`."""
         c = config
+        if controller is None and c.ltm_controller != "none":
+            # from the whole config, so that a controller's own fields (ltm_gate_*) reach it
+            controller = build_controller(c)
         return cls(c.d_model, controller=controller if controller is not None
                    else c.ltm_controller, heads=c.ltm_heads, head_dim=c.ltm_head_dim,
                    chunk_size=c.ltm_chunk_size, summaries=c.ltm_summaries, levels=c.ltm_levels,
@@ -275,15 +278,21 @@ class LongTermMemory(nn.Module):
             first = (pos0 - n_pend) // C
             positions = [pos0 - n_pend + (i + 1) * C for i in range(n_chunks)]
             plan = self.controller.plan
+            gate = None
             if plan is not None:  # one decision for every boundary, checked once
                 decision = self._checked(plan.decision(B, score.shape[2]), B, score.shape[2])
             else:
                 keys = s_k.detach().flatten(3)  # [B, n, P, H * Dh], what the controller sees
+                if self.controller.differentiable:  # once per segment, with grad
+                    gate = self.controller.gate(s_k.flatten(3))
+                    # kept values times weight (exactly 1 forward): the loss reaches the gate
+                    s_v = s_v * gate.weight[..., None, None].to(s_v.dtype)
             whole = _WholeChunks(self, s_k, s_v)
             for i, boundary in enumerate(positions):
                 if plan is None:
                     decision = self._decide(bank, first + i, boundary, score[:, i],
-                                            keys[:, i], st.controller)
+                                            keys[:, i], st.controller,
+                                            None if gate is None else gate.keep[:, i])
                 flags.append(self._apply_decision(
                     bank, decision, boundary, s_k[:, i], s_v[:, i], score[:, i], usage[:, i],
                     st.controller, lambda i=i: whole[i]))
@@ -304,13 +313,14 @@ class LongTermMemory(nn.Module):
                                     flags[-1], pos0 + T, st.controller)
         return Recall(o, lse, bank)
 
-    def _decide(self, bank: Bank, chunk_index: int, position: int, score, keys, ctrl_state
-                ) -> tuple[np.ndarray, torch.Tensor]:
+    def _decide(self, bank: Bank, chunk_index: int, position: int, score, keys, ctrl_state,
+                gate=None) -> tuple[np.ndarray, torch.Tensor]:
         """Ask the controller about one chunk's summaries (score: [B, P]; keys: [B, P,
-        H * Dh] detached); returns its checked answer, as `_checked`."""
+        H * Dh] detached; gate: [B, P] host bool, a differentiable controller's keep, or
+        None); returns its checked answer, as `_checked`."""
         with torch.no_grad():
             features = ChunkFeatures(bank.view(position), chunk_index, position,
-                                     score.detach(), keys, ctrl_state)
+                                     score.detach(), keys, ctrl_state, gate)
             decision = self.controller.decide(features)
         return self._checked(decision, *score.shape)
 

@@ -401,9 +401,10 @@ class MemoryLM(nn.Module):
     def save_pretrained(self, path) -> None:
         """Write the model to the folder `path` (made if missing): `config.json` (the
         MemoryConfig as plain JSON), `model.safetensors` (the weights; a tied head is
-        stored once) and, for learned controllers, `controller-<i>.safetensors` with their
-        greedy policy (plain parts in config.json). Loadable without pickle by
-        `from_pretrained`. Each file is written to a temporary name and renamed."""
+        stored once) and, for learned controllers (qlearning, gumbel),
+        `controller-<i>.safetensors` with their greedy policy (plain parts in
+        config.json). Loadable without pickle by `from_pretrained`. Each file is written to
+        a temporary name and renamed."""
         from safetensors.torch import save as safetensors_bytes
 
         os.makedirs(path, exist_ok=True)
@@ -469,13 +470,14 @@ class MemoryLM(nn.Module):
         for entry in meta["controllers"]:
             if entry["name"] is None:
                 continue
-            if "policy" in entry:
+            if "policy" in entry and entry["name"] == "qlearning":
                 ctrl = QLearningController(model.config,
                                            QLearningConfig.from_dict(entry["policy"]["rl"]))
-                ctrl.load_policy_state(entry["policy"],
-                                       load_file(os.path.join(path, entry["file"])))
             else:
                 ctrl = build_controller(model.config, entry["name"])
+            if "policy" in entry:
+                ctrl.load_policy_state(entry["policy"],
+                                       load_file(os.path.join(path, entry["file"])))
             for j in entry["layers"]:
                 model.layers[j].long_term_memory.controller = ctrl
         if device is not None:

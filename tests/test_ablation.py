@@ -68,7 +68,9 @@ def test_defaults_resolve_and_bind_the_capacity(capsys):
     assert AblationSpec.from_dict(printed).resolved() == printed
     spec = AblationSpec()
     assert spec.variants == ["ssm", "wm", "fifo", "importance", "store_all", "qlearning",
-                             "full"]
+                             "gumbel", "full"]
+    assert spec.config("gumbel").ltm_controller == "gumbel" and not spec.learns_controller(
+        "gumbel")
     full, wm, ssm = spec.config("full"), spec.config("wm"), spec.config("ssm")
     assert full.wm_slots and full.ltm_controller == "qlearning"
     assert wm.wm_slots and wm.ltm_controller == "none"
@@ -176,6 +178,7 @@ def test_demo_specs_resolve_bind_the_capacity_and_reach_128k(capsys):
     from memmodel.training import demo
 
     short, long = demo.demo_spec(), demo.demo_spec(long=True)
+    # every variant but gumbel, which the demo runs when asked (--variants)
     assert short.variants == list(ablation.VARIANTS)
     assert max(short.eval_lengths) == 131072 and max(long.eval_lengths) == 1 << 20
     assert {1024, 8192, 32768, 131072} <= set(short.eval_lengths) <= set(long.eval_lengths)
@@ -187,6 +190,10 @@ def test_demo_specs_resolve_bind_the_capacity_and_reach_128k(capsys):
     demo.main(["--print-spec", "--long"])
     assert AblationSpec.from_dict(json.loads(capsys.readouterr().out)).eval_lengths == \
         long.eval_lengths
+    demo.main(["--print-spec", "--variants", "gumbel,importance"])
+    asked = AblationSpec.from_dict(json.loads(capsys.readouterr().out))
+    assert asked.variants == ["gumbel", "importance"]
+    assert asked.config("gumbel").ltm_controller == "gumbel"
 
 
 def test_warmup_tasks_are_a_curriculum_for_phase_one(tmp_path):

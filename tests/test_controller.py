@@ -726,7 +726,7 @@ def test_bad_q_learning_config_raises(kwargs, pattern):
         (lambda: passkey_reader(PasskeyTask(key_len=2), "fifo"),
          r"passkey_reader: expected key_len 1"),
         (lambda: MemoryConfig(ltm_controller="q-learning"),
-         r"ltm_controller: expected one of \['fifo', 'importance', 'none', 'qlearning', "
+         r"ltm_controller: expected one of \['fifo', 'gumbel', 'importance', 'none', 'qlearning', "
          r"'store_all'\]"),
     ],
     ids=["reward", "steps", "q-updates", "lr", "chunk", "seq-len", "filler", "marker",

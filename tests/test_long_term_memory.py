@@ -572,7 +572,7 @@ def test_none_adds_nothing():
     "kwargs,pattern",
     [
         (dict(ltm_controller="lru"),
-         r"ltm_controller: expected one of \['fifo', 'importance', 'none', 'qlearning', "
+         r"ltm_controller: expected one of \['fifo', 'gumbel', 'importance', 'none', 'qlearning', "
          r"'store_all'\]"),
         (dict(ltm_heads=3), r"ltm_heads: expected a divisor of d_model=16"),
         (dict(ltm_head_dim=0), r"ltm_head_dim: expected a positive int or None"),

@@ -1,12 +1,13 @@
 """Memory controllers: who decides what the long-term memory stores, merges, evicts and
-reads. See `base` for the interface, `heuristics` and `qlearning` for the controllers,
-`registry` for names."""
+reads. See `base` for the interface, `heuristics`, `qlearning` and `gumbel` for the
+controllers, `registry` for names."""
 
 from .base import (
     Action,
     BankView,
     ChunkDecision,
     ChunkFeatures,
+    Gate,
     LevelFeatures,
     MemoryController,
     Plan,
@@ -14,6 +15,7 @@ from .base import (
     ranked,
     uniform_decision,
 )
+from .gumbel import GumbelController
 from .heuristics import (
     FifoController,
     ImportanceController,
@@ -38,10 +40,10 @@ from .qlearning import (
 from .registry import CONTROLLERS, build_controller, register_controller
 
 __all__ = [
-    "Action", "BankView", "ChunkDecision", "ChunkFeatures", "LevelFeatures",
+    "Action", "BankView", "ChunkDecision", "ChunkFeatures", "Gate", "LevelFeatures",
     "MemoryController", "Plan", "on_host", "ranked", "uniform_decision",
     "FifoController", "ImportanceController", "NoMemoryController", "StoreAllController",
-    "highest_scores", "lowest_scores", "oldest",
+    "highest_scores", "lowest_scores", "oldest", "GumbelController",
     "Choice", "Episode", "QLearner", "QLearningController", "QNetwork", "ReplayBuffer",
     "RunningStats", "Transitions", "double_dqn_targets", "nstep_returns",
     "CONTROLLERS", "build_controller", "register_controller",

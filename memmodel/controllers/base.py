@@ -28,6 +28,17 @@ call, so `usage` (the attention mass an entry has received) covers the stream up
 end of the previous segment; an entry made in the current segment has usage 0 (a merged
 entry starts with the sum of its parts'). Everything else is exact at the boundary.
 
+Differentiable controllers. `decide` runs under `torch.no_grad`, one boundary at a time,
+so a controller that learns from the task loss (`differentiable = True`, the `gumbel`
+controller) answers one more question, once per segment and with autograd on:
+
+    gate(keys [B, n, P, H * Dh]) -> Gate(keep [B, n, P] bool, weight [B, n, P])
+        for all n chunks the segment completes: `keep` is handed to `decide` as
+        `ChunkFeatures.gate` (that chunk's [B, P]), and the value of every summary that
+        enters the bank is multiplied by its `weight` (1 in the forward pass, a
+        straight-through estimator's gradient in the backward pass), so the loss on
+        what the memory returns reaches the controller's parameters.
+
 Controllers are `nn.Module`s owned by the model: `model.train()`, `model.eval()`,
 `model.to()` and `state_dict()` reach them (a learning controller's networks are in the
 model's state_dict). One controller may be shared by every layer (one module, registered
@@ -36,7 +47,8 @@ under each layer); its per-stream state (`init_state`) lives in each layer's
 
 The package: this file (the interface, the features, shared helpers), `heuristics`
 (`fifo`, `importance`, `store_all`, `none`), `qlearning` (the learned controller and its
-learner) and `registry` (`CONTROLLERS`, `register_controller`, `build_controller`).
+learner), `gumbel` (the keep gate trained by the task loss) and `registry`
+(`CONTROLLERS`, `register_controller`, `build_controller`).
 """
 
 from __future__ import annotations
@@ -45,7 +57,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -123,6 +135,8 @@ class ChunkFeatures:
         score: [B, P] float32 (device), each new summary's pooling score (mean over heads).
         keys: [B, P, H * Dh] float32 (device, detached), the new summaries' keys.
         controller_state: this stream's `init_state` value, for the controller to update.
+        gate: [B, P] bool (host), a differentiable controller's `Gate.keep` for this
+            chunk, computed once for the segment; None for the other controllers.
     """
 
     bank: BankView
@@ -131,6 +145,7 @@ class ChunkFeatures:
     score: torch.Tensor
     keys: torch.Tensor
     controller_state: Any = None
+    gate: Optional[torch.Tensor] = None
 
     @cached_property
     def max_similarity(self) -> torch.Tensor:
@@ -178,6 +193,19 @@ class ChunkDecision:
     retrieve: torch.Tensor
 
 
+class Gate(NamedTuple):
+    """The answer of a differentiable controller's `gate` for one segment's new summaries.
+
+    Attributes:
+        keep: [B, n, P] bool (host), the hard keep decision of each summary.
+        weight: [B, n, P] float (device, differentiable), equal to `keep` in the forward
+            pass; the module multiplies each kept summary's value by it.
+    """
+
+    keep: torch.Tensor
+    weight: torch.Tensor
+
+
 @dataclass(frozen=True)
 class Plan:
     """A decision that holds at every chunk boundary, in every row, whatever the data:
@@ -205,9 +233,11 @@ class MemoryController(nn.Module):
     `register_controller`.
 
     An `nn.Module`: its mode follows the model's (a learning controller explores and
-    records only in training mode) and its parameters, if any, are the model's. They never
-    carry a gradient outside their own learner's update, so the language model's
-    optimiser leaves them alone.
+    records only in training mode) and its parameters, if any, are the model's. Those of
+    a reinforcement learner (qlearning) never carry a gradient outside their own
+    learner's update, so the language model's optimiser leaves them alone; those of a
+    differentiable controller (`differentiable = True`: gumbel) get their gradient from
+    the language model's loss through `gate` and are trained by its optimiser.
 
     Attributes:
         enabled: False turns the long-term memory off (the module returns zeros and does
@@ -221,12 +251,16 @@ class MemoryController(nn.Module):
             features: the module then applies it without calling `decide`. None (the
             default): `decide` is asked at every boundary. A subclass that defines
             `decide` or `select` and not `plan` gets None.
+        differentiable: True makes the module call `gate` once per segment, with
+            autograd on, and weight the kept summaries' values by its answer (see the
+            module docstring); False (the default): `gate` is never called.
     """
 
     name = "base"
     enabled = True
     needs_usage = False
     bounded = True
+    differentiable = False
     plan: Optional[Plan] = None
 
     def __init_subclass__(cls, **kwargs):
@@ -251,6 +285,11 @@ class MemoryController(nn.Module):
     def select(self, features: LevelFeatures) -> torch.Tensor:
         """[B, features.count] int64: distinct live entries of `features.level`, per row
         (only the rows in `features.rows` are read)."""
+        raise NotImplementedError
+
+    def gate(self, keys: torch.Tensor) -> Gate:
+        """A differentiable controller's keep gate for one segment's new summaries
+        (keys: [B, n, P, H * Dh], not detached); only called when `differentiable`."""
         raise NotImplementedError
 
     def extra_repr(self) -> str:

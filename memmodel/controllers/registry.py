@@ -10,6 +10,7 @@ from typing import Any, Callable, Optional
 
 from ..config import CONTROLLER_NAMES
 from .base import MemoryController
+from .gumbel import GumbelController
 from .heuristics import (
     FifoController,
     ImportanceController,
@@ -25,6 +26,7 @@ CONTROLLERS: dict[str, Callable[..., MemoryController]] = {
     "importance": ImportanceController,
     "store_all": StoreAllController,
     "qlearning": QLearningController,
+    "gumbel": GumbelController,
 }
 
 

@@ -10,19 +10,23 @@ Variants (`VARIANTS`), all from one `AblationSpec`:
     wm          + working memory
     fifo, importance, store_all, qlearning
                 + long-term memory run by that controller
+    gumbel      + long-term memory under the gumbel gate (a keep gate trained by the
+                task loss through a straight-through Gumbel-sigmoid: the differentiable
+                baseline of qlearning)
     full        working memory + long-term memory + qlearning
 
 Each is built from the same seed and trained by `memmodel.training.memory.train_memory` for
 the same budget on the same batches (the training split of the spec's task mix); a
-Q-learning controller learns alongside. Training has two phases when the spec's
-`warmup_steps` W > 0 (S = the spec's train.steps):
+Q-learning controller learns alongside, the gumbel gate with the model (by its
+optimiser). Training has two phases when the spec's `warmup_steps` W > 0 (S = the spec's
+train.steps):
 
   1. warm-up: one model of the store_all variant's config (the same capacity settings;
      store_all keeps every summary, so the memory pathway gets gradient from the first
      step) trains W steps on the batches of seed `seed` (of the spec's `warmup_tasks`
      when given, a curriculum: an easier form of the tasks first; else its train_tasks);
-  2. every long-term-memory variant (fifo, importance, store_all, qlearning, full) starts
-     from those warm weights, the same for all, and trains S steps under its own
+  2. every long-term-memory variant (fifo, importance, store_all, qlearning, gumbel, full)
+     starts from those warm weights, the same for all, and trains S steps under its own
      controller on the batches of seed `seed + 1`, with a fresh optimiser. What the
      warm-up model lacks starts from the variant's seeded initialisation, with one
      change (`load_warm`): a residual branch it lacks (full's working memory) is grafted
@@ -30,8 +34,8 @@ Q-learning controller learns alongside. Training has two phases when the spec's
      pretrained network, so at the start of phase 2 full computes exactly what
      qlearning computes from the same weights and decisions, and the branch grows by
      gradient from there (its projection gets gradient at once, its inner weights once
-     the projection is non-zero). A Q-learning controller's networks are not a residual
-     branch and keep their initialisation.
+     the projection is non-zero). A Q-learning controller's networks and the gumbel
+     gate are not residual branches and keep their initialisation.
 
 `ssm` and `wm` have no long-term memory to warm: they run the same two phases on their own
 model (W steps on the warm-up's batches of seed `seed`, then S steps with a fresh optimiser on
@@ -85,7 +89,7 @@ from .memory import MemoryTrainConfig, train_memory
 
 log = logging.getLogger("memmodel.training.ablation")
 
-VARIANTS = ("ssm", "wm", "fifo", "importance", "store_all", "qlearning", "full")
+VARIANTS = ("ssm", "wm", "fifo", "importance", "store_all", "qlearning", "gumbel", "full")
 ROW_FIELDS = ("variant", "task", "T", "n", "accuracy", "ci_low", "ci_high", "chance",
               "entries", "state_bytes", "tokens_per_s", "peak_rss_mb")
 # and, for a task scored as classes (`task.scoring == "classes"`), these too (None otherwise)
@@ -574,7 +578,7 @@ def run_ablation(spec: AblationSpec, out, progress: bool = False, name: str = "r
 
 
 # The variants' rough evaluation cost, longest first: a parallel run starts those first.
-_COST_ORDER = ("store_all", "full", "wm", "qlearning", "importance", "fifo", "ssm")
+_COST_ORDER = ("store_all", "full", "wm", "qlearning", "gumbel", "importance", "fifo", "ssm")
 
 
 def _run_parallel(spec: AblationSpec, out: Path, workers: int, needs_warm: bool,

@@ -3,8 +3,9 @@
     python -m memmodel.training.demo --out results            # `make demo`
     python -m memmodel.training.demo --out results --long     # `make demo DEMO=long`
 
-Trains the seven variants of `memmodel.training.ablation` (ssm, wm, fifo, importance,
-store_all, qlearning, full) with one budget on a mix of two tasks at training length
+Trains the eight variants of `memmodel.training.ablation` (ssm, wm, fifo, importance,
+store_all, qlearning, gumbel, the differentiable keep gate beside Q-learning, and full)
+with one budget on a mix of two tasks at training length
 (<= 2K tokens), then streams each on both tasks at 1K, 8K, 32K and 128K tokens (the long
 setting trains longer and adds 512K and 1M):
 
@@ -51,7 +52,7 @@ _NEEDLE = dict(name="multi_needle", n_facts=4, n_decoys=4, n_queries=2, name_len
                value_len=1, separator_first=True)
 
 DEMO_SPEC = dict(
-    variants=["ssm", "wm", "fifo", "importance", "store_all", "qlearning", "full"],
+    variants=["ssm", "wm", "fifo", "importance", "store_all", "qlearning", "gumbel", "full"],
     model=dict(d_model=32, n_layers=2, d_state=8, backend="auto", memory_layers=[1]),
     wm=dict(wm_slots=2, wm_heads=2),
     ltm=dict(ltm_heads=2, ltm_chunk_size=16, ltm_summaries=1, ltm_levels=1, ltm_capacity=4,
@@ -108,7 +109,8 @@ def main(argv=None):
     p.add_argument("--out", default="results", help="folder for the results and models")
     p.add_argument("--long", action="store_true",
                    help="train longer and evaluate at 512K and 1M tokens too")
-    p.add_argument("--variants", default=None, help="comma-separated subset of the variants")
+    p.add_argument("--variants", default=None,
+                   help="comma-separated subset of the variants (default: all of DEMO_SPEC's)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--workers", type=int, default=None,
                    help="processes training and evaluating variants side by side (default: "

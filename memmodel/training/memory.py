@@ -203,7 +203,7 @@ class Tally(MemoryController):
         super().__init__(inner.config)
         self.inner, self.name = inner, inner.name
         self.enabled, self.needs_usage = inner.enabled, inner.needs_usage
-        self.bounded = inner.bounded
+        self.bounded, self.differentiable = inner.bounded, inner.differentiable
         self.summaries = self.kept = self.chunks = self.reads = 0
 
     def init_state(self, batch_size):
@@ -220,6 +220,9 @@ class Tally(MemoryController):
 
     def select(self, features):
         return self.inner.select(features)
+
+    def gate(self, keys):
+        return self.inner.gate(keys)
 
 
 @contextmanager
@@ -536,7 +539,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="Train MemoryLM and its memory controller on the "
                                             "passkey task.")
     p.add_argument("--controller", default="qlearning",
-                   help="fifo, importance, store_all, qlearning or none")
+                   help="fifo, importance, store_all, qlearning, gumbel or none")
     p.add_argument("--ablation", default=None,
                    help="comma-separated controllers, each trained from the same seed; "
                         "prints a markdown table")
