@@ -388,10 +388,12 @@ class LongTermMemory(nn.Module):
             self._make_room(bank, level + 1, rows.astype(np.int64), position, ctrl_state)
             bank.add_merge(idx, level + 1, position, rows)
 
-    def _merge(self, k: torch.Tensor, v: torch.Tensor, level: int):
-        """Pool each run of r entries of k, v [B, n * r, H, Dh] into one entry of `level`
-        with that level's merge query: k, v [B, n, H, Dh] and score [B, n]."""
-        s_k, s_v, score = chunk_compress(k, v, self.merge_q[level - 1], self.config.ltm_merge,
+    def _merge(self, k: torch.Tensor, v: torch.Tensor, level: int, r: Optional[int] = None):
+        """Pool each run of r entries (default ltm_merge) of k, v [B, n * r, H, Dh] into one
+        entry of `level` with that level's merge query: k, v [B, n, H, Dh] and score
+        [B, n]. COMPRESS is the same pooling into level 1, of a chunk's summaries."""
+        r = self.config.ltm_merge if r is None else r
+        s_k, s_v, score = chunk_compress(k, v, self.merge_q[level - 1], r,
                                          backend=self.config.backend)
         return s_k[:, :, :, 0], s_v[:, :, :, 0], score[..., 0].mean(2)
 
@@ -423,12 +425,11 @@ class LongTermMemory(nn.Module):
             rows = (counts == n).nonzero()[:, 0].to(new_k.device)
             order = torch.sort((~selected[counts == n]).long(), dim=1, stable=True).indices
             order = order[:, :n, None, None].expand(-1, -1, H, Dh).to(new_k.device)
-            s_k, s_v, score = chunk_compress(new_k[rows].gather(1, order),
-                                             new_v[rows].gather(1, order), self.merge_q[0], n,
-                                             backend=self.config.backend)
-            out_k = out_k.index_copy(0, rows, s_k[:, :, :, 0])
-            out_v = out_v.index_copy(0, rows, s_v[:, :, :, 0])
-            out_s = out_s.index_copy(0, rows, score[..., 0].mean(2))
+            s_k, s_v, score = self._merge(new_k[rows].gather(1, order),
+                                          new_v[rows].gather(1, order), 1, n)
+            out_k = out_k.index_copy(0, rows, s_k)
+            out_v = out_v.index_copy(0, rows, s_v)
+            out_s = out_s.index_copy(0, rows, score)
         return out_k, out_v, out_s
 
     def _retrieve(self, q, mem_k, mem_v, start, end, read: torch.Tensor):
@@ -480,7 +481,7 @@ class LongTermMemory(nn.Module):
 class _WholeChunks:
     """What COMPRESS makes of a chunk whose P summaries are all compressed, for every chunk of
     a segment at once: one `chunk_compress` call pools each chunk's summaries (s_k, s_v:
-    [B, n, P, H, Dh]) with level 0's merge query, the same pooling `_merge_selected` does
+    [B, n, P, H, Dh]) into level 1 (`_merge`), the same pooling `_merge_selected` does
     for one chunk, made when a boundary first asks for it (a controller that never
     compresses pays nothing). `whole[i]` is chunk i's (k, v [B, 1, H, Dh], score [B, 1])."""
 
@@ -491,11 +492,8 @@ class _WholeChunks:
     def __getitem__(self, i: int):
         if self.pooled is None:
             B, n, P, H, Dh = self.s_k.shape
-            m = self.module
-            k, v, score = chunk_compress(self.s_k.reshape(B, n * P, H, Dh),
-                                         self.s_v.reshape(B, n * P, H, Dh), m.merge_q[0], P,
-                                         backend=m.config.backend)
-            self.pooled = (k[:, :, :, 0], v[:, :, :, 0], score[..., 0].mean(2))
+            self.pooled = self.module._merge(self.s_k.reshape(B, n * P, H, Dh),
+                                             self.s_v.reshape(B, n * P, H, Dh), 1, P)
         k, v, score = self.pooled
         return k[:, i: i + 1], v[:, i: i + 1], score[:, i: i + 1]
 

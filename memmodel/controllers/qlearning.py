@@ -615,8 +615,8 @@ class QLearningController(MemoryController):
         def take(a: np.ndarray) -> np.ndarray:
             return a if cols is None else a[rows[:, None], cols]
 
-        full_score = _host(bank.score)
-        live_c, score, level_c = take(live), take(full_score), take(bank.level.numpy())
+        full_score, full_level = _host(bank.score), bank.level.numpy()
+        live_c, score, level_c = take(live), take(full_score), take(full_level)
         M = live_c.shape[1]
         rows_need = features.rows.numpy()
         candidate = live_c & (level_c == level) & rows_need[:, None]
@@ -642,7 +642,7 @@ class QLearningController(MemoryController):
         # its padding
         item[~live_c] = 0.0
         choice = Choice.EVICT if features.top else Choice.MERGE
-        x = self._phi(self._context(bank, live, bank.level.numpy(), full_score), (choice,),
+        x = self._phi(self._context(bank, live, full_level, full_score), (choice,),
                       item)[:, :, 0]  # [B, M, F]
         episode = features.controller_state
         generator = episode.generator if isinstance(episode, Episode) else self.generator
