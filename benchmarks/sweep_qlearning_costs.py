@@ -9,7 +9,9 @@ demo's passkey and multi-needle tasks at --T tokens (n sequences each, greedy) a
 what its policy does there: live entries per bank at the end, and the fraction of chunks
 that read the bank. The bounded heuristics and store_all are drawn beside it from the
 demo's rows at the same T (they read every chunk). Writes costs.json (one row per setting
-and task) and costs.png (a panel per task and measure) under --out.
+and task) and costs.png (a panel per task and measure) under --out. The settings run side
+by side in --workers processes (one per CPU core by default), the CPU fast paths compiled
+as in the demo (--no-compile to run them eagerly).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -48,59 +51,58 @@ def main(argv=None):
                    help="phase-2 steps (default: the demo's); fewer for a quick check")
     p.add_argument("--T", type=int, default=131072, help="evaluation length in tokens")
     p.add_argument("--n", type=int, default=16, help="sequences per task")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    p.add_argument("--workers", type=int, default=None,
+                   help="settings trained and evaluated side by side, one process each "
+                        "(default: one per CPU core, at most one per setting)")
+    p.add_argument("--no-compile", action="store_true",
+                   help="run the CPU fast paths eagerly (MEMMODEL_COMPILE=0), as the demo's "
+                        "--no-compile")
     p.add_argument("--out", default="results/costs")
     args = p.parse_args(argv)
-    os.environ.setdefault("MEMMODEL_COMPILE", "0")
+    if args.no_compile:
+        os.environ["MEMMODEL_COMPILE"] = "0"
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     torch.set_num_threads(args.threads)
 
     from tqdm.auto import tqdm
 
-    from memmodel.controllers import QLearningController
-    from memmodel.evaluation import evaluate_stream
-    from memmodel.model import MemoryLM
-    from memmodel.training.ablation import AblationSpec, _training_task, _with_length, load_warm
-    from memmodel.training.demo import demo_spec
-    from memmodel.training.memory import load_checkpoint, tallying, train_memory
-
     if not Path(args.warm).exists():
         p.error(f"--warm: {args.warm} does not exist (run `make demo` first)")
-    warm = load_checkpoint(args.warm)[0].state_dict()
+    grid = [(m, r) for m in args.memory_costs for r in args.retrieve_costs]
+    workers = (args.workers if args.workers is not None
+               else max(1, min(os.cpu_count() or 1, len(grid))))
+    if workers < 1:
+        p.error(f"--workers: expected a positive int, got {workers}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    base = demo_spec()
-    rows = []
-    grid = [(m, r) for m in args.memory_costs for r in args.retrieve_costs]
-    for memory_cost, retrieve_cost in tqdm(grid, desc="cost settings"):
-        data = base.to_dict()
-        data["qlearning"] = {**data["qlearning"], "memory_cost": memory_cost,
-                             "retrieve_cost": retrieve_cost}
-        if args.steps is not None:
-            data["train"] = {**data["train"], "steps": args.steps}
-        spec = AblationSpec.from_dict(data)
-        config = spec.config("qlearning")
-        torch.manual_seed(spec.seed)
-        model = MemoryLM(config)
-        load_warm(model, warm)
-        controller = QLearningController(config, spec.qlearning_config())
-        t0 = time.perf_counter()
-        train_memory(model, _training_task(spec), spec.train_config(), controller)
-        trained_s = time.perf_counter() - t0
-        for task in spec.evaluation_tasks():
-            with tallying(model) as tallies:
-                r = evaluate_stream(model, _with_length(task, args.T), n=args.n,
-                                    batch_size=spec.eval_batch_size, segment=spec.segment,
-                                    split=spec.eval_split, progress=False)
-            chunks = sum(t.chunks for t in tallies)
-            rows.append(dict(
-                memory_cost=memory_cost, retrieve_cost=retrieve_cost, task=r.task, T=args.T,
-                n=r.n, accuracy=r.accuracy, ci_low=r.ci_low, ci_high=r.ci_high,
-                entries=r.entries, reads=sum(t.reads for t in tallies) / max(chunks, 1),
-                train_seconds=trained_s))
-            tqdm.write(json.dumps(rows[-1]))
-            (out / "costs.json").write_text(json.dumps(rows, indent=1) + "\n",
-                                            encoding="utf-8")
+    jobs = [(args.warm, m, r, args.steps, args.T, args.n, args.threads) for m, r in grid]
+    done: dict[int, list[dict]] = {}  # grid index -> its rows, one per task
+
+    def collect(i, setting_rows):
+        done[i] = setting_rows
+        for r in setting_rows:
+            tqdm.write(json.dumps(r))
+        rows = [r for k in sorted(done) for r in done[k]]  # in grid order, whatever finished
+        (out / "costs.json").write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+
+    bar = tqdm(total=len(grid), desc="cost settings")
+    if workers == 1:
+        for i, job in enumerate(jobs):
+            collect(i, run_setting(*job))
+            bar.update()
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(max_workers=workers,
+                                 mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(run_setting, *job): i for i, job in enumerate(jobs)}
+            for future in as_completed(futures):
+                collect(futures[future], future.result())
+                bar.update()
+    bar.close()
+    rows = [r for k in sorted(done) for r in done[k]]
     baselines = []
     if Path(args.baselines).exists():
         baselines = [dict(r, reads=1.0) for r in json.loads(Path(args.baselines).read_text())
@@ -108,6 +110,48 @@ def main(argv=None):
                                                              "store_all")]
     plot(rows, baselines, out / "costs.png")
     sys.stdout.write(table(rows, baselines))
+
+
+def run_setting(warm_path: str, memory_cost: float, retrieve_cost: float,
+                steps: Optional[int], T: int, n: int, threads: int) -> list[dict]:
+    """Train the demo's qlearning variant with these costs from the warm-up weights, then
+    stream it through the demo's evaluation tasks at T tokens: one row per task."""
+    torch.set_num_threads(threads)
+    from memmodel.controllers import QLearningController
+    from memmodel.evaluation import evaluate_stream
+    from memmodel.model import MemoryLM
+    from memmodel.training.ablation import AblationSpec, _training_task, _with_length, load_warm
+    from memmodel.training.demo import demo_spec
+    from memmodel.training.memory import load_checkpoint, tallying, train_memory
+
+    warm = load_checkpoint(warm_path)[0].state_dict()
+    data = demo_spec().to_dict()
+    data["qlearning"] = {**data["qlearning"], "memory_cost": memory_cost,
+                         "retrieve_cost": retrieve_cost}
+    if steps is not None:
+        data["train"] = {**data["train"], "steps": steps}
+    spec = AblationSpec.from_dict(data)
+    config = spec.config("qlearning")
+    torch.manual_seed(spec.seed)
+    model = MemoryLM(config)
+    load_warm(model, warm)
+    controller = QLearningController(config, spec.qlearning_config())
+    t0 = time.perf_counter()
+    train_memory(model, _training_task(spec), spec.train_config(), controller)
+    trained_s = time.perf_counter() - t0
+    rows = []
+    for task in spec.evaluation_tasks():
+        with tallying(model) as tallies:
+            r = evaluate_stream(model, _with_length(task, T), n=n,
+                                batch_size=spec.eval_batch_size, segment=spec.segment,
+                                split=spec.eval_split, progress=False)
+        chunks = sum(t.chunks for t in tallies)
+        rows.append(dict(
+            memory_cost=memory_cost, retrieve_cost=retrieve_cost, task=r.task, T=T,
+            n=r.n, accuracy=r.accuracy, ci_low=r.ci_low, ci_high=r.ci_high,
+            entries=r.entries, reads=sum(t.reads for t in tallies) / max(chunks, 1),
+            train_seconds=trained_s))
+    return rows
 
 
 def table(rows, baselines) -> str:
