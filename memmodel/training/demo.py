@@ -16,8 +16,8 @@ setting trains longer and adds 512K and 1M):
 
 Training is the runner's two phases: a warm-up shared by the long-term-memory variants
 (a curriculum: the easy forms of both tasks, `warmup_tasks`), then each variant under its
-own controller on the hard forms at 256 tokens (16 chunks, against a bank of 4 entries,
-which overflows).
+own controller on the hard forms at 256 tokens for 750 steps (16 chunks, against a bank
+of 4 entries, which overflows).
 
 Writes under --out: demo.json (the rows), demo.md (the table, with the machine, versions,
 date and command), demo.png (accuracy against T, a panel per task; needs the `plot`
@@ -25,9 +25,9 @@ extra), depth.json, spec.json (the resolved spec) and models/<variant>.pt, each 
 with `memmodel.load`. The table is printed at the end.
 
 The settings are `DEMO_SPEC` (and `LONG`, its changes for --long). One run on a 2-core CPU
-takes about 16 minutes (two worker processes of one thread each), most of it streaming 14
-(variant, task) pairs through 16 sequences of 128K tokens; docs/results.md has what it
-measured.
+takes about 26 minutes (two worker processes of one thread each, the CPU fast paths
+compiled: about 110 s of it compiling in each worker on a first run); docs/results.md has
+what it measured.
 """
 
 from __future__ import annotations
