@@ -1,6 +1,7 @@
 """The ablation runner end to end at a tiny size, and its spec's checks."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -194,6 +195,19 @@ def test_demo_specs_resolve_bind_the_capacity_and_reach_128k(capsys):
     asked = AblationSpec.from_dict(json.loads(capsys.readouterr().out))
     assert asked.variants == ["gumbel", "importance"]
     assert asked.config("gumbel").ltm_controller == "gumbel"
+
+
+def test_demo_compiles_unless_told_not_to(monkeypatch, capsys):
+    """The demo leaves MEMMODEL_COMPILE as it finds it (auto: compiled where a C++ compiler
+    is) and sets it to 0 with --no-compile, before any model is built."""
+    from memmodel.training import demo
+
+    monkeypatch.setenv("MEMMODEL_COMPILE", "auto")
+    demo.main(["--print-spec"])
+    assert os.environ["MEMMODEL_COMPILE"] == "auto"
+    demo.main(["--print-spec", "--no-compile"])
+    assert os.environ["MEMMODEL_COMPILE"] == "0"
+    capsys.readouterr()
 
 
 def test_warmup_tasks_are_a_curriculum_for_phase_one(tmp_path):
