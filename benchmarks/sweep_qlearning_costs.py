@@ -70,10 +70,12 @@ def main(argv=None):
     if not Path(args.warm).exists():
         p.error(f"--warm: {args.warm} does not exist (run `make demo` first)")
     grid = [(m, r) for m in args.memory_costs for r in args.retrieve_costs]
-    workers = (args.workers if args.workers is not None
-               else max(1, min(os.cpu_count() or 1, len(grid))))
-    if workers < 1:
-        p.error(f"--workers: expected a positive int, got {workers}")
+    from memmodel.training.ablation import worker_count
+
+    try:
+        workers = worker_count(args.workers, len(grid))
+    except ValueError as e:
+        p.error(str(e))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(args.warm, m, r, args.steps, args.T, args.n, args.threads) for m, r in grid]

@@ -511,6 +511,17 @@ def train_variant(spec: AblationSpec, variant: str, checkpoint: Optional[str] = 
     return model, result, before
 
 
+def worker_count(asked: Optional[int], jobs: int) -> int:
+    """Worker processes for `jobs` independent jobs: `asked` when given (a ValueError
+    names --workers unless it is a positive int), else one per CPU core, at most one per
+    job."""
+    if asked is None:
+        return max(1, min(os.cpu_count() or 1, jobs))
+    if asked < 1:
+        raise ValueError(f"--workers: expected a positive int, got {asked}")
+    return asked
+
+
 def run_ablation(spec: AblationSpec, out, progress: bool = False, name: str = "results",
                  command: Optional[str] = None, workers: int = 1) -> list[dict[str, Any]]:
     """Train and evaluate every variant of `spec`, writing the files listed in the module

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from .ablation import AblationSpec, run_ablation
+from .ablation import AblationSpec, run_ablation, worker_count
 
 log = logging.getLogger("memmodel.training.demo")
 
@@ -146,10 +146,10 @@ def main(argv=None):
     command = " ".join(["python -m memmodel.training.demo",
                         *(sys.argv[1:] if argv is None else argv)])
     began = time.perf_counter()
-    workers = (args.workers if args.workers is not None
-               else max(1, min(os.cpu_count() or 1, len(spec.variants))))
-    if workers < 1:
-        p.error(f"--workers: expected a positive int, got {workers}")
+    try:
+        workers = worker_count(args.workers, len(spec.variants))
+    except ValueError as e:
+        p.error(str(e))
     run_ablation(spec, args.out, progress=not args.no_progress, name="demo", command=command,
                  workers=workers)
     minutes = (time.perf_counter() - began) / 60
