@@ -63,7 +63,6 @@ def main(argv=None):
     if args.no_compile:
         os.environ["MEMMODEL_COMPILE"] = "0"
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    torch.set_num_threads(args.threads)
 
     from tqdm.auto import tqdm
 
@@ -81,12 +80,15 @@ def main(argv=None):
     jobs = [(args.warm, m, r, args.steps, args.T, args.n, args.threads) for m, r in grid]
     done: dict[int, list[dict]] = {}  # grid index -> its rows, one per task
 
+    def ordered() -> list[dict]:  # in grid order, whatever finished first
+        return [r for k in sorted(done) for r in done[k]]
+
     def collect(i, setting_rows):
         done[i] = setting_rows
         for r in setting_rows:
             tqdm.write(json.dumps(r))
-        rows = [r for k in sorted(done) for r in done[k]]  # in grid order, whatever finished
-        (out / "costs.json").write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+        (out / "costs.json").write_text(json.dumps(ordered(), indent=1) + "\n",
+                                        encoding="utf-8")
 
     bar = tqdm(total=len(grid), desc="cost settings")
     if workers == 1:
@@ -104,7 +106,7 @@ def main(argv=None):
                 collect(futures[future], future.result())
                 bar.update()
     bar.close()
-    rows = [r for k in sorted(done) for r in done[k]]
+    rows = ordered()
     baselines = []
     if Path(args.baselines).exists():
         baselines = [dict(r, reads=1.0) for r in json.loads(Path(args.baselines).read_text())

@@ -69,10 +69,11 @@ DEMO_SPEC = dict(
     train=dict(steps=750, batch_size=16, lr=3e-3, eval_batches=1, log_every=50),
     # The Q-learning controller's schedule (docs/architecture.md): its exploring decisions
     # take the importance heuristic's choice (guided=1), so while epsilon falls over the
-    # first 150 steps (600 Q updates; of 750) the model learns to use a bounded bank managed well,
-    # and the network learns off-policy from those decisions what they earn. No memory
-    # cost here: the bank is bounded anyway, and at 0.01 per entry and chunk (up to 0.64
-    # a sequence, against answer-loss rewards of 0.1-2 nats) storing nothing paid best
+    # first 150 of the 750 steps (600 Q updates) the model learns to use a bounded bank
+    # managed well, and the network learns off-policy from those decisions what they earn.
+    # No memory cost here: the bank is bounded anyway, and at 0.01 per entry and chunk (up
+    # to 0.64 a sequence, against answer-loss rewards of 0.1-2 nats) storing nothing paid
+    # best
     qlearning=dict(memory_cost=0.0, retrieve_cost=0.0, epsilon_decay=600, min_buffer=64,
                    guided=1.0),
     eval_tasks=[dict(_PASSKEY), dict(_NEEDLE)],
