@@ -12,6 +12,15 @@ demo's rows at the same T (they read every chunk). Writes costs.json (one row pe
 and task) and costs.png (a panel per task and measure) under --out. The settings run side
 by side in --workers processes (one per CPU core by default), the CPU fast paths compiled
 as in the demo (--no-compile to run them eagerly).
+
+For the retrieval cost, `--question TEXT` gives the passkey (in training and evaluation) a
+fixed question before its query byte, as RULER's "What is the pass key? The pass key is",
+so the chunks before the answer's tell that a read is coming; `--guided-read` sets how
+often the controller's exploring reads follow the heuristic (which reads every chunk):
+below 1, skipping is tried and its value learnt.
+
+    python benchmarks/sweep_qlearning_costs.py --memory-costs 0 --retrieve-costs 0,0.01,0.05 \
+        --question " What is the pass key. The pass key is" --guided-read 0 --out results/reads
 """
 
 from __future__ import annotations
@@ -58,8 +67,16 @@ def main(argv=None):
     p.add_argument("--no-compile", action="store_true",
                    help="run the CPU fast paths eagerly (MEMMODEL_COMPILE=0), as the demo's "
                         "--no-compile")
+    p.add_argument("--question", default="",
+                   help="a fixed question before the passkey's query byte, in training and "
+                        "evaluation (default: none, the demo's passkey)")
+    p.add_argument("--guided-read", type=float, default=None,
+                   help="QLearningConfig.guided_read: the share of exploring reads that follow "
+                        "the heuristic's (read every chunk); default: the demo's `guided`")
     p.add_argument("--out", default="results/costs")
     args = p.parse_args(argv)
+    if args.guided_read is not None and not 0 <= args.guided_read <= 1:
+        p.error(f"--guided-read: expected a number in [0, 1], got {args.guided_read}")
     if args.no_compile:
         os.environ["MEMMODEL_COMPILE"] = "0"
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -77,7 +94,8 @@ def main(argv=None):
         p.error(str(e))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(args.warm, m, r, args.steps, args.T, args.n, args.threads) for m, r in grid]
+    jobs = [(args.warm, m, r, args.steps, args.T, args.n, args.threads, args.question,
+             args.guided_read) for m, r in grid]
     done: dict[int, list[dict]] = {}  # grid index -> its rows, one per task
 
     def ordered() -> list[dict]:  # in grid order, whatever finished first
@@ -117,9 +135,11 @@ def main(argv=None):
 
 
 def run_setting(warm_path: str, memory_cost: float, retrieve_cost: float,
-                steps: Optional[int], T: int, n: int, threads: int) -> list[dict]:
+                steps: Optional[int], T: int, n: int, threads: int, question: str = "",
+                guided_read: Optional[float] = None) -> list[dict]:
     """Train the demo's qlearning variant with these costs from the warm-up weights, then
-    stream it through the demo's evaluation tasks at T tokens: one row per task."""
+    stream it through the demo's evaluation tasks at T tokens: one row per task. question:
+    the passkey's (training and evaluation); guided_read: the controller's."""
     torch.set_num_threads(threads)
     from memmodel.controllers import QLearningController
     from memmodel.evaluation import evaluate_stream
@@ -131,7 +151,11 @@ def run_setting(warm_path: str, memory_cost: float, retrieve_cost: float,
     warm = load_checkpoint(warm_path)[0].state_dict()
     data = demo_spec().to_dict()
     data["qlearning"] = {**data["qlearning"], "memory_cost": memory_cost,
-                         "retrieve_cost": retrieve_cost}
+                         "retrieve_cost": retrieve_cost, "guided_read": guided_read}
+    if question:
+        for key in ("train_tasks", "eval_tasks"):
+            data[key] = [dict(t, question=question) if t["name"] == "passkey" else t
+                         for t in data[key]]
     if steps is not None:
         data["train"] = {**data["train"], "steps": steps}
     spec = AblationSpec.from_dict(data)
@@ -151,7 +175,8 @@ def run_setting(warm_path: str, memory_cost: float, retrieve_cost: float,
                                 split=spec.eval_split, progress=False)
         chunks = sum(t.chunks for t in tallies)
         rows.append(dict(
-            memory_cost=memory_cost, retrieve_cost=retrieve_cost, task=r.task, T=T,
+            memory_cost=memory_cost, retrieve_cost=retrieve_cost, question=question,
+            guided_read=guided_read, task=r.task, T=T,
             n=r.n, accuracy=r.accuracy, ci_low=r.ci_low, ci_high=r.ci_high,
             entries=r.entries, reads=sum(t.reads for t in tallies) / max(chunks, 1),
             train_seconds=trained_s))

@@ -272,6 +272,10 @@ class QLearningConfig:
             stores and evictions, so the task reward it sees is sparse; guided draws
             show it decisions that keep what the pooling scores rank high, which the
             network may then improve on. 0: uniform exploration only.
+        guided_read: the same fraction for the read decisions alone; None: `guided`. The
+            heuristic reads every chunk, so with guided_read = 1 an exploring read is never
+            a SKIP and the value of skipping is never learnt: with retrieve_cost > 0, set
+            it below 1 (0: reads explored uniformly).
         seed: seeds the network's init, exploration and replay sampling.
     """
 
@@ -293,6 +297,7 @@ class QLearningConfig:
     use_usage: bool = True
     content: bool = True
     guided: float = 0.0
+    guided_read: Optional[float] = None
     seed: int = 0
 
     def __post_init__(self):
@@ -319,6 +324,9 @@ class QLearningConfig:
                 fail(name, "a number >= 0")
         if self.grad_clip is not None and (not _is_real(self.grad_clip) or self.grad_clip <= 0):
             fail("grad_clip", "a positive number or None")
+        if self.guided_read is not None and (not _is_real(self.guided_read)
+                                             or not 0 <= self.guided_read <= 1):
+            fail("guided_read", "None or a number in [0, 1]")
         for name in ("use_usage", "content"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "a bool")

@@ -71,7 +71,8 @@ def test_bench_ltm_dry_run(tmp_path):
 def test_sweep_qlearning_costs_runs_and_counts_reads(tmp_path, monkeypatch):
     """The cost sweep end to end at toy sizes: one training step per setting from a warm
     model of the demo's config, rows with entries and the fraction of chunks read. The
-    PyTorch path (not Triton's interpreter, which "auto" would pick here: slow)."""
+    PyTorch path (not Triton's interpreter, which "auto" would pick here: slow). The
+    passkey with a question, and reads explored uniformly."""
     monkeypatch.setenv("MEMMODEL_BACKEND", "torch")
     from memmodel.training.ablation import AblationSpec, warm_up
     from memmodel.training.demo import demo_spec
@@ -82,11 +83,12 @@ def test_sweep_qlearning_costs_runs_and_counts_reads(tmp_path, monkeypatch):
         [sys.executable, "benchmarks/sweep_qlearning_costs.py", "--warm",
          str(tmp_path / "warm.pt"), "--baselines", str(tmp_path / "none.json"), "--steps",
          "1", "--T", "512", "--n", "2", "--memory-costs", "0", "--retrieve-costs", "0,0.5",
-         "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True,
+         "--question", " The key is", "--guided-read", "0", "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True,
         timeout=600, env={**os.environ, "MEMMODEL_COMPILE": "0", "MEMMODEL_BACKEND": "torch"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((tmp_path / "out" / "costs.json").read_text())
     assert [(r["retrieve_cost"], r["task"]) for r in rows] == [
         (0.0, "passkey"), (0.0, "multi_needle"), (0.5, "passkey"), (0.5, "multi_needle")]
     assert all(0 <= r["reads"] <= 1 and 0 <= r["entries"] <= 4 and r["n"] >= 2 for r in rows)
+    assert all(r["question"] == " The key is" and r["guided_read"] == 0 for r in rows)
     assert "| qlearning | 0 | 0.5 |" in proc.stdout

@@ -483,13 +483,15 @@ def test_importance_keeps_the_highest_scores():
     assert all((a == int(Action.STORE)).all() for a, _ in rec.log) and rec.selects > 0
 
 
-@pytest.mark.parametrize("guided", [1.0, 0.0])
-def test_guided_exploration_takes_the_importance_heuristics_choices(guided):
+@pytest.mark.parametrize("guided,guided_read", [(1.0, None), (0.0, None), (1.0, 0.0),
+                                                (0.0, 1.0)])
+def test_guided_exploration_takes_the_importance_heuristics_choices(guided, guided_read):
     """Exploring at every decision: guided = 1 keeps exactly importance's bank (the
-    highest pooling scores, reading every chunk); uniform exploration does not."""
+    highest pooling scores) and, unless guided_read says otherwise, reads every chunk as
+    importance does; uniform exploration does neither."""
     cfg = MemoryConfig(ltm_controller="qlearning", **{**ONE_LEVEL, "ltm_capacity": 3})
     rl = QLearningConfig(epsilon_start=1.0, epsilon_end=1.0, epsilon_decay=10 ** 6,
-                         guided=guided)
+                         guided=guided, guided_read=guided_read)
     ctrl = QLearningController(cfg, rl).train()
     ltm = LongTermMemory.from_config(cfg, controller=ctrl)
     torch.manual_seed(0)
@@ -502,7 +504,10 @@ def test_guided_exploration_takes_the_importance_heuristics_choices(guided):
     kept = (state.ltm.start[state.ltm.live].view(2, -1) // 4 - 1).sort(1).values
     assert torch.equal(kept, best) == (guided == 1.0)
     reads = torch.stack(state.ltm.controller.read)
-    assert bool(reads.all()) == (guided == 1.0)
+    share = guided if guided_read is None else guided_read
+    assert bool(reads.all()) == (share == 1.0)
+    if share == 0.0:  # uniform: both answers come up
+        assert 0 < int(reads.sum()) < reads.numel()
 
 
 def test_store_all_bypasses_the_capacity():
@@ -700,9 +705,10 @@ def test_checkpoint_round_trip_restores_the_controller_state(tmp_path):
         (dict(grad_clip=0), r"grad_clip: expected a positive number or None"),
         (dict(content="yes"), r"QLearningConfig.content: expected a bool"),
         (dict(use_usage="yes"), r"use_usage: expected a bool"),
+        (dict(guided_read=1.5), r"guided_read: expected None or a number in \[0, 1\], got 1.5"),
     ],
     ids=["gamma", "n-step", "buffer", "eps-start", "eps-decay", "lr", "memory-cost",
-         "retrieve-cost", "grad-clip", "content", "usage"],
+         "retrieve-cost", "grad-clip", "content", "usage", "guided-read"],
 )
 def test_bad_q_learning_config_raises(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):

@@ -31,6 +31,8 @@ CASES = {
     "passkey-shared": PasskeyTask(seq_len=255, chunk_size=16, key_len=3, min_gap=2,
                                   filler_kind="shared"),
     "passkey-text": PasskeyTask(seq_len=300, chunk_size=32, key_len=5, filler_kind="text"),
+    "passkey-question": PasskeyTask(seq_len=160, chunk_size=16, key_len=2, filler_kind="shared",
+                                    question=" What is the pass key. The pass key is"),
     "needles": MultiNeedleTask(seq_len=600, n_facts=8, n_decoys=8, n_queries=3),
     "needles-separator-first": MultiNeedleTask(seq_len=300, n_facts=4, n_decoys=4,
                                                n_queries=2, name_len=1, value_len=1,
@@ -251,6 +253,22 @@ def test_split_answers_are_disjoint(case):
         assert len(values) == 16 * 16 and (answer_split(values) == 2).all()
 
 
+def test_passkey_question_stands_before_the_query_and_after_the_key():
+    q = " What is the pass key. The pass key is"
+    task = PasskeyTask(seq_len=100, chunk_size=16, key_len=1, question=q)
+    plain = PasskeyTask(seq_len=100, chunk_size=16, key_len=1)
+    assert (task.query_chunk, plain.question_chunk) == (plain.query_chunk, plain.query_chunk)
+    assert task.question_chunk == (100 - 1 - len(q)) // 16 == 3 and task.last_key_chunk == 2
+    batch = task.sample(64, torch.Generator().manual_seed(0))
+    for row in batch.input_ids:
+        x = bytes(row.tolist())
+        assert x[-1 - len(q): -1].decode() == q and x[-1:] == b"?"
+    assert set(batch.key_chunk.tolist()) == {0, 1, 2}  # uniform over the chunks before it
+    # the question takes no key's place: the key's chunk ends before the question starts
+    assert ((batch.key_chunk + 1) * 16 <= 100 - 1 - len(q)).all()
+    assert task_from_spec(task.spec()) == task
+
+
 def test_small_answer_spaces_are_not_split():
     assert not InductionTask().answers_split and not MQARTask().answers_split
     assert not PasskeyTask(key_len=2).answers_split
@@ -361,6 +379,14 @@ def test_registry_and_spec_errors():
          r"PasskeyTask.marker: expected no byte shared .*'\?' is in both key_alphabet and query"),
         (lambda: PasskeyTask(key_alphabet="0012"),
          r"PasskeyTask.key_alphabet: expected distinct bytes, got '0012'"),
+        (lambda: PasskeyTask(question="Is it #?"),
+         r"PasskeyTask.question: expected none of the marker, query and key_alphabet bytes "
+         r".*got 'Is it #\?', which holds '#\?'"),
+        (lambda: PasskeyTask(question="key \u20ac"),
+         r"PasskeyTask.question: expected a string of bytes \(code points < 256\)"),
+        (lambda: PasskeyTask(seq_len=26, chunk_size=16, key_len=1, question="x" * 10),
+         r"PasskeyTask.seq_len: expected room for a key chunk 1 chunk\(s\) before the question, "
+         r"at least 27 tokens, got 26"),
         (lambda: MultiNeedleTask(seq_len=300),
          r"MultiNeedleTask.seq_len: expected at least 323 tokens \(32 facts and decoys, then "
          r"4 queries, of 9 bytes each\), got 300"),
@@ -403,8 +429,9 @@ def test_registry_and_spec_errors():
          r"InductionTask.sample: expected split in \('train', 'val', 'test'\) or None, got "
          r"'dev'"),
     ],
-    ids=["kind", "depth", "shared-marker", "query-in-keys", "repeat", "needles-len",
-         "needles-queries", "names", "decoy-marker", "needles-filler", "decoys", "mqar-len",
+    ids=["kind", "depth", "shared-marker", "query-in-keys", "repeat", "question-bytes",
+         "question-not-bytes", "question-room", "needles-len", "needles-queries", "names",
+         "decoy-marker", "needles-filler", "decoys", "mqar-len",
          "mqar-queries", "mqar-alphabets", "mqar-space", "copy-len", "copy-marker", "copy-n",
          "trigger", "induction-len", "not-bytes", "bool-depth", "batch", "split"],
 )

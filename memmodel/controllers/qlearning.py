@@ -570,7 +570,8 @@ class QLearningController(MemoryController):
         x = self._phi(ctx, SUMMARY_CHOICES, item[:, :P])  # [B, P, 3, F]
         mask = np.broadcast_to(np.array([True, self.levels > 1, True]), (B, P, 3))
         guide = guide_read = None
-        if self.rl.guided > 0 and self.epsilon > 0:
+        guided_read = self.rl.guided if self.rl.guided_read is None else self.rl.guided_read
+        if (self.rl.guided > 0 or guided_read > 0) and self.epsilon > 0:
             heuristic = highest_scores(features)
             guide = np.where(heuristic.action.numpy() == int(Action.STORE), 0, 2).reshape(-1)
             guide_read = heuristic.retrieve.numpy().astype(np.int64)  # SKIP 0, RETRIEVE 1
@@ -578,7 +579,8 @@ class QLearningController(MemoryController):
                                       generator, guide)
         pick, explored = pick.reshape(B, P), explored.reshape(B, P).any(1)
         xr = self._phi(ctx, (Choice.SKIP, Choice.RETRIEVE), item[:, P:])[:, 0]  # [B, 2, F]
-        read, explored_read = self._choose(xr, np.ones((B, 2), bool), generator, guide_read)
+        read, explored_read = self._choose(xr, np.ones((B, 2), bool), generator, guide_read,
+                                           guided=guided_read)
         read = torch.from_numpy(read == 1)
         if self.training and isinstance(episode, Episode):
             rows, every = np.arange(B), torch.ones(B, dtype=torch.bool)
@@ -851,14 +853,15 @@ class QLearningController(MemoryController):
         return x
 
     def _choose(self, x, mask, generator: Optional[torch.Generator] = None, guide=None,
-                q: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+                q: Optional[np.ndarray] = None, guided: Optional[float] = None
+                ) -> tuple[np.ndarray, np.ndarray]:
         """Epsilon-greedy over the masked candidates x [N, K, F] (mask [N, K] bool; arrays
         or host tensors): the picks [N] int64 (0 where none is valid) and [N] bool, whether
         a pick is an exploring one other than the greedy. Random draws come from
         `generator` (the stream's; default the controller's). guide: [N], the heuristic's
         valid pick, which an exploring draw takes with probability `rl.guided` (see
-        QLearningConfig.guided). q: the Q-values of x [N, K] when known (several picks
-        among the same candidates), else asked of the network."""
+        QLearningConfig.guided; `guided` overrides it). q: the Q-values of x [N, K] when
+        known (several picks among the same candidates), else asked of the network."""
         generator = self.generator if generator is None else generator
         mask = np.asarray(mask, dtype=bool)
         valid = mask.any(-1)
@@ -873,7 +876,8 @@ class QLearningController(MemoryController):
             weights = torch.from_numpy(np.where(valid[:, None], mask, True).astype(np.float32))
             random = torch.multinomial(weights, 1, generator=generator)[:, 0].numpy()
             if guide is not None:
-                follow = (torch.rand(shape, generator=generator) < self.rl.guided).numpy()
+                share = self.rl.guided if guided is None else guided
+                follow = (torch.rand(shape, generator=generator) < share).numpy()
                 random = np.where(follow, np.asarray(guide), random)
             explored = explore & (random != pick) & valid
             pick = np.where(explore, random, pick)

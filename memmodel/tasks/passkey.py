@@ -4,6 +4,10 @@ tokens, asked for at the very end:
     x:  f f f f # 7 3 9 1 f f f | f f f ... f f f | ... | f f f f f f ? 7 3 9
     y:  -100 everywhere ...                                           7 3 9 1
 
+With a `question` (fixed text, as RULER's "What is the pass key? The pass key is"), that
+text stands right before the query byte; it may span chunks, so the chunks before the
+answer's tell that a question is coming (what a controller that skips reads needs).
+
 The labels are the next bytes, -100 except at the answer (the key's bytes after the
 question mark), so a model's loss on a batch is its loss on the answer tokens. The
 filler carries no information, so the answer is only predictable from the key's chunk:
@@ -70,6 +74,9 @@ class PasskeyTask(Task):
         filler: the bytes "letters" and "shared" filler is drawn from, uniformly.
         key_alphabet: the bytes keys are drawn from, uniformly.
         marker, query: the bytes before the key and before the answer.
+        question: text written right before the query byte ("": none); any bytes but the
+            marker, the query and the key alphabet's, repeats allowed. The key's chunk ends
+            at least min_gap chunks before the chunk of the question's first byte.
         filler_kind: "letters", "shared" (filler and key_alphabet mixed) or "text".
         depth: None: the key's chunk and place in it uniform; a number in [0, 1]: the
             marker at the allowed place nearest depth * (the last allowed start).
@@ -93,6 +100,7 @@ class PasskeyTask(Task):
     key_alphabet: str = "0123456789"
     marker: str = "#"
     query: str = "?"
+    question: str = ""
     filler_kind: str = "letters"
     depth: Optional[float] = None
     seed: int = 0
@@ -100,8 +108,8 @@ class PasskeyTask(Task):
     name: ClassVar[str] = "passkey"
     format: ClassVar[str] = (
         "filler; marker + key (key_len bytes of key_alphabet) inside one chunk of chunk_size, "
-        "at least min_gap chunks before the question; at the end query + key: the answer is "
-        "the key")
+        "at least min_gap chunks before the question; at the end question + query + key: the "
+        "answer is the key")
 
     def __post_init__(self):
         for name in ("seq_len", "chunk_size", "key_len", "min_gap"):
@@ -111,8 +119,11 @@ class PasskeyTask(Task):
             raise ValueError(f"PasskeyTask.chunk_size: expected at least key_len + 1 = "
                              f"{self.key_len + 1} (the marker and key fit in one chunk), got "
                              f"{self.chunk_size}")
+        if not isinstance(self.question, str) or any(ord(ch) > 255 for ch in self.question):
+            raise ValueError(f"PasskeyTask.question: expected a string of bytes (code points "
+                             f"< 256), got {self.question!r}")
         if self.last_key_chunk < 0:
-            need = (self.min_gap + 1) * self.chunk_size + self.key_len
+            need = self.min_gap * self.chunk_size + self.key_len + len(self.question)
             raise ValueError(
                 f"PasskeyTask.seq_len: expected room for a key chunk {self.min_gap} chunk(s) "
                 f"before the question, at least {need} tokens, got {self.seq_len}")
@@ -131,6 +142,11 @@ class PasskeyTask(Task):
                              f"query")
         check_disjoint("PasskeyTask", "marker", {"key_alphabet": self.key_alphabet,
                                                  "marker": self.marker, "query": self.query})
+        clash = sorted(set(self.question) & special)
+        if clash:
+            raise ValueError(f"PasskeyTask.question: expected none of the marker, query and "
+                             f"key_alphabet bytes (the key is found by its marker only), got "
+                             f"{self.question!r}, which holds {''.join(clash)!r}")
         if self.filler_kind == "shared":
             check_disjoint("PasskeyTask", "filler", {"filler": self.filler,
                                                      "marker": self.marker,
@@ -142,9 +158,14 @@ class PasskeyTask(Task):
         return (self.seq_len - self.key_len) // self.chunk_size
 
     @property
+    def question_chunk(self) -> int:
+        """The chunk holding the question's first byte (the query chunk without one)."""
+        return (self.seq_len - self.key_len - len(self.question)) // self.chunk_size
+
+    @property
     def last_key_chunk(self) -> int:
         """The key's chunk is drawn uniformly from 0 .. last_key_chunk."""
-        return self.query_chunk - self.min_gap
+        return self.question_chunk - self.min_gap
 
     @property
     def queries(self) -> int:
@@ -188,6 +209,9 @@ class PasskeyTask(Task):
         start = (key_chunk * C + offset)[:, None]
         seq[rows, start] = ord(self.marker)
         seq[rows, start + 1 + torch.arange(L)] = key
+        if self.question:
+            seq[:, T - L - len(self.question): T - L] = torch.tensor(
+                [ord(ch) for ch in self.question], dtype=seq.dtype)
         seq[:, T - L] = ord(self.query)
         seq[:, T + 1 - L:] = key
         labels = torch.full((B, T), IGNORE, dtype=torch.int64)
