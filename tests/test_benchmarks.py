@@ -84,7 +84,8 @@ def test_sweep_qlearning_costs_runs_and_counts_reads(tmp_path, monkeypatch):
          str(tmp_path / "warm.pt"), "--baselines", str(tmp_path / "none.json"), "--steps",
          "1", "--T", "512", "--n", "2", "--memory-costs", "0", "--retrieve-costs", "0,0.5",
          "--question", " The key is", "--guided-read", "0", "--out", str(tmp_path / "out")],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "MEMMODEL_COMPILE": "0", "MEMMODEL_BACKEND": "torch"})
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "MEMMODEL_COMPILE": "0", "MEMMODEL_BACKEND": "torch"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((tmp_path / "out" / "costs.json").read_text())
     assert [(r["retrieve_cost"], r["task"]) for r in rows] == [
