@@ -17,15 +17,22 @@ For the retrieval cost, `--question TEXT` gives the passkey (in training and eva
 fixed question before its query byte, as RULER's "What is the pass key? The pass key is",
 so the chunks before the answer's tell that a read is coming; `--guided-read` sets how
 often the controller's exploring reads follow the heuristic (which reads every chunk):
-below 1, skipping is tried and its value learnt.
+below 1, skipping is tried and its value learnt. `--read-steps N` splits a setting's
+training in two: first the demo's training with no costs and reads following the heuristic
+(the model learns to use a bank read at every chunk), then N steps on that model frozen, in
+which a controller started from the first one's network, exploring afresh, learns under the
+setting's costs and --guided-read (so skipped reads cannot teach the model to do without
+the memory).
 
     python benchmarks/sweep_qlearning_costs.py --memory-costs 0 --retrieve-costs 0,0.01,0.05 \
-        --question " What is the pass key. The pass key is" --guided-read 0 --out results/reads
+        --question " What is the pass key. The pass key is" --guided-read 0 --read-steps 300 \
+        --out results/reads
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -73,8 +80,14 @@ def main(argv=None):
     p.add_argument("--guided-read", type=float, default=None,
                    help="QLearningConfig.guided_read: the share of exploring reads that follow "
                         "the heuristic's (read every chunk); default: the demo's `guided`")
+    p.add_argument("--read-steps", type=int, default=0,
+                   help="steps of a second phase on the frozen model, in which a controller "
+                        "started from the first phase's learns under the costs (default 0: "
+                        "one phase, the costs from the start)")
     p.add_argument("--out", default="results/costs")
     args = p.parse_args(argv)
+    if args.read_steps < 0:
+        p.error(f"--read-steps: expected an int >= 0, got {args.read_steps}")
     if args.guided_read is not None and not 0 <= args.guided_read <= 1:
         p.error(f"--guided-read: expected a number in [0, 1], got {args.guided_read}")
     if args.no_compile:
@@ -95,7 +108,7 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(args.warm, m, r, args.steps, args.T, args.n, args.threads, args.question,
-             args.guided_read) for m, r in grid]
+             args.guided_read, args.read_steps) for m, r in grid]
     done: dict[int, list[dict]] = {}  # grid index -> its rows, one per task
 
     def ordered() -> list[dict]:  # in grid order, whatever finished first
@@ -136,10 +149,12 @@ def main(argv=None):
 
 def run_setting(warm_path: str, memory_cost: float, retrieve_cost: float,
                 steps: Optional[int], T: int, n: int, threads: int, question: str = "",
-                guided_read: Optional[float] = None) -> list[dict]:
+                guided_read: Optional[float] = None, read_steps: int = 0) -> list[dict]:
     """Train the demo's qlearning variant with these costs from the warm-up weights, then
     stream it through the demo's evaluation tasks at T tokens: one row per task. question:
-    the passkey's (training and evaluation); guided_read: the controller's."""
+    the passkey's (training and evaluation); guided_read: the controller's; read_steps > 0:
+    the demo's training without costs first, then read_steps on the frozen model for a
+    controller (from the first one's network, epsilon restarted) under the costs."""
     torch.set_num_threads(threads)
     from memmodel.controllers import QLearningController
     from memmodel.evaluation import evaluate_stream
@@ -150,8 +165,10 @@ def run_setting(warm_path: str, memory_cost: float, retrieve_cost: float,
 
     warm = load_checkpoint(warm_path)[0].state_dict()
     data = demo_spec().to_dict()
-    data["qlearning"] = {**data["qlearning"], "memory_cost": memory_cost,
-                         "retrieve_cost": retrieve_cost, "guided_read": guided_read}
+    costs = {"memory_cost": memory_cost, "retrieve_cost": retrieve_cost,
+             "guided_read": guided_read}
+    if not read_steps:
+        data["qlearning"] = {**data["qlearning"], **costs}
     if question:
         for key in ("train_tasks", "eval_tasks"):
             data[key] = [dict(t, question=question) if t["name"] == "passkey" else t
@@ -166,6 +183,15 @@ def run_setting(warm_path: str, memory_cost: float, retrieve_cost: float,
     controller = QLearningController(config, spec.qlearning_config())
     t0 = time.perf_counter()
     train_memory(model, _training_task(spec), spec.train_config(), controller)
+    if read_steps:
+        rl = dataclasses.replace(spec.qlearning_config(), **costs)
+        second = QLearningController(config, rl)
+        plain, tensors = controller.policy_state()
+        second.load_policy_state({**plain, "rl": dataclasses.asdict(rl), "updates": 0},
+                                 tensors)
+        frozen = dataclasses.replace(spec.train_config(), steps=read_steps, lr=0.0)
+        train_memory(model, _training_task(spec), frozen, second)
+        controller = second
     trained_s = time.perf_counter() - t0
     rows = []
     for task in spec.evaluation_tasks():
@@ -176,7 +202,7 @@ def run_setting(warm_path: str, memory_cost: float, retrieve_cost: float,
         chunks = sum(t.chunks for t in tallies)
         rows.append(dict(
             memory_cost=memory_cost, retrieve_cost=retrieve_cost, question=question,
-            guided_read=guided_read, task=r.task, T=T,
+            guided_read=guided_read, read_steps=read_steps, task=r.task, T=T,
             n=r.n, accuracy=r.accuracy, ci_low=r.ci_low, ci_high=r.ci_high,
             entries=r.entries, reads=sum(t.reads for t in tallies) / max(chunks, 1),
             train_seconds=trained_s))
