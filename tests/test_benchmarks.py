@@ -95,3 +95,27 @@ def test_sweep_qlearning_costs_runs_and_counts_reads(tmp_path, monkeypatch):
     assert all(r["question"] == " The key is" and r["guided_read"] == 0 and r["read_steps"] == 1
                for r in rows)
     assert "| qlearning | 0 | 0.5 |" in proc.stdout
+
+
+def test_eval_models_streams_a_saved_model_at_the_lengths(tmp_path, monkeypatch):
+    """eval_models end to end at toy sizes: a model saved by the demo's warm-up, loaded and
+    streamed through both demo tasks at two lengths, a row each."""
+    monkeypatch.setenv("MEMMODEL_BACKEND", "torch")
+    from memmodel.training.ablation import AblationSpec, warm_up
+    from memmodel.training.demo import demo_spec
+
+    spec = AblationSpec.from_dict({**demo_spec().to_dict(), "warmup_steps": 1})
+    warm_up(spec, str(tmp_path / "warm.pt"))
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/eval_models.py", str(tmp_path / "warm.pt"), "--lengths",
+         "256,640", "--n", "2", "--no-progress", "--out", str(tmp_path / "hold.json")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "MEMMODEL_COMPILE": "0", "MEMMODEL_BACKEND": "torch"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "hold.json").read_text())
+    assert [(r["task"], r["T"]) for r in rows] == [
+        ("passkey", 256), ("passkey", 640), ("multi_needle", 256), ("multi_needle", 640)]
+    assert all(0 <= r["ci_low"] <= r["accuracy"] <= r["ci_high"] <= 1 for r in rows)
+    bad = subprocess.run([sys.executable, "benchmarks/eval_models.py", str(tmp_path / "no.pt")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "models: " in bad.stderr and "does not exist" in bad.stderr
