@@ -187,8 +187,7 @@ def run_setting(warm_path: str, memory_cost: float, retrieve_cost: float,
         rl = dataclasses.replace(spec.qlearning_config(), **costs)
         second = QLearningController(config, rl)
         plain, tensors = controller.policy_state()
-        second.load_policy_state({**plain, "rl": dataclasses.asdict(rl), "updates": 0},
-                                 tensors)
+        second.load_policy_state({**plain, "updates": 0}, tensors)  # epsilon restarts
         frozen = dataclasses.replace(spec.train_config(), steps=read_steps, lr=0.0)
         train_memory(model, _training_task(spec), frozen, second)
         controller = second

@@ -36,8 +36,8 @@ from .base import (
     check_disjoint,
     check_int,
 )
+from .sampling import as_bytes, random_strings
 from .sampling import filler as make_filler
-from .sampling import random_strings
 
 
 class PasskeyBatch(NamedTuple):
@@ -210,8 +210,7 @@ class PasskeyTask(Task):
         seq[rows, start] = ord(self.marker)
         seq[rows, start + 1 + torch.arange(L)] = key
         if self.question:
-            seq[:, T - L - len(self.question): T - L] = torch.tensor(
-                [ord(ch) for ch in self.question], dtype=seq.dtype)
+            seq[:, T - L - len(self.question): T - L] = as_bytes(self.question)
         seq[:, T - L] = ord(self.query)
         seq[:, T + 1 - L:] = key
         labels = torch.full((B, T), IGNORE, dtype=torch.int64)
