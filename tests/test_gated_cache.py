@@ -481,3 +481,126 @@ def test_bad_cu_seqlens_and_step_state_are_rejected():
     with pytest.raises(ValueError, match=r"w: expected write weights in"):
         gated_cache_step(q[:, 0], k[:, 0], v[:, 0], w[:, 0] + 2,
                          (torch.zeros(2, 2, 5, 6), torch.zeros(2, 2, 5, 4)))
+
+
+# The CPU path's forward without a backward (`cpu._parallel`): every chunk's tokens at once.
+import memmodel.kernels.gated_cache.cpu as cpu_mod  # noqa: E402
+
+PARALLEL_CASES = [  # (B, T, H, S, DK, DV, initial state, chunk_size)
+    pytest.param(2, 1, 2, 7, 5, 4, True, 16, id="T1"),
+    pytest.param(2, 37, 2, 7, 5, 4, True, 5, id="T37-cs5"),
+    pytest.param(1, 19, 2, 64, 16, 8, False, 16, id="T19-S64-noh0"),
+    pytest.param(2, 33, 1, 1, 6, 3, True, 1, id="T33-S1-cs1"),
+    pytest.param(1, 70, 2, 6, 4, 9, True, 16, id="T70-DkltDv"),
+]
+
+
+def _no_grad_run(inputs, **kw):
+    q, k, v, w, st = (x.detach() if isinstance(x, torch.Tensor) else x for x in inputs)
+    st = None if st is None else tuple(s.detach() for s in st)
+    with torch.no_grad():
+        return cpu_gated_cache_write(q, k, v, w, initial_state=st, output_final_state=True,
+                                     **kw)
+
+
+@pytest.mark.parametrize("blocks", [64, 2])
+@pytest.mark.parametrize("B,T,H,S,DK,DV,h0,cs", PARALLEL_CASES)
+def test_parallel_forward_matches_oracle(monkeypatch, blocks, B, T, H, S, DK, DV, h0, cs):
+    """Without a backward the CPU path reads every chunk at once; blocks = 2 splits the
+    chunks into several blocks whose slots carry from one to the next."""
+    monkeypatch.setattr(cpu_mod, "PARALLEL_BLOCK", blocks)
+    monkeypatch.setattr(cpu_mod, "PARALLEL_MAX_WORK", 10**6)  # S = 64 too
+    inputs = make_inputs(B, T, H, S, DK, DV, h0=h0)
+    r, (Mk, Mv) = _no_grad_run(inputs, chunk_size=cs)
+    with torch.no_grad():
+        r_ref, (Mk_ref, Mv_ref) = gated_cache_write_ref(
+            *inputs[:4], initial_state=inputs[4], output_final_state=True)
+    assert_close(r, r_ref, "r")
+    assert_close(Mk, Mk_ref, "final Mk")
+    assert_close(Mv, Mv_ref, "final Mv")
+
+
+def test_parallel_forward_matches_chunked_and_varlen(monkeypatch):
+    """The parallel and the chunked forward agree to float32 rounding, per sequence of a
+    packed batch too, and a sequence's reads do not depend on its neighbours."""
+    monkeypatch.setattr(cpu_mod, "PARALLEL_BLOCK", 2)
+    q, k, v, w, st = make_inputs(1, 61, 2, 6, 5, 4, n_states=3)
+    cu = torch.tensor([0, 17, 18, 61])
+    r, fin = _no_grad_run((q, k, v, w, st), chunk_size=8, cu_seqlens=cu)
+    r_c, fin_c = cpu_gated_cache_write(q, k, v, w, initial_state=st, output_final_state=True,
+                                       chunk_size=8, cu_seqlens=cu)  # grad: chunked
+    assert_close(r, r_c.detach(), "r")
+    for a, b in zip(fin, fin_c):
+        assert_close(a, b.detach(), "final state")
+    for i in range(3):
+        s = slice(int(cu[i]), int(cu[i + 1]))
+        one = (q[:, s], k[:, s], v[:, s], w[:, s], (st[0][i:i + 1], st[1][i:i + 1]))
+        r_i, fin_i = _no_grad_run(one, chunk_size=8)
+        assert torch.allclose(r[:, s], r_i, atol=1e-5, rtol=1e-5)
+        assert torch.allclose(fin[0][i:i + 1], fin_i[0], atol=1e-5, rtol=1e-5)
+
+
+def test_parallel_forward_keeps_bad_rows_to_the_slots_they_write(monkeypatch):
+    """Rows of k and v holding inf or NaN at tokens that write some slots (w > 0 there,
+    w = 0 elsewhere): the slots they do not write, and every read before them, equal the
+    oracle's bit for bit or to rounding; nothing is turned into NaN through 0 * inf."""
+    monkeypatch.setattr(cpu_mod, "PARALLEL_BLOCK", 2)
+    q, k, v, w, st = (x.detach() if isinstance(x, torch.Tensor) else x
+                      for x in make_inputs(1, 40, 1, 4, 5, 4))
+    st = tuple(s.detach() for s in st)
+    k, v, w = k.clone(), v.clone(), w.clone()
+    k[:, 9, 0, 1] = float("inf")
+    v[:, 27, 0, 2] = float("nan")
+    for t in (9, 27):
+        w[:, t, 0] = torch.tensor([0.0, 0.5, 0.0, 0.0])  # only slot 1
+    r, (Mk, Mv) = _no_grad_run((q, k, v, w, st), chunk_size=8)
+    with torch.no_grad():
+        r_ref, (Mk_ref, Mv_ref) = gated_cache_write_ref(
+            q, k, v, w, initial_state=st, output_final_state=True)
+    assert torch.isfinite(r[:, :9]).all()
+    assert_close(r[:, :9], r_ref[:, :9], "reads before the inf key")
+    others = [0, 2, 3]
+    assert torch.equal(torch.isfinite(Mk), torch.isfinite(Mk_ref))
+    assert torch.equal(torch.isfinite(Mv), torch.isfinite(Mv_ref))
+    assert_close(Mk[:, :, others], Mk_ref[:, :, others], "slots never written by bad rows")
+    assert_close(Mv[:, :, others], Mv_ref[:, :, others], "slots never written by bad rows")
+
+
+def test_parallel_forward_full_weight_is_exact():
+    """w = 1 on a slot replaces it exactly: the final slot is the last token's key, bit for
+    bit, whatever the earlier tokens wrote."""
+    q, k, v, w = (x.detach() for x in make_inputs(1, 20, 1, 3, 4, 4, h0=False)[:4])
+    w = w.clone()
+    w[:, 13, 0, 2] = 1.0
+    w[:, 14:, 0, 2] = 0.0
+    _, (Mk, Mv) = _no_grad_run((q, k, v, w, None), chunk_size=8)
+    assert torch.equal(Mk[0, 0, 2], k[0, 13, 0])
+    assert torch.equal(Mv[0, 0, 2], v[0, 13, 0])
+
+
+def test_cpu_path_picks_parallel_only_without_grad(monkeypatch):
+    """The parallel forward runs under no_grad or on inputs that need no grad; a call
+    that will be differentiated takes the chunked Function."""
+    seen = []
+    real_p, real_c = cpu_mod._parallel, cpu_mod._chunked
+    monkeypatch.setattr(cpu_mod, "_parallel", lambda *a: seen.append("p") or real_p(*a))
+    monkeypatch.setattr(cpu_mod, "_chunked", lambda *a: seen.append("c") or real_c(*a))
+    q, k, v, w, st = make_inputs(1, 9, 1, 3, 4, 4)
+    cpu_gated_cache_write(q, k, v, w, initial_state=st, chunk_size=4)
+    with torch.no_grad():
+        cpu_gated_cache_write(q, k, v, w, initial_state=st, chunk_size=4)
+    cpu_gated_cache_write(q.detach(), k.detach(), v.detach(), w.detach(),
+                          initial_state=tuple(s.detach() for s in st), chunk_size=4)
+    with torch.no_grad():  # 3 slots x 100 tokens > PARALLEL_MAX_WORK: the token walk
+        cpu_gated_cache_write(q, k, v, w, initial_state=st, chunk_size=100)
+    assert seen == ["c", "p", "p", "c"]
+
+
+def test_default_chunk_size_follows_slots_and_grad():
+    q, k, v, w, st = make_inputs(1, 4, 1, 8, 4, 4)
+    assert cpu_mod.default_chunk_size(q, k, v, w, *st) == 8
+    with torch.no_grad():
+        for slots, L in ((8, 16), (32, 8), (64, 16)):
+            w_s = torch.rand(1, 4, 1, slots)
+            assert cpu_mod.default_chunk_size(q, k, v, w_s, *st) == L
+            assert cpu_mod.uses_parallel(slots, L) == (slots <= 32)

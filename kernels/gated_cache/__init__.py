@@ -105,7 +105,8 @@ def gated_cache_write(
             naming w otherwise, NaN included.
         backend: "auto", "triton" or "torch" (see the module docstring).
         chunk_size: tokens per chunk, a positive int (not a bool). None: for "torch" 8
-            when a backward will follow and 16 otherwise (see `cpu.default_chunk_size`);
+            when a backward will follow, otherwise 16 up to 8 slots, 8 up to 32 and 16
+            beyond (see `cpu.default_chunk_size`);
             for "triton" 64 (a multiple of 16 there), and sequences no longer than it run
             the fused recurrent kernel.
 
