@@ -174,6 +174,7 @@ class Sizes:
     expand: int = 2
     heads: Optional[int] = None  # of the memories and the Transformer; None: the spec's / 4
     segment: int = 4096
+    ltm_chunk_size: Optional[int] = None  # tokens a long-term-memory entry; None: the spec's
 
     @classmethod
     def gpu(cls) -> Sizes:
@@ -188,7 +189,14 @@ def spec_for(sizes: Sizes) -> AblationSpec:
     wm, ltm = dict(spec.wm), dict(spec.ltm)
     if sizes.heads is not None:
         wm["wm_heads"] = ltm["ltm_heads"] = sizes.heads
-    return AblationSpec(model=model, wm=wm, ltm=ltm)
+    tasks = spec.train_tasks
+    if sizes.ltm_chunk_size is not None:
+        ltm["ltm_chunk_size"] = sizes.ltm_chunk_size
+        # the spec asks its training tasks to overflow the bank; none is trained here, so
+        # they are only lengthened with the chunk to keep that check's meaning
+        grow = max(1, -(-sizes.ltm_chunk_size // spec.ltm["ltm_chunk_size"]))
+        tasks = [dict(t, seq_len=t["seq_len"] * grow) for t in tasks]
+    return AblationSpec(model=model, wm=wm, ltm=ltm, train_tasks=tasks)
 
 
 def build(variant: str, sizes: Sizes, device) -> nn.Module:
@@ -737,6 +745,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segment", type=int, default=None, help="tokens a call (default 4096)")
     p.add_argument("--d-model", type=int, default=None)
     p.add_argument("--layers", type=int, default=None)
+    p.add_argument("--ltm-chunk-size", type=int, default=None,
+                   help="tokens a long-term-memory entry (default: the ablation spec's, 32)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs a case (the median)")
     p.add_argument("--long-from", type=parse_length, default=parse_length("512K"),
                    help="lengths from here are timed --long-repeats times and run for the "
@@ -777,7 +787,7 @@ def main(argv=None) -> dict[str, Any]:
     device = torch.device(args.device or ("cuda" if args.gpu else "cpu"))
     sizes = Sizes.gpu() if args.gpu else Sizes()
     for name, attr in (("batch", "batch"), ("segment", "segment"), ("d_model", "d_model"),
-                       ("layers", "n_layers")):
+                       ("layers", "n_layers"), ("ltm_chunk_size", "ltm_chunk_size")):
         if getattr(args, name) is not None:
             setattr(sizes, attr, getattr(args, name))
     out = Path(args.out)

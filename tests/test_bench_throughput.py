@@ -61,3 +61,15 @@ def test_a_tiny_run_writes_the_tables_and_the_ratios(tmp_path):
     assert rows[("train", "fifo", 64)]["peak_mb"] > 0
     assert "| ssm |" in (tmp_path / "throughput.md").read_text()
     assert {t["status"] for t in saved["targets"]} <= {"met", "missed", "not measured"}
+
+
+def test_ltm_chunk_size_reaches_every_long_term_memory_variant():
+    """--ltm-chunk-size sets the entries' chunk of every variant with a long-term memory
+    (the spec's 32 otherwise) and leaves the rest of the model as it was."""
+    base, big = bt.spec_for(bt.Sizes()), bt.spec_for(bt.Sizes(ltm_chunk_size=256))
+    for v in ("fifo", "importance", "qlearning", "full"):
+        assert base.config(v).ltm_chunk_size == 32
+        assert big.config(v).ltm_chunk_size == 256
+        assert big.config(v).d_model == base.config(v).d_model
+    assert big.config("ssm") == base.config("ssm")
+    assert bt.build_parser().parse_args(["--ltm-chunk-size", "256"]).ltm_chunk_size == 256
