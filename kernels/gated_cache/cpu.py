@@ -9,8 +9,8 @@ graph per token, in one of two ways:
   runs through one `torch.compile`d function where a C++ compiler is present, eagerly
   otherwise. The slot update is the reference's (`ref.write`, `ref.written`);
 - without one (evaluation, streaming, generation) and with few slots (`uses_parallel`),
-  `_parallel` reads every token of a chunk at once from running products of the write weights, as batched matmuls, and walks
-  only the chunk-start slots.
+  `_parallel` reads every token of a chunk at once from running products of the write
+  weights, as batched matmuls, and walks only the chunk-start slots.
 
 Either way a zero write weight keeps a slot bit-identical. Everything upcasts to float32;
 r comes back in v's dtype, slots in float32.
