@@ -10,6 +10,7 @@ import pytest
 import torch
 from helpers import GRAD_LAYOUTS, assert_close, force_config, layout_loss
 
+import memmodel.kernels.gated_cache.cpu as cpu_mod
 from memmodel.kernels.gated_cache import (
     chunk_gated_cache_write,
     cpu_gated_cache_write,
@@ -484,7 +485,6 @@ def test_bad_cu_seqlens_and_step_state_are_rejected():
 
 
 # The CPU path's forward without a backward (`cpu._parallel`): every chunk's tokens at once.
-import memmodel.kernels.gated_cache.cpu as cpu_mod  # noqa: E402
 
 PARALLEL_CASES = [  # (B, T, H, S, DK, DV, initial state, chunk_size)
     pytest.param(2, 1, 2, 7, 5, 4, True, 16, id="T1"),

@@ -167,8 +167,8 @@ def _parallel_block(q, k, v, w, Mk, Mv, scale, L):
     decay = keep.cumprod(-2)  # [B, H, n, t, S]: the chunk-start slots' weight after t
     # tokens whose k or v row is not finite enter through hard zeros only (`written`)
     # (a finite sum has only finite terms: one reduction is the common case's whole check)
-    any_k, any_v = (not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all())
-                    for x in (k, v))
+    any_k, any_v = (not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all())
+                    for t in (k, v))
     k_ok = k.masked_fill(~torch.isfinite(k).all(-1, keepdim=True), 0.0) if any_k else k
     v_ok = v.masked_fill(~torch.isfinite(v).all(-1, keepdim=True), 0.0) if any_v else v
     last = W[..., -1, :, :].transpose(-1, -2)  # [B, H, n, S, i]: weights in the chunk-end slots
@@ -207,8 +207,7 @@ def _parallel(q, k, v, w, scale, state, chunk_size):
     results as `_chunked` to float32 rounding; a slot that no token writes stays
     bit-identical, and a token's NaN or inf reaches no earlier read."""
     Mk, Mv = zero_state(q, v, w.shape[-1]) if state is None else (s.float() for s in state)
-    Bsz, T = q.shape[:2]
-    L = chunk_size
+    T, L = q.shape[1], chunk_size
     n = -(-T // L)
     # [B, T, H, *] -> [B, H, n, L, *], padded with w = 0 (and q = k = v = 0): no-ops
     ch = lambda x: pad_time(x.float(), n * L).unflatten(1, (n, L)).permute(
@@ -225,6 +224,11 @@ def _parallel(q, k, v, w, scale, state, chunk_size):
 
 
 PARALLEL_MAX_WORK = 256  # slots x chunk tokens up to which the parallel forward is faster
+
+
+def _will_backward(*tensors) -> bool:
+    """Whether autograd records this call: grad mode on and a tensor that requires grad."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def uses_parallel(slots: int, chunk_size: int) -> bool:
@@ -246,9 +250,7 @@ def default_chunk_size(q, k, v, w, *state) -> int:
     0.046 / 0.072 / 0.118; S = 64: 0.108 / 0.135 / 0.105; H = 4, S = 32: 0.098 / 0.166 /
     0.128; H = 4, S = 64: 0.27 / 0.43 / 0.17 (the walk at L = 8: 0.18).
     """
-    grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (q, k, v, w, *state))
-    if grad:
+    if _will_backward(q, k, v, w, *state):
         return 8
     slots = w.shape[-1]
     return 16 if slots <= 8 else 8 if slots <= 32 else 16
@@ -279,8 +281,7 @@ def cpu_gated_cache_write(
     if chunk_size is None:
         chunk_size = default_chunk_size(q, k, v, w, *(initial_state or ()))
 
-    grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (q, k, v, w, *(initial_state or ())))
+    grad = _will_backward(q, k, v, w, *(initial_state or ()))
     step = _parallel if not grad and uses_parallel(w.shape[-1], chunk_size) else _chunked
 
     def run(q, k, v, w, scale, state):
