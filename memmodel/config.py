@@ -276,6 +276,18 @@ class QLearningConfig:
             heuristic reads every chunk, so with guided_read = 1 an exploring read is never
             a SKIP and the value of skipping is never learnt: with retrieve_cost > 0, set
             it below 1 (0: reads explored uniformly).
+        prior: a margin for the importance heuristic's choice (the same choices `guided`
+            follows), in the units of the reward: the policy picks the candidate with the
+            highest Q + prior * [it is the heuristic's choice], and the targets' argmax does
+            the same, so Q values the policy that acts. The network's regression never sees
+            the prior: it learns what each choice earns, and the policy departs from the
+            heuristic only where Q says another choice earns more than `prior`. 0: plain
+            greedy Q. A Q-network that has not yet learnt a choice's value (one the
+            explorer seldom tries) then cannot make the policy worse than the heuristic by
+            extrapolation.
+        prior_read: the same margin for the read decisions alone (the heuristic reads every
+            chunk); None: `prior`. With retrieve_cost > 0 keep it below the cost, or a
+            SKIP can never win.
         seed: seeds the network's init, exploration and replay sampling.
     """
 
@@ -298,6 +310,8 @@ class QLearningConfig:
     content: bool = True
     guided: float = 0.0
     guided_read: Optional[float] = None
+    prior: float = 0.0
+    prior_read: Optional[float] = None
     seed: int = 0
 
     def __post_init__(self):
@@ -319,9 +333,12 @@ class QLearningConfig:
         for name in ("lr", "huber_delta"):
             if not _is_real(getattr(self, name)) or not getattr(self, name) > 0:
                 fail(name, "a positive number")
-        for name in ("memory_cost", "retrieve_cost"):
+        for name in ("memory_cost", "retrieve_cost", "prior"):
             if not _is_real(getattr(self, name)) or not getattr(self, name) >= 0:
                 fail(name, "a number >= 0")
+        if self.prior_read is not None and (not _is_real(self.prior_read)
+                                            or not self.prior_read >= 0):
+            fail("prior_read", "None or a number >= 0")
         if self.grad_clip is not None and (not _is_real(self.grad_clip) or self.grad_clip <= 0):
             fail("grad_clip", "a positive number or None")
         if self.guided_read is not None and (not _is_real(self.guided_read)

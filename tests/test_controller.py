@@ -6,10 +6,12 @@ epsilon schedule, learning on a toy memory MDP and on the passkey task against f
 store_all, checkpoints of the controller state, and config validation.
 """
 
+import copy
 import dataclasses
 import io
 import math
 
+import numpy as np
 import pytest
 import torch
 from helpers import assert_close
@@ -34,7 +36,7 @@ from memmodel.controllers import (
     double_dqn_targets,
     nstep_returns,
 )
-from memmodel.controllers.qlearning import SUMMARY_CHOICES
+from memmodel.controllers.qlearning import FLAG, SUMMARY_CHOICES
 from memmodel.kernels.chunk_compress import chunk_compress_ref
 from memmodel.long_term_memory import LongTermMemory
 from memmodel.model import MemoryLM
@@ -510,6 +512,86 @@ def test_guided_exploration_takes_the_importance_heuristics_choices(guided, guid
         assert 0 < int(reads.sum()) < reads.numel()
 
 
+@pytest.mark.parametrize("config", [ONE_LEVEL, THREE_LEVELS], ids=["one-level", "three-levels"])
+def test_a_large_prior_makes_the_greedy_policy_importance(config):
+    """Greedy with a prior far above any Q value: every decision is importance's (the
+    same summaries stored, the same entries merged and evicted, every chunk read), so
+    the bank and the output are importance's; without a prior the untrained network's
+    own choices differ."""
+    cfg = MemoryConfig(ltm_controller="qlearning", **{**config, "ltm_capacity": 3}
+                       if config is ONE_LEVEL else config)
+    torch.manual_seed(0)
+    x = torch.randn(2, 61, 16)
+    results = {}
+    for name, rl in [("prior", QLearningConfig(prior=1e3)), ("none", QLearningConfig()),
+                     ("importance", None)]:
+        torch.manual_seed(1)  # the same module weights for all three
+        ltm = LongTermMemory.from_config(dataclasses.replace(
+            cfg, ltm_controller="importance" if rl is None else "qlearning"),
+            controller=None if rl is None else QLearningController(cfg, rl)).eval()
+        state = LayerState()
+        with torch.no_grad():
+            y = ltm(x, state)
+        results[name] = (y, state.ltm)
+    y, bank = results["prior"]
+    y_imp, bank_imp = results["importance"]
+    assert_close(y, y_imp)
+    assert torch.equal(bank.live, bank_imp.live) and torch.equal(bank.start, bank_imp.start)
+    y_none, bank_none = results["none"]
+    assert not (torch.equal(bank_none.live, bank_imp.live)
+                and torch.equal(bank_none.start, bank_imp.start))
+
+
+def test_the_prior_moves_the_policys_argmax_not_the_value():
+    """A transition whose bootstrap state has two candidates, the heuristic's valued 0.2
+    below the other: without a prior the target takes the other's value, with a prior of
+    0.5 the heuristic's (the policy's choice), and in both the value is Q_target's, no
+    prior added; acting follows the same argmax."""
+    cfg = MemoryConfig(ltm_controller="qlearning", **ONE_LEVEL)
+    ctrl = QLearningController(cfg, QLearningConfig(prior=0.5)).eval()  # greedy
+    net = ctrl.learner.online
+    F = ctrl.feature_dim
+    x = torch.zeros(1, 2, F)
+    x[0, :, int(Choice.STORE)] = 1.0
+    x[0, 0, -1], x[0, 1, -1] = 1.0, -1.0  # two states the network tells apart
+    x[0, 1, FLAG] = 1.0  # the heuristic's choice: candidate 1
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        net.trunk[0].weight[0, -1] = 1.0  # h0 = relu(x_last)
+        net.trunk[0].weight[1, -1] = -1.0  # h1 = relu(-x_last)
+        net.trunk[2].weight[0, 0] = net.trunk[2].weight[1, 1] = 1.0
+        net.heads.weight[int(Choice.STORE), 0] = 0.3
+        net.heads.weight[int(Choice.STORE), 1] = 0.1
+    values = net(x)[0]
+    assert_close(values, torch.tensor([0.3, 0.1]))
+    assert_close(ctrl.learner.q(x)[0], values)  # acting reads the value, and adds the prior
+    assert ctrl._choose(x[0].numpy()[None], np.ones((1, 2), bool), prior=0.5)[0][0] == 1
+    assert ctrl._choose(x[0].numpy()[None], np.ones((1, 2), bool), prior=0.0)[0][0] == 0
+    batch = Transitions(x[:, 0], torch.ones(1), torch.full((1,), 0.5), x,
+                        torch.ones(1, 2, dtype=torch.bool))
+    target = copy.deepcopy(net)
+    assert_close(double_dqn_targets(net, target, batch), torch.tensor([1.0 + 0.5 * 0.3]))
+    assert_close(double_dqn_targets(net, target, batch, prior=0.5),
+                 torch.tensor([1.0 + 0.5 * 0.1]))
+
+
+def test_a_policy_saved_before_the_heuristic_flag_loads():
+    """A policy saved before phi had the heuristic flag (its config has no `prior`, its
+    features one column fewer) read the same features: it loads, and acts as saved."""
+    cfg = MemoryConfig(ltm_controller="qlearning", **ONE_LEVEL)
+    saved = QLearningController(cfg, QLearningConfig(seed=3))
+    plain, tensors = saved.policy_state()
+    old = {**plain, "feature_dim": plain["feature_dim"] - 1,
+           "rl": {k: v for k, v in plain["rl"].items() if k not in ("prior", "prior_read")}}
+    fresh = QLearningController(cfg)
+    fresh.load_policy_state(old, tensors)
+    x = torch.rand(4, 3, fresh.feature_dim)
+    assert_close(fresh.learner.q(x), saved.learner.q(x))
+    with pytest.raises(ValueError, match="expected features of width"):
+        fresh.load_policy_state({**plain, "feature_dim": plain["feature_dim"] - 1}, tensors)
+
+
 def test_store_all_bypasses_the_capacity():
     cfg = MemoryConfig(ltm_controller="store_all", **ONE_LEVEL)  # capacity 2 is ignored
     ltm = LongTermMemory.from_config(cfg)
@@ -685,8 +767,8 @@ def test_checkpoint_round_trip_restores_the_controller_state(tmp_path):
     fresh = QLearningController(cfg)
     fresh.load_training_state(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))
     assert fresh.rl.memory_cost == 0.1 and fresh.learner.updates == ctrl.learner.updates
-    with pytest.raises(ValueError, match=r"expected features of width 36 \(ltm_levels=3, "
-                                         r"content key width 16\), got 35"):
+    with pytest.raises(ValueError, match=r"expected features of width 37 \(ltm_levels=3, "
+                                         r"content key width 16\), got 36"):
         QLearningController(MemoryConfig(ltm_controller="qlearning", **THREE_LEVELS)
                             ).load_training_state(ctrl.training_state())
 
@@ -706,9 +788,12 @@ def test_checkpoint_round_trip_restores_the_controller_state(tmp_path):
         (dict(content="yes"), r"QLearningConfig.content: expected a bool"),
         (dict(use_usage="yes"), r"use_usage: expected a bool"),
         (dict(guided_read=1.5), r"guided_read: expected None or a number in \[0, 1\], got 1.5"),
+        (dict(prior=-0.1), r"QLearningConfig.prior: expected a number >= 0, got -0.1"),
+        (dict(prior_read="1"), r"prior_read: expected None or a number >= 0, got '1'"),
     ],
     ids=["gamma", "n-step", "buffer", "eps-start", "eps-decay", "lr", "memory-cost",
-         "retrieve-cost", "grad-clip", "content", "usage", "guided-read"],
+         "retrieve-cost", "grad-clip", "content", "usage", "guided-read", "prior",
+         "prior-read"],
 )
 def test_bad_q_learning_config_raises(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):

@@ -26,12 +26,16 @@ at the end of K chunks reaches the first decisions after about K / n rounds, not
 
 The Q-function takes the action as input, Q(s, a) = head_choice(trunk(phi(s, a))), so one
 small network scores any candidate: a choice of three for a summary, two for retrieval, one
-per live entry for eviction. phi = [one-hot choice, context, item, content]
+per live entry for eviction. phi = [one-hot choice, flag, context, item, content]
 (docs/architecture.md). Every feature means the same at any stream length: none reads the
 absolute position or a training length, so a policy trained on 2K-token streams sees the
 same kind of state at 1M tokens.
 
     choice    STORE, COMPRESS, DISCARD, SKIP, RETRIEVE, MERGE, EVICT
+    flag      1 on the importance heuristic's choice (where QLearningConfig.prior or
+              guided exploration asks for it), else 0; the trunk never reads it: the
+              policy adds `prior` to the Q value it marks (a margin the learned values
+              must beat to depart from the heuristic), the value regression does not
     context   occupancy / capacity per level, live entries / total capacity, highest,
               lowest and mean normalised score among live entries (0 for an empty bank)
     item      normalised pooling score, similarity (a summary: its novelty, the largest
@@ -170,17 +174,29 @@ class QNetwork(nn.Module):
     flips with the position (RETRIEVE near the question, SKIP elsewhere) is easy to fit.
     """
 
-    def __init__(self, feature_dim: int, hidden: int, n_choices: int):
+    def __init__(self, feature_dim: int, hidden: int, n_choices: int, flag: bool = False):
         super().__init__()
         self.n_choices = n_choices
-        self.trunk = nn.Sequential(nn.Linear(feature_dim - n_choices, hidden), nn.ReLU(),
+        # flag: column n_choices marks the heuristic's choice (QLearningConfig.prior); the
+        # policy adds the prior there, and the value read here never sees it
+        self.flag_column = n_choices if flag else None
+        self.skip = n_choices + int(flag)
+        self.trunk = nn.Sequential(nn.Linear(feature_dim - self.skip, hidden), nn.ReLU(),
                                    nn.Linear(hidden, hidden), nn.ReLU())
         self.heads = nn.Linear(hidden, n_choices)
         self._host_cache = (None, None)  # (the parameters' identity and versions, arrays)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        choice, features = x[..., : self.n_choices], x[..., self.n_choices:]
+        choice, features = x[..., : self.n_choices], x[..., self.skip:]
         return (self.heads(self.trunk(features)) * choice).sum(-1)
+
+    def preference(self, x: torch.Tensor, prior: float) -> torch.Tensor:
+        """What the policy maximises: the value plus `prior` on the heuristic's choice
+        (the flag column; the value alone without one)."""
+        q = self(x)
+        if prior and self.flag_column is not None:
+            q = q + prior * x[..., self.flag_column]
+        return q
 
     def act(self, x: np.ndarray) -> np.ndarray:
         """`forward` on host features, in float32 NumPy, without autograd: x [..., F] ->
@@ -189,7 +205,7 @@ class QNetwork(nn.Module):
         and again only after a parameter changes (its version counter moves, as an
         optimiser step or `load_state_dict` makes it, or it is replaced, as `to()` does)."""
         layers = self._host_weights()
-        h = x[..., self.n_choices:]
+        h = x[..., self.skip:]
         for w, b in layers[:-1]:
             h = np.maximum(h @ w + b, 0.0)
         w, b = layers[-1]
@@ -250,10 +266,15 @@ def nstep_returns(rewards: torch.Tensor, n: int, gamma: float,
 
 
 @torch.no_grad()
-def double_dqn_targets(online: nn.Module, target: nn.Module, batch: Transitions) -> torch.Tensor:
+def double_dqn_targets(online: nn.Module, target: nn.Module, batch: Transitions,
+                       prior: float = 0.0) -> torch.Tensor:
     """[N]: y = ret + discount * Q_target(s', argmax_a Q_online(s', a)), over the valid
-    candidates of s'; a transition without any (the stream ended) gets y = ret."""
-    q_online = online(batch.next_x).masked_fill(~batch.next_mask, float("-inf"))
+    candidates of s'; a transition without any (the stream ended) gets y = ret. With a
+    `prior` (QNetwork.preference) the argmax is the policy's, the value plus the prior on
+    the heuristic's choice, so the target values the policy that acts; Q_target is the
+    value alone."""
+    q_online = (online.preference(batch.next_x, prior) if prior else online(batch.next_x))
+    q_online = q_online.masked_fill(~batch.next_mask, float("-inf"))
     best = q_online.argmax(-1, keepdim=True)
     q_next = target(batch.next_x).gather(-1, best)[..., 0]
     q_next = torch.where(batch.next_mask.any(-1), q_next, 0.0)
@@ -268,13 +289,16 @@ class QLearner:
         n_next: K, candidates stored for the bootstrap state.
         n_choices: the width of the one-hot choice.
         config: QLearningConfig.
+        flag: phi's column n_choices marks the heuristic's choice (QNetwork), which the
+            targets' argmax adds config.prior to.
     """
 
-    def __init__(self, feature_dim: int, n_next: int, n_choices: int, config: QLearningConfig):
+    def __init__(self, feature_dim: int, n_next: int, n_choices: int, config: QLearningConfig,
+                 flag: bool = False):
         self.config = config
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            self.online = QNetwork(feature_dim, config.hidden, n_choices)
+            self.online = QNetwork(feature_dim, config.hidden, n_choices, flag)
         self.target = copy.deepcopy(self.online).requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.online.parameters(), lr=config.lr)
         self.buffer = ReplayBuffer(config.buffer_size, feature_dim, n_next)
@@ -363,7 +387,7 @@ class QLearner:
             batch = self.buffer.sample(c.batch_size, self.generator)
         batch = Transitions(*(self._to_networks(t) for t in batch))
         with torch.enable_grad():
-            y = double_dqn_targets(self.online, self.target, batch)
+            y = double_dqn_targets(self.online, self.target, batch, c.prior)
             loss = F.huber_loss(self.online(batch.x), y, delta=c.huber_delta)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -406,6 +430,7 @@ class Choice(enum.IntEnum):
     EVICT = 6
 
 
+FLAG = len(Choice)  # phi's column after the one-hot: 1 on the heuristic's choice
 CONTEXT_FEATURES = ("live_fraction", "high_score", "low_score", "mean_score")  # + occupancy
 ITEM_FEATURES = ("score", "similarity", "rank", "log_age", "usage_rate", "level")
 AGE_CHUNKS = 1024  # the age feature reads 1 for an entry this many chunks old
@@ -529,9 +554,10 @@ class QLearningController(MemoryController):
         self.levels, self.chunk_size = config.ltm_levels, config.ltm_chunk_size
         self.needs_usage = self.rl.use_usage
         self.key_dim = config.ltm_heads * config.ltm_head_dim if self.rl.content else 0
-        self.feature_dim = (len(Choice) + self.levels + len(CONTEXT_FEATURES)
+        self.feature_dim = (len(Choice) + 1 + self.levels + len(CONTEXT_FEATURES)
                             + len(ITEM_FEATURES) + self.key_dim)
-        self.learner = QLearner(self.feature_dim, len(SUMMARY_CHOICES), len(Choice), self.rl)
+        self.learner = QLearner(self.feature_dim, len(SUMMARY_CHOICES), len(Choice), self.rl,
+                                flag=True)
         # the learner's networks, as submodules: model.to() and state_dict() reach them
         self.online, self.target = self.learner.online, self.learner.target
         self.scores = RunningStats()
@@ -568,19 +594,25 @@ class QLearningController(MemoryController):
             item[:, :P, len(ITEM_FEATURES):] = keys
             item[:, P, len(ITEM_FEATURES):] = keys.mean(1)
         x = self._phi(ctx, SUMMARY_CHOICES, item[:, :P])  # [B, P, 3, F]
+        xr = self._phi(ctx, (Choice.SKIP, Choice.RETRIEVE), item[:, P:])[:, 0]  # [B, 2, F]
         mask = np.broadcast_to(np.array([True, self.levels > 1, True]), (B, P, 3))
         guide = guide_read = None
         guided_read = self.rl.guided if self.rl.guided_read is None else self.rl.guided_read
-        if (self.rl.guided > 0 or guided_read > 0) and self.epsilon > 0:
+        prior_read = self.rl.prior if self.rl.prior_read is None else self.rl.prior_read
+        guides = (self.rl.guided > 0 or guided_read > 0) and self.epsilon > 0
+        if guides or self.rl.prior > 0 or prior_read > 0:
             heuristic = highest_scores(features)
-            guide = np.where(heuristic.action.numpy() == int(Action.STORE), 0, 2).reshape(-1)
-            guide_read = heuristic.retrieve.numpy().astype(np.int64)  # SKIP 0, RETRIEVE 1
+            store = np.where(heuristic.action.numpy() == int(Action.STORE), 0, 2)  # [B, P]
+            reads = heuristic.retrieve.numpy().astype(np.int64)  # SKIP 0, RETRIEVE 1
+            x[..., FLAG] = store[..., None] == np.arange(3)
+            xr[..., FLAG] = reads[:, None] == np.arange(2)
+            if guides:
+                guide, guide_read = store.reshape(-1), reads
         pick, explored = self._choose(x.reshape(B * P, 3, -1), mask.reshape(B * P, 3),
-                                      generator, guide)
+                                      generator, guide, prior=self.rl.prior)
         pick, explored = pick.reshape(B, P), explored.reshape(B, P).any(1)
-        xr = self._phi(ctx, (Choice.SKIP, Choice.RETRIEVE), item[:, P:])[:, 0]  # [B, 2, F]
         read, explored_read = self._choose(xr, np.ones((B, 2), bool), generator, guide_read,
-                                           guided=guided_read)
+                                           guided=guided_read, prior=prior_read)
         read = torch.from_numpy(read == 1)
         if self.training and isinstance(episode, Episode):
             rows, every = np.arange(B), torch.ones(B, dtype=torch.bool)
@@ -649,13 +681,19 @@ class QLearningController(MemoryController):
         episode = features.controller_state
         generator = episode.generator if isinstance(episode, Episode) else self.generator
         q = self.learner.q(torch.from_numpy(x)).numpy()  # the same for every pick
+        guides = self.rl.guided > 0 and self.epsilon > 0
+        order = ranked(torch.from_numpy(score)).numpy() if guides or self.rl.prior > 0 \
+            else None
         picks = []
         for _ in range(features.count):
             guide = None
-            if self.rl.guided > 0 and self.epsilon > 0:  # the lowest-scored candidate
-                order = ranked(torch.from_numpy(score)).numpy()
-                guide = np.where(candidate, order, np.inf).argmin(1)
-            idx, explored = self._choose(x, candidate, generator, guide, q)
+            if order is not None:  # the heuristic's: the lowest-scored candidate
+                lowest = np.where(candidate, order, np.inf).argmin(1)
+                x = x.copy()  # an earlier pick's transition keeps its own flags
+                x[..., FLAG] = (np.arange(M) == lowest[:, None]) & candidate
+                guide = lowest if guides else None
+            idx, explored = self._choose(x, candidate, generator, guide, q,
+                                         prior=self.rl.prior)
             # 0 where no candidate is valid, as over every column
             picks.append(idx if cols is None else
                          np.where(candidate.any(1), cols[rows, idx], 0))
@@ -802,7 +840,10 @@ class QLearningController(MemoryController):
         policy saved with the features of an older version (its config has `horizon`)
         raises a ValueError (`QLearningConfig.from_dict`)."""
         QLearningConfig.from_dict(plain["rl"])
-        if plain["feature_dim"] != self.feature_dim:
+        # a policy saved before the heuristic flag (its config has no `prior`) read the
+        # same features, one column narrower: the flag is a column its network skips
+        legacy = "prior" not in plain["rl"] and plain["feature_dim"] + 1 == self.feature_dim
+        if plain["feature_dim"] != self.feature_dim and not legacy:
             raise ValueError(f"QLearningController.load_policy_state: expected features of "
                              f"width {self._width()}, got {plain['feature_dim']}")
         for net in ("online", "target"):
@@ -842,31 +883,36 @@ class QLearningController(MemoryController):
                                mean[:, None]], 1, dtype=np.float32)
 
     def _phi(self, ctx: np.ndarray, choices, item: np.ndarray) -> np.ndarray:
-        """[B, N, len(choices), F] float32 = [one-hot choice, ctx, item] from ctx [B, Fc]
-        and item [B, N, Fi] (the same ctx and item for every choice)."""
+        """[B, N, len(choices), F] float32 = [one-hot choice, heuristic flag (0), ctx, item]
+        from ctx [B, Fc] and item [B, N, Fi] (the same ctx and item for every choice)."""
         B, N = item.shape[:2]
         n = len(Choice)
         x = np.empty((B, N, len(choices), self.feature_dim), np.float32)
         x[..., :n] = _ONE_HOT[[int(c) for c in choices]]
-        x[..., n: n + ctx.shape[1]] = ctx[:, None, None]
-        x[..., n + ctx.shape[1]:] = item[:, :, None]
+        x[..., FLAG] = 0.0  # set by the caller where the heuristic's choice is known
+        x[..., n + 1: n + 1 + ctx.shape[1]] = ctx[:, None, None]
+        x[..., n + 1 + ctx.shape[1]:] = item[:, :, None]
         return x
 
     def _choose(self, x, mask, generator: Optional[torch.Generator] = None, guide=None,
-                q: Optional[np.ndarray] = None, guided: Optional[float] = None
-                ) -> tuple[np.ndarray, np.ndarray]:
+                q: Optional[np.ndarray] = None, guided: Optional[float] = None,
+                prior: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """Epsilon-greedy over the masked candidates x [N, K, F] (mask [N, K] bool; arrays
         or host tensors): the picks [N] int64 (0 where none is valid) and [N] bool, whether
         a pick is an exploring one other than the greedy. Random draws come from
         `generator` (the stream's; default the controller's). guide: [N], the heuristic's
         valid pick, which an exploring draw takes with probability `rl.guided` (see
         QLearningConfig.guided; `guided` overrides it). q: the Q-values of x [N, K] when
-        known (several picks among the same candidates), else asked of the network."""
+        known (several picks among the same candidates), else asked of the network. prior:
+        added to the value of the candidate x's FLAG column marks (QLearningConfig.prior)
+        before the greedy argmax."""
         generator = self.generator if generator is None else generator
         mask = np.asarray(mask, dtype=bool)
         valid = mask.any(-1)
         if q is None:
             q = self.learner.q(torch.as_tensor(x)).numpy()
+        if prior:
+            q = q + np.float32(prior) * np.asarray(x)[..., FLAG]
         pick = np.where(mask, q, -np.inf).argmax(-1)
         explored = np.zeros(pick.shape, dtype=bool)
         eps = self.epsilon
