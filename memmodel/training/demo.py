@@ -73,9 +73,13 @@ DEMO_SPEC = dict(
     # managed well, and the network learns off-policy from those decisions what they earn.
     # No memory cost here: the bank is bounded anyway, and at 0.01 per entry and chunk (up
     # to 0.64 a sequence, against answer-loss rewards of 0.1-2 nats) storing nothing paid
-    # best
+    # best. prior 1.0 (QLearningConfig.prior): the policy leaves importance's choice only
+    # where its Q values say another choice saves at least one nat of answer loss. Without
+    # it the greedy policy stored almost nothing (full 0.12 on the passkey at 128K); full
+    # at 128K from the demo's warm-up, by prior (docs/architecture.md): 0.1 passkey 0.75,
+    # multi-needle 0.28; 0.5 1.00 / 0.59; 1.0 1.00 / 0.72; 2.0 1.00 / 0.84
     qlearning=dict(memory_cost=0.0, retrieve_cost=0.0, epsilon_decay=600, min_buffer=64,
-                   guided=1.0),
+                   guided=1.0, prior=1.0),
     eval_tasks=[dict(_PASSKEY), dict(_NEEDLE)],
     eval_lengths=[1024, 8192, 32768, 131072],
     eval_n=16,
