@@ -97,6 +97,44 @@ def test_sweep_qlearning_costs_runs_and_counts_reads(tmp_path, monkeypatch):
     assert "| qlearning | 0 | 0.5 |" in proc.stdout
 
 
+@pytest.mark.slow
+def test_sweep_qlearning_prior_counts_the_decisions_that_are_importances(tmp_path,
+                                                                          monkeypatch):
+    """The prior sweep end to end at toy sizes: one training step per setting from a warm
+    model of the demo's config, rows at two lengths, the share of decisions that agree
+    with importance counted at the first; with a prior far above any Q value every
+    decision agrees."""
+    monkeypatch.setenv("MEMMODEL_BACKEND", "torch")
+    from memmodel.training.ablation import AblationSpec, warm_up
+    from memmodel.training.demo import demo_spec
+
+    spec = AblationSpec.from_dict({**demo_spec().to_dict(), "warmup_steps": 1})
+    warm_up(spec, str(tmp_path / "warm.pt"))
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/sweep_qlearning_prior.py", "--warm",
+         str(tmp_path / "warm.pt"), "--steps", "1", "--lengths", "512,256", "--n", "2",
+         "--priors", "0,1000", "--variants", "qlearning", "--out", str(tmp_path / "out")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "MEMMODEL_COMPILE": "0", "MEMMODEL_BACKEND": "torch"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "out" / "prior.json").read_text())
+    assert [(r["prior"], r["task"], r["T"]) for r in rows] == [
+        (p, task, T) for p in (0.0, 1000.0) for task in ("passkey", "multi_needle")
+        for T in (512, 256)]
+    counted = [r for r in rows if r["T"] == 512]
+    assert all(0 <= r["agree_store"] <= 1 and 0 <= r["agree_read"] <= 1 for r in counted)
+    assert all("agree_store" not in r for r in rows if r["T"] == 256)
+    for r in counted:
+        if r["prior"] == 1000.0:
+            assert r["agree_store"] == r["agree_read"] == 1.0
+            assert r["agree_select"] in (None, 1.0)
+    assert "| qlearning | 1000 | passkey | 512 |" in proc.stdout
+    bad = subprocess.run([sys.executable, "benchmarks/sweep_qlearning_prior.py", "--warm",
+                          str(tmp_path / "warm.pt"), "--variants", "fifo"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--variants: expected some of" in bad.stderr
+
+
 def test_eval_models_streams_a_saved_model_at_the_lengths(tmp_path, monkeypatch):
     """eval_models end to end at toy sizes: a model saved by the demo's warm-up, loaded and
     streamed through both demo tasks at two lengths, a row each."""
