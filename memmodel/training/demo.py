@@ -25,7 +25,7 @@ extra), depth.json, spec.json (the resolved spec) and models/<variant>.pt, each 
 with `memmodel.load`. The table is printed at the end.
 
 The settings are `DEMO_SPEC` (and `LONG`, its changes for --long). One run on a 2-core CPU
-takes about 26 minutes (two worker processes of one thread each, the CPU fast paths
+takes 12 to 14 minutes (two worker processes of one thread each, the CPU fast paths
 compiled: about 110 s of it compiling in each worker on a first run); docs/results.md has
 what it measured.
 """
