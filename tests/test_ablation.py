@@ -195,6 +195,13 @@ def test_demo_specs_resolve_bind_the_capacity_and_reach_128k(capsys):
     asked = AblationSpec.from_dict(json.loads(capsys.readouterr().out))
     assert asked.variants == ["gumbel", "importance"]
     assert asked.config("gumbel").ltm_controller == "gumbel"
+    demo.main(["--print-spec", "--variants", "qlearning,full", "--controller-seeds", "0,1,2"])
+    seeded = AblationSpec.from_dict(json.loads(capsys.readouterr().out))
+    assert seeded.variants == ["qlearning", "full"] and seeded.seeds_of("full") == [0, 1, 2]
+    with pytest.raises(SystemExit):
+        demo.main(["--print-spec", "--controller-seeds", "0,a"])
+    assert "--controller-seeds: expected comma-separated ints, got '0,a'" in \
+        capsys.readouterr().err
 
 
 def test_demo_compiles_unless_told_not_to(monkeypatch, capsys):

@@ -2,6 +2,8 @@
 
     python -m memmodel.training.demo --out results            # `make demo`
     python -m memmodel.training.demo --out results --long     # `make demo DEMO=long`
+    python -m memmodel.training.demo --variants qlearning,full --controller-seeds 0,1,2 \
+        --out results/seeds        # the learned controllers from three seeds
 
 Trains the eight variants of `memmodel.training.ablation` (ssm, wm, fifo, importance,
 store_all, qlearning, gumbel, the differentiable keep gate beside Q-learning, and full)
@@ -122,6 +124,9 @@ def main(argv=None):
                    help="train longer and evaluate at 512K and 1M tokens too")
     p.add_argument("--variants", default=None,
                    help="comma-separated subset of the variants (default: all of DEMO_SPEC's)")
+    p.add_argument("--controller-seeds", default=None,
+                   help="comma-separated Q-learning controller seeds: the qlearning and full "
+                        "variants trained once per seed, their rows pooled (mean, spread)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--workers", type=int, default=None,
                    help="processes training and evaluating variants side by side (default: "
@@ -136,10 +141,18 @@ def main(argv=None):
     if args.no_compile:
         os.environ["MEMMODEL_COMPILE"] = "0"
     spec = demo_spec(args.long)
+    changes = {}
     if args.variants:
+        changes["variants"] = args.variants.split(",")
+    if args.controller_seeds:
         try:
-            spec = AblationSpec.from_dict({**spec.to_dict(),
-                                           "variants": args.variants.split(",")})
+            changes["controller_seeds"] = [int(v) for v in args.controller_seeds.split(",")]
+        except ValueError:
+            p.error(f"--controller-seeds: expected comma-separated ints, got "
+                    f"{args.controller_seeds!r}")
+    if changes:
+        try:
+            spec = AblationSpec.from_dict({**spec.to_dict(), **changes})
         except ValueError as e:
             p.error(str(e))
     if args.print_spec:
