@@ -50,7 +50,6 @@ import logging
 import math
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -59,6 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import harness
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -471,19 +471,9 @@ def run_loop(variants: list[str], sizes: Sizes, device, args, rows: list[dict[st
 
 # ----------------------------------------------------------------------------- report
 
-def parse_length(text: str) -> int:
-    m = re.fullmatch(r"\s*(\d+)\s*([kKmM]?)\s*", text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"expected a length such as 4096, 4K or 1M, got "
-                                         f"{text!r}")
-    return int(m.group(1)) * {"": 1, "k": 1024, "m": 1 << 20}[m.group(2).lower()]
-
-
 def parse_lengths(text: str) -> list[int]:
-    lengths = sorted({parse_length(t) for t in text.split(",") if t.strip()})
-    if not lengths:
-        raise argparse.ArgumentTypeError(f"expected lengths such as 1K,4K, got {text!r}")
-    return lengths
+    """`harness.parse_lengths`, sorted and without repeats."""
+    return sorted(set(harness.parse_lengths(text)))
 
 
 def parse_names(text: str, allowed, what: str) -> list[str]:
@@ -502,7 +492,7 @@ def parse_limits(text: str) -> dict[str, int]:
         if name not in ALL_VARIANTS or not value:
             raise argparse.ArgumentTypeError(f"--max-length: expected variant=length pairs "
                                              f"(variants {list(ALL_VARIANTS)}), got {part!r}")
-        out[name] = parse_length(value)
+        out[name] = harness.parse_length(value)
     return out
 
 
@@ -748,13 +738,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ltm-chunk-size", type=int, default=None,
                    help="tokens a long-term-memory entry (default: the ablation spec's, 32)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs a case (the median)")
-    p.add_argument("--long-from", type=parse_length, default=parse_length("512K"),
+    p.add_argument("--long-from", type=harness.parse_length, default=harness.parse_length("512K"),
                    help="lengths from here are timed --long-repeats times and run for the "
                         "bounded variants only (default 512K)")
     p.add_argument("--long-repeats", type=int, default=1)
     p.add_argument("--long-unbounded", action="store_true",
                    help="run store_all and the Transformer at the long lengths too")
-    p.add_argument("--train-max", type=parse_length, default=parse_length("128K"),
+    p.add_argument("--train-max", type=harness.parse_length, default=harness.parse_length("128K"),
                    help="the longest T of the train mode (default 128K)")
     p.add_argument("--max-case-seconds", type=float, default=300.0,
                    help="skip a length whose projected time a run exceeds this")
@@ -797,7 +787,7 @@ def main(argv=None) -> dict[str, Any]:
         if variant not in ALL_VARIANTS or not length:
             raise SystemExit(f"--profile: expected VARIANT@T with a variant of "
                              f"{list(ALL_VARIANTS)}, got {args.profile!r}")
-        text = profile_stream(variant, parse_length(length), sizes, device)
+        text = profile_stream(variant, harness.parse_length(length), sizes, device)
         (out / "profile.txt").write_text(text + "\n")
         print(text)
         return {"profile": text}

@@ -19,15 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-
-def parse_lengths(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated ints, got {text!r}") from None
-    if any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive lengths, got {text!r}")
-    return values
+from harness import parse_lengths
 
 
 def main(argv=None):

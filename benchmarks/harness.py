@@ -1,5 +1,5 @@
-"""What the benchmark scripts share: the CPU timer, the copy-bandwidth probe and the
-`--tiny` flag of the GPU ones.
+"""What the benchmark scripts share: the CPU timer, the copy-bandwidth probe, the
+`--tiny` flag of the GPU ones and the parsers of lists of lengths and numbers.
 
 Imported by the scripts in this folder (run as `python benchmarks/<script>.py`, which puts
 this folder on the import path).
@@ -7,8 +7,40 @@ this folder on the import path).
 
 from __future__ import annotations
 
+import argparse
+import re
 import statistics
 import time
+
+
+def parse_length(text: str) -> int:
+    """A length in tokens, such as 4096, 4K or 1M (K = 1024), positive."""
+    m = re.fullmatch(r"\s*(\d+)\s*([kKmM]?)\s*", text)
+    value = int(m.group(1)) * {"": 1, "k": 1024, "m": 1 << 20}[m.group(2).lower()] if m else 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a length such as 4096, 4K or 1M, got "
+                                         f"{text!r}")
+    return value
+
+
+def parse_lengths(text: str) -> list[int]:
+    """Comma-separated lengths (`parse_length`), in the order given."""
+    lengths = [parse_length(t) for t in text.split(",") if t.strip()]
+    if not lengths:
+        raise argparse.ArgumentTypeError(f"expected lengths such as 1K,4K, got {text!r}")
+    return lengths
+
+
+def parse_floats(text: str) -> list[float]:
+    """Comma-separated numbers >= 0 (costs, priors), in the order given."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}") from None
+    if any(not v >= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected numbers >= 0, got {text!r}")
+    return values
 
 
 def median_seconds(fn, repeats: int) -> float:

@@ -42,17 +42,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-
-
-def parse_floats(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers, got {text!r}") from None
-    if any(not v >= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected costs >= 0, got {text!r}")
-    return values
+from harness import parse_floats
 
 
 def main(argv=None):

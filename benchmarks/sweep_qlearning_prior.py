@@ -26,29 +26,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from harness import parse_floats, parse_lengths
 
 VARIANTS = ("qlearning", "full")
-
-
-def parse_floats(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") \
-            from None
-    if any(not v >= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected numbers >= 0, got {text!r}")
-    return values
-
-
-def parse_lengths(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated ints, got {text!r}") from None
-    if any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive lengths, got {text!r}")
-    return values
 
 
 def main(argv=None):
