@@ -17,7 +17,9 @@ For the retrieval cost, `--question TEXT` gives the passkey (in training and eva
 fixed question before its query byte, as RULER's "What is the pass key? The pass key is",
 so the chunks before the answer's tell that a read is coming; `--guided-read` sets how
 often the controller's exploring reads follow the heuristic (which reads every chunk):
-below 1, skipping is tried and its value learnt. `--read-steps N` splits a setting's
+below 1, skipping is tried and its value learnt; `--prior-read` sets the margin a SKIP
+must beat (QLearningConfig.prior_read; the demo's prior of 1.0 nat applies to reads too
+unless it is set below the retrieval cost). `--read-steps N` splits a setting's
 training in two: first the demo's training with no costs and reads following the heuristic
 (the model learns to use a bank read at every chunk), then N steps on that model frozen, in
 which a controller started from the first one's network, exploring afresh, learns under the
@@ -70,6 +72,9 @@ def main(argv=None):
     p.add_argument("--guided-read", type=float, default=None,
                    help="QLearningConfig.guided_read: the share of exploring reads that follow "
                         "the heuristic's (read every chunk); default: the demo's `guided`")
+    p.add_argument("--prior-read", type=float, default=None,
+                   help="QLearningConfig.prior_read: the margin for the heuristic's read "
+                        "(default: the demo's prior)")
     p.add_argument("--read-steps", type=int, default=0,
                    help="steps of a second phase on the frozen model, in which a controller "
                         "started from the first phase's learns under the costs (default 0: "
@@ -80,6 +85,8 @@ def main(argv=None):
         p.error(f"--read-steps: expected an int >= 0, got {args.read_steps}")
     if args.guided_read is not None and not 0 <= args.guided_read <= 1:
         p.error(f"--guided-read: expected a number in [0, 1], got {args.guided_read}")
+    if args.prior_read is not None and not args.prior_read >= 0:
+        p.error(f"--prior-read: expected a number >= 0, got {args.prior_read}")
     if args.no_compile:
         os.environ["MEMMODEL_COMPILE"] = "0"
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -98,7 +105,7 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(args.warm, m, r, args.steps, args.T, args.n, args.threads, args.question,
-             args.guided_read, args.read_steps) for m, r in grid]
+             args.guided_read, args.read_steps, args.prior_read) for m, r in grid]
     done: dict[int, list[dict]] = {}  # grid index -> its rows, one per task
 
     def ordered() -> list[dict]:  # in grid order, whatever finished first
@@ -139,10 +146,12 @@ def main(argv=None):
 
 def run_setting(warm_path: str, memory_cost: float, retrieve_cost: float,
                 steps: Optional[int], T: int, n: int, threads: int, question: str = "",
-                guided_read: Optional[float] = None, read_steps: int = 0) -> list[dict]:
+                guided_read: Optional[float] = None, read_steps: int = 0,
+                prior_read: Optional[float] = None) -> list[dict]:
     """Train the demo's qlearning variant with these costs from the warm-up weights, then
     stream it through the demo's evaluation tasks at T tokens: one row per task. question:
-    the passkey's (training and evaluation); guided_read: the controller's; read_steps > 0:
+    the passkey's (training and evaluation); guided_read, prior_read: the controller's
+    (None: the demo's); read_steps > 0:
     the demo's training without costs first, then read_steps on the frozen model for a
     controller (from the first one's network, epsilon restarted) under the costs."""
     torch.set_num_threads(threads)
@@ -156,7 +165,7 @@ def run_setting(warm_path: str, memory_cost: float, retrieve_cost: float,
     warm = load_checkpoint(warm_path)[0].state_dict()
     data = demo_spec().to_dict()
     costs = {"memory_cost": memory_cost, "retrieve_cost": retrieve_cost,
-             "guided_read": guided_read}
+             "guided_read": guided_read, "prior_read": prior_read}
     if not read_steps:
         data["qlearning"] = {**data["qlearning"], **costs}
     if question:
@@ -191,7 +200,8 @@ def run_setting(warm_path: str, memory_cost: float, retrieve_cost: float,
         chunks = sum(t.chunks for t in tallies)
         rows.append(dict(
             memory_cost=memory_cost, retrieve_cost=retrieve_cost, question=question,
-            guided_read=guided_read, read_steps=read_steps, task=r.task, T=T,
+            guided_read=guided_read, prior_read=prior_read, read_steps=read_steps,
+            task=r.task, T=T,
             n=r.n, accuracy=r.accuracy, ci_low=r.ci_low, ci_high=r.ci_high,
             entries=r.entries, reads=sum(t.reads for t in tallies) / max(chunks, 1),
             train_seconds=trained_s))

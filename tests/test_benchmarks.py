@@ -83,7 +83,8 @@ def test_sweep_qlearning_costs_runs_and_counts_reads(tmp_path, monkeypatch):
         [sys.executable, "benchmarks/sweep_qlearning_costs.py", "--warm",
          str(tmp_path / "warm.pt"), "--baselines", str(tmp_path / "none.json"), "--steps",
          "1", "--T", "512", "--n", "2", "--memory-costs", "0", "--retrieve-costs", "0,0.5",
-         "--question", " The key is", "--guided-read", "0", "--read-steps", "1", "--out",
+         "--question", " The key is", "--guided-read", "0", "--prior-read", "0",
+         "--read-steps", "1", "--out",
          str(tmp_path / "out")],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
         env={**os.environ, "MEMMODEL_COMPILE": "0", "MEMMODEL_BACKEND": "torch"})
@@ -93,7 +94,7 @@ def test_sweep_qlearning_costs_runs_and_counts_reads(tmp_path, monkeypatch):
         (0.0, "passkey"), (0.0, "multi_needle"), (0.5, "passkey"), (0.5, "multi_needle")]
     assert all(0 <= r["reads"] <= 1 and 0 <= r["entries"] <= 4 and r["n"] >= 2 for r in rows)
     assert all(r["question"] == " The key is" and r["guided_read"] == 0 and r["read_steps"] == 1
-               for r in rows)
+               and r["prior_read"] == 0 for r in rows)
     assert "| qlearning | 0 | 0.5 |" in proc.stdout
 
 
