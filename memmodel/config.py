@@ -276,6 +276,10 @@ class QLearningConfig:
             heuristic reads every chunk, so with guided_read = 1 an exploring read is never
             a SKIP and the value of skipping is never learnt: with retrieve_cost > 0, set
             it below 1 (0: reads explored uniformly).
+        guided_select: the same fraction for what a full level gives up (the heuristic:
+            its lowest-scored entry); None: `guided`. With guided_select = 1 an exploring
+            select never evicts or merges another entry, so the value of doing so is
+            never learnt, only extrapolated by the network.
         prior: a margin for the importance heuristic's choice (the same choices `guided`
             follows), in the units of the reward: the policy picks the candidate with the
             highest Q + prior * [it is the heuristic's choice], and the targets' argmax does
@@ -310,6 +314,7 @@ class QLearningConfig:
     content: bool = True
     guided: float = 0.0
     guided_read: Optional[float] = None
+    guided_select: Optional[float] = None
     prior: float = 0.0
     prior_read: Optional[float] = None
     seed: int = 0
@@ -341,9 +346,10 @@ class QLearningConfig:
             fail("prior_read", "None or a number >= 0")
         if self.grad_clip is not None and (not _is_real(self.grad_clip) or self.grad_clip <= 0):
             fail("grad_clip", "a positive number or None")
-        if self.guided_read is not None and (not _is_real(self.guided_read)
-                                             or not 0 <= self.guided_read <= 1):
-            fail("guided_read", "None or a number in [0, 1]")
+        for name in ("guided_read", "guided_select"):
+            value = getattr(self, name)
+            if value is not None and (not _is_real(value) or not 0 <= value <= 1):
+                fail(name, "None or a number in [0, 1]")
         for name in ("use_usage", "content"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "a bool")

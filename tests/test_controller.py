@@ -512,6 +512,34 @@ def test_guided_exploration_takes_the_importance_heuristics_choices(guided, guid
         assert 0 < int(reads.sum()) < reads.numel()
 
 
+@pytest.mark.parametrize("guided_select", [None, 1.0, 0.0])
+def test_guided_select_sets_how_often_an_exploring_select_gives_up_the_lowest(guided_select):
+    """Exploring at every decision with guided = 1: each merge or eviction takes the
+    lowest-scored entries of the full level (importance's) unless guided_select is below
+    1; at 0 the picks are uniform, and some are not the lowest."""
+    from memmodel.controllers.heuristics import lowest_scores
+
+    cfg = MemoryConfig(ltm_controller="qlearning", **THREE_LEVELS)
+    rl = QLearningConfig(epsilon_start=1.0, epsilon_end=1.0, epsilon_decay=10 ** 6,
+                         guided=1.0, guided_select=guided_select)
+    ctrl = QLearningController(cfg, rl).train()
+    same = []
+    select = ctrl.select
+
+    def counted(features):
+        idx = select(features)
+        low = lowest_scores(features)
+        same.extend((idx.sort(1).values == low.sort(1).values).all(1)[features.rows].tolist())
+        return idx
+
+    ctrl.select = counted
+    torch.manual_seed(0)
+    with torch.no_grad():
+        LongTermMemory.from_config(cfg, controller=ctrl)(torch.randn(4, 80, 16), LayerState())
+    assert len(same) > 10
+    assert all(same) == (guided_select != 0.0)
+
+
 @pytest.mark.parametrize("config", [ONE_LEVEL, THREE_LEVELS], ids=["one-level", "three-levels"])
 def test_a_large_prior_makes_the_greedy_policy_importance(config):
     """Greedy with a prior far above any Q value: every decision is importance's (the
@@ -788,11 +816,12 @@ def test_checkpoint_round_trip_restores_the_controller_state(tmp_path):
         (dict(content="yes"), r"QLearningConfig.content: expected a bool"),
         (dict(use_usage="yes"), r"use_usage: expected a bool"),
         (dict(guided_read=1.5), r"guided_read: expected None or a number in \[0, 1\], got 1.5"),
+        (dict(guided_select=-1), r"guided_select: expected None or a number in \[0, 1\]"),
         (dict(prior=-0.1), r"QLearningConfig.prior: expected a number >= 0, got -0.1"),
         (dict(prior_read="1"), r"prior_read: expected None or a number >= 0, got '1'"),
     ],
     ids=["gamma", "n-step", "buffer", "eps-start", "eps-decay", "lr", "memory-cost",
-         "retrieve-cost", "grad-clip", "content", "usage", "guided-read", "prior",
+         "retrieve-cost", "grad-clip", "content", "usage", "guided-read", "guided-select", "prior",
          "prior-read"],
 )
 def test_bad_q_learning_config_raises(kwargs, pattern):

@@ -681,7 +681,8 @@ class QLearningController(MemoryController):
         episode = features.controller_state
         generator = episode.generator if isinstance(episode, Episode) else self.generator
         q = self.learner.q(torch.from_numpy(x)).numpy()  # the same for every pick
-        guides = self.rl.guided > 0 and self.epsilon > 0
+        guided = self.rl.guided if self.rl.guided_select is None else self.rl.guided_select
+        guides = guided > 0 and self.epsilon > 0
         order = ranked(torch.from_numpy(score)).numpy() if guides or self.rl.prior > 0 \
             else None
         picks = []
@@ -692,7 +693,7 @@ class QLearningController(MemoryController):
                 x = x.copy()  # an earlier pick's transition keeps its own flags
                 x[..., FLAG] = (np.arange(M) == lowest[:, None]) & candidate
                 guide = lowest if guides else None
-            idx, explored = self._choose(x, candidate, generator, guide, q,
+            idx, explored = self._choose(x, candidate, generator, guide, q, guided=guided,
                                          prior=self.rl.prior)
             # 0 where no candidate is valid, as over every column
             picks.append(idx if cols is None else
