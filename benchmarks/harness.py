@@ -1,5 +1,6 @@
 """What the benchmark scripts share: the CPU timer, the copy-bandwidth probe, the
-`--tiny` flag of the GPU ones and the parsers of lists of lengths and numbers.
+`--tiny` flag of the GPU ones, the parsers of lists of lengths and numbers, and the runner
+of a sweep's settings side by side.
 
 Imported by the scripts in this folder (run as `python benchmarks/<script>.py`, which puts
 this folder on the import path).
@@ -8,6 +9,7 @@ this folder on the import path).
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import statistics
 import time
@@ -71,3 +73,43 @@ def add_tiny_flag(parser):
     parser.add_argument("--tiny", action="store_true",
                         help="toy sizes that run in seconds under Triton's interpreter "
                              "(benchmarks/dry_run.py)")
+
+
+def run_settings(fn, jobs: list[tuple], workers: int, desc: str, json_path,
+                 echo: bool = False) -> list[dict]:
+    """fn(*job) for every job, each returning a list of rows: in this process when
+    `workers` is 1, else side by side in that many spawned processes. After each job,
+    `json_path` is rewritten with the rows of every finished job, in job order (echo: each
+    new row is also printed as JSON above the progress bar). Returns all rows in job order.
+    """
+    from tqdm.auto import tqdm
+
+    done: dict[int, list[dict]] = {}  # job index -> its rows
+
+    def ordered() -> list[dict]:  # in job order, whatever finished first
+        return [r for k in sorted(done) for r in done[k]]
+
+    def collect(i, rows):
+        done[i] = rows
+        if echo:
+            for r in rows:
+                tqdm.write(json.dumps(r))
+        json_path.write_text(json.dumps(ordered(), indent=1) + "\n", encoding="utf-8")
+
+    bar = tqdm(total=len(jobs), desc=desc)
+    if workers == 1:
+        for i, job in enumerate(jobs):
+            collect(i, fn(*job))
+            bar.update()
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(max_workers=workers,
+                                 mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(fn, *job): i for i, job in enumerate(jobs)}
+            for future in as_completed(futures):
+                collect(futures[future], future.result())
+                bar.update()
+    bar.close()
+    return ordered()

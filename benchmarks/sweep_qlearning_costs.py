@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from harness import parse_floats
+from harness import parse_floats, run_settings
 
 
 def main(argv=None):
@@ -91,8 +91,6 @@ def main(argv=None):
         os.environ["MEMMODEL_COMPILE"] = "0"
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
-    from tqdm.auto import tqdm
-
     if not Path(args.warm).exists():
         p.error(f"--warm: {args.warm} does not exist (run `make demo` first)")
     grid = [(m, r) for m in args.memory_costs for r in args.retrieve_costs]
@@ -106,35 +104,8 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(args.warm, m, r, args.steps, args.T, args.n, args.threads, args.question,
              args.guided_read, args.read_steps, args.prior_read) for m, r in grid]
-    done: dict[int, list[dict]] = {}  # grid index -> its rows, one per task
-
-    def ordered() -> list[dict]:  # in grid order, whatever finished first
-        return [r for k in sorted(done) for r in done[k]]
-
-    def collect(i, setting_rows):
-        done[i] = setting_rows
-        for r in setting_rows:
-            tqdm.write(json.dumps(r))
-        (out / "costs.json").write_text(json.dumps(ordered(), indent=1) + "\n",
-                                        encoding="utf-8")
-
-    bar = tqdm(total=len(grid), desc="cost settings")
-    if workers == 1:
-        for i, job in enumerate(jobs):
-            collect(i, run_setting(*job))
-            bar.update()
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        with ProcessPoolExecutor(max_workers=workers,
-                                 mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(run_setting, *job): i for i, job in enumerate(jobs)}
-            for future in as_completed(futures):
-                collect(futures[future], future.result())
-                bar.update()
-    bar.close()
-    rows = ordered()
+    rows = run_settings(run_setting, jobs, workers, "cost settings", out / "costs.json",
+                        echo=True)
     baselines = []
     if Path(args.baselines).exists():
         baselines = [dict(r, reads=1.0) for r in json.loads(Path(args.baselines).read_text())

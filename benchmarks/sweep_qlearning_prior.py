@@ -18,15 +18,14 @@ run them eagerly).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
-from harness import parse_floats, parse_lengths
+from harness import parse_floats, parse_lengths, run_settings
 
 VARIANTS = ("qlearning", "full")
 
@@ -64,8 +63,6 @@ def main(argv=None):
     if args.no_compile:
         os.environ["MEMMODEL_COMPILE"] = "0"
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    from tqdm.auto import tqdm
-
     from memmodel.training.ablation import worker_count
 
     grid = [(v, prior) for v in variants for prior in args.priors]
@@ -77,30 +74,8 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(args.warm, v, prior, args.lengths, args.steps, args.n, args.threads)
             for v, prior in grid]
-    done: dict[int, list[dict]] = {}
-
-    def collect(i, setting_rows):
-        done[i] = setting_rows
-        rows = [r for k in sorted(done) for r in done[k]]  # grid order
-        (out / "prior.json").write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
-
-    bar = tqdm(total=len(grid), desc="prior settings")
-    if workers == 1:
-        for i, job in enumerate(jobs):
-            collect(i, run_setting(*job))
-            bar.update()
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        with ProcessPoolExecutor(max_workers=workers,
-                                 mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(run_setting, *job): i for i, job in enumerate(jobs)}
-            for future in as_completed(futures):
-                collect(futures[future], future.result())
-                bar.update()
-    bar.close()
-    sys.stdout.write(table([r for k in sorted(done) for r in done[k]]))
+    rows = run_settings(run_setting, jobs, workers, "prior settings", out / "prior.json")
+    sys.stdout.write(table(rows))
 
 
 class Agreement:
@@ -174,7 +149,7 @@ def run_setting(warm_path: str, variant: str, prior: float, lengths: list[int],
     for task in spec.evaluation_tasks():
         for i, T in enumerate(lengths):
             agreement = Agreement()
-            with counting(controller, agreement) if i == 0 else _nothing():
+            with counting(controller, agreement) if i == 0 else nullcontext():
                 r = evaluate_stream(model, _with_length(task, T), n=n,
                                     batch_size=spec.eval_batch_size, segment=spec.segment,
                                     split=spec.eval_split, progress=False)
@@ -183,11 +158,6 @@ def run_setting(warm_path: str, variant: str, prior: float, lengths: list[int],
                              entries=r.entries, train_seconds=trained.seconds,
                              **(agreement.shares() if i == 0 else {})))
     return rows
-
-
-@contextmanager
-def _nothing():
-    yield
 
 
 def table(rows) -> str:
