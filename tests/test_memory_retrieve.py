@@ -3,6 +3,7 @@ kernels (under the interpreter on a CPU) against the reference, the block-skippi
 and input checks."""
 
 import math
+import sys
 
 import pytest
 import torch
@@ -210,6 +211,55 @@ def test_cpu_blocked_path_rejects_a_bad_block():
     start, end = torch.zeros(1, 2, dtype=torch.int32), torch.full((1, 2), 4, dtype=torch.int32)
     with pytest.raises(ValueError, match=r"block: expected a positive int, got 0"):
         cpu_memory_retrieve(q, q[:, :2], q[:, :2], start, end, block=0)
+
+
+def _unbounded_bank_intervals(B, T, old, chunk):
+    """An unbounded bank at a segment of T tokens: `old` entries made before it (negative or
+    zero starts, never closed), one per chunk made inside it, an entry closed inside it, and
+    one that only row 0 made before it (so not seen by every row's every token)."""
+    made = torch.arange(chunk, T + 1, chunk)
+    start = torch.cat([-torch.arange(old), made, torch.tensor([-3, 0])])
+    end = torch.cat([torch.full((old + len(made),), 10 ** 6), torch.tensor([T // 2, 10 ** 6])])
+    start, end = start[None].repeat(B, 1), end[None].repeat(B, 1)
+    start[1:, -1] = T // 3
+    return start.int(), end.int()
+
+
+@pytest.mark.parametrize("T,old,Dv", [(50, 70, 16), (9, 3, 16), (64, 40, 8)])
+def test_cpu_fused_path_for_entries_every_token_sees(T, old, Dv, monkeypatch):
+    """Entries every token of every row sees go through the fused unmasked attention (when
+    the widths agree), combined with the masked blocks: the reference's o and lse."""
+    cpu = sys.modules[cpu_memory_retrieve.__module__]
+
+    calls = []
+    fused = cpu._FUSED
+    assert fused is not None  # the op this torch provides; without it the path is skipped
+    monkeypatch.setattr(cpu, "_FUSED", lambda *a, **kw: calls.append(a[1].shape) or fused(*a, **kw))
+    B, H, Dk = 2, 2, 16
+    start, end = _unbounded_bank_intervals(B, T, old, 8)
+    inputs = make_inputs(B, T, H, Dk, Dv, start.shape[1])
+    o_r, lse_r = _no_grad_outputs(memory_retrieve_ref, *inputs, start, end)
+    for fused_min, block in ((1, 16), (old, 7), (None, 16)):
+        calls.clear()
+        o, lse = _no_grad_outputs(cpu_memory_retrieve, *inputs, start, end, block=block,
+                                  fused_min=fused_min)
+        assert_close(o, o_r, "o")
+        assert_close(lse, lse_r, "lse")
+        takes = fused_min is not None and Dv == Dk
+        assert calls == ([torch.Size([B, H, old, Dk])] if takes else [])  # the old entries
+
+
+def test_cpu_fused_path_threshold_and_bad_fused_min():
+    B, T, H, D = 1, 20, 2, 8
+    start, end = _unbounded_bank_intervals(B, T, 5, 8)
+    inputs = make_inputs(B, T, H, D, D, start.shape[1])
+    o_r, lse_r = _no_grad_outputs(memory_retrieve_ref, *inputs, start, end)
+    o, lse = _no_grad_outputs(cpu_memory_retrieve, *inputs, start, end, fused_min=100)
+    assert_close(o, o_r, "o")
+    assert_close(lse, lse_r, "lse")
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match=r"fused_min: expected a positive int or None"):
+            cpu_memory_retrieve(*inputs, start, end, fused_min=bad)
 
 
 def test_triton_explicit_scale_int64_intervals_and_lse_only_loss():

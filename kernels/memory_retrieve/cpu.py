@@ -9,6 +9,14 @@ place, takes its softmax in place and multiplies by the values, so the working s
 a [B, H, block, M] tile. Entries no token of a block can see (made later in the segment,
 or closed before it) are left out of that block's products when they are many.
 
+Entries every token of the call sees, in every row (an unbounded bank's entries made before
+the segment, the bulk of store_all's at long T), need no mask: when there are at least
+`fused_min` of them and the key and value widths agree, they go through PyTorch's fused CPU
+attention (`aten._scaled_dot_product_flash_attention_for_cpu`, one pass that never holds
+the logits), and its o and logsumexp are combined with the masked blocks' over the other
+entries. On the 2-core CPU, 16 rows of 1024 tokens reading 4096 such entries took 0.16 s
+against 0.90 s in blocks (one thread, median of 3).
+
 It is taken only where it gives the reference's answer: no gradient is needed (autograd
 is off, or no input requires a gradient) and every q, mem_k and mem_v is finite (the
 reference's NaN rules select per element; here a non-finite input sends the call to the
@@ -25,6 +33,8 @@ import torch
 from .ref import memory_retrieve_ref
 
 DEFAULT_BLOCK = 256
+DEFAULT_FUSED_MIN = 64
+_FUSED = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 
 def fast_path_applies(q: torch.Tensor, mem_k: torch.Tensor, mem_v: torch.Tensor) -> bool:
@@ -45,12 +55,16 @@ def cpu_memory_retrieve(
     mem_end: torch.Tensor,
     scale: Optional[float] = None,
     block: int = DEFAULT_BLOCK,
+    fused_min: Optional[int] = DEFAULT_FUSED_MIN,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`memory_retrieve_ref`'s o and lse, computed in blocks of `block` queries.
 
     Args and returns as `memory_retrieve_ref`; `block` (a positive int) is the number of
-    tokens whose logits are held at once. Where `fast_path_applies` is False the call
-    goes to the reference, so the answer is the same in every case; no input checks.
+    tokens whose logits are held at once; `fused_min` (a positive int, or None: never) is
+    how many entries visible to every token of every row send those entries through the
+    fused unmasked attention (the module docstring). Where `fast_path_applies` is False
+    the call goes to the reference, so the answer is the same in every case; no input
+    checks.
 
     Example:
         >>> q, k, v = torch.randn(1, 600, 2, 8), torch.randn(1, 40, 2, 8), torch.randn(1, 40, 2, 8)
@@ -63,6 +77,9 @@ def cpu_memory_retrieve(
     """
     if not isinstance(block, int) or isinstance(block, bool) or block < 1:
         raise ValueError(f"block: expected a positive int, got {block!r}")
+    if fused_min is not None and (not isinstance(fused_min, int) or isinstance(fused_min, bool)
+                                  or fused_min < 1):
+        raise ValueError(f"fused_min: expected a positive int or None, got {fused_min!r}")
     if not fast_path_applies(q, mem_k, mem_v):
         return memory_retrieve_ref(q, mem_k, mem_v, mem_start, mem_end, scale)
     B, T, H, Dk = q.shape
@@ -78,7 +95,20 @@ def cpu_memory_retrieve(
         kh = mem_k.float().transpose(1, 2)  # [B, H, M, Dk]
         vh = mem_v.float().transpose(1, 2)  # [B, H, M, Dv]
         start, end = mem_start.long(), mem_end.long()
-        for t0 in range(0, T, block):
+        fused = None
+        if (fused_min is not None and _FUSED is not None and Dk == Dv
+                and q.device.type == "cpu"):
+            every = ((start <= 0) & (end >= T)).all(0)  # [M]: seen by every token and row
+            if int(every.sum()) >= fused_min:
+                idx = every.nonzero().squeeze(1)
+                o_f, lse_f = _FUSED(qh, kh.index_select(2, idx), vh.index_select(2, idx), 0.0,
+                                    False, scale=scale)
+                fused = (o_f.float(), lse_f.float())
+                rest = (~every).nonzero().squeeze(1)
+                kh, vh = kh.index_select(2, rest), vh.index_select(2, rest)
+                start, end = start.index_select(1, rest), end.index_select(1, rest)
+                M = rest.numel()
+        for t0 in range(0, T if M else 0, block):
             t1 = min(T, t0 + block)
             # entries some token of [t0, t1) may see, in any row
             cols = ((start < t1) & (end > t0) & (end > start)).any(0)
@@ -100,4 +130,9 @@ def cpu_memory_retrieve(
             total = z.sum(-1, keepdim=True)
             o[:, :, t0:t1] = torch.matmul(z, v_b) / torch.where(seen, total, 1.0)
             lse[:, :, t0:t1] = torch.where(seen, m + total.log(), float("-inf"))[..., 0]
+        if fused is not None:  # every token sees the fused entries: lse_f is finite
+            o_f, lse_f = fused
+            both = torch.logaddexp(lse, lse_f)
+            o = o * (lse - both).exp()[..., None] + o_f * (lse_f - both).exp()[..., None]
+            lse = both
     return o.transpose(1, 2).to(q.dtype), lse.transpose(1, 2).contiguous()
