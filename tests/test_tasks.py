@@ -41,6 +41,9 @@ CASES = {
                                       name_len=2, filler_kind="shared"),
     "needles-text": MultiNeedleTask(seq_len=500, n_facts=5, n_decoys=5, n_queries=2,
                                     filler_kind="text"),
+    "needles-repeats": MultiNeedleTask(seq_len=400, n_facts=4, n_decoys=3, n_queries=2,
+                                       name_len=1, value_len=1, separator_first=True,
+                                       repeats=3),
     "mqar": MQARTask(seq_len=257, n_pairs=16, n_queries=8),
     "mqar-packed": MQARTask(seq_len=(20 + 20) * 2 - 1, n_pairs=20, key_len=1, value_len=1),
     "mqar-split": MQARTask(seq_len=400, n_pairs=12, value_len=3),
@@ -63,15 +66,17 @@ def _passkey_oracle(task, x):
 def _needles_oracle(task, x):
     T, F, nl = task.seq_len, task.fact_len, task.name_len
     marker, sep = ord(task.marker), ord(task.separator)
-    facts, names = {}, set()
+    facts, names = {}, {}
     for i, b in enumerate(x[: T + 1 - task.n_queries * F]):
         if b in (marker, ord(task.decoy_marker)):
             name = x[i + 1: i + 1 + nl]
-            assert x[i + 1 + nl] == sep and name not in names, "names distinct"
-            names.add(name)
+            assert x[i + 1 + nl] == sep
+            names.setdefault(name, []).append((b, x[i + 2 + nl: i + F]))
             if b == marker:
                 facts[name] = list(x[i + 2 + nl: i + F])
     assert len(facts) == task.n_facts and len(names) == task.n_facts + task.n_decoys
+    # names distinct: each name is one fact (or decoy), stated `repeats` times
+    assert all(said == [said[0]] * task.repeats for said in names.values())
     out = []
     for q in range(task.n_queries):
         start = T + 1 - (task.n_queries - q) * F
@@ -269,6 +274,18 @@ def test_passkey_question_stands_before_the_query_and_after_the_key():
     assert task_from_spec(task.spec()) == task
 
 
+def test_repeated_needles_report_the_depth_of_the_last_copy():
+    task = CASES["needles-repeats"]
+    batch = task.sample(8, split="val", index=2)
+    T, F = task.seq_len, task.fact_len
+    for row, depth in zip(batch.input_ids, batch.depth):
+        x = bytes(row.tolist())
+        for q, d in enumerate(depth.tolist()):
+            asked = x[T + 1 - (task.n_queries - q) * F:][2:3]  # query, separator, name
+            last = x[: T + 1 - task.n_queries * F].rindex(b"#" + asked + b"=")
+            assert d == pytest.approx(last / T)
+
+
 def test_small_answer_spaces_are_not_split():
     assert not InductionTask().answers_split and not MQARTask().answers_split
     assert not PasskeyTask(key_len=2).answers_split
@@ -388,8 +405,16 @@ def test_registry_and_spec_errors():
          r"PasskeyTask.seq_len: expected room for a key chunk 1 chunk\(s\) before the question, "
          r"at least 27 tokens, got 26"),
         (lambda: MultiNeedleTask(seq_len=300),
-         r"MultiNeedleTask.seq_len: expected at least 323 tokens \(32 facts and decoys, then "
-         r"4 queries, of 9 bytes each\), got 300"),
+         r"MultiNeedleTask.seq_len: expected at least 323 tokens \(32 facts and decoys with "
+         r"their copies, then 4 queries, of 9 bytes each\), got 300"),
+        (lambda: MultiNeedleTask(seq_len=600, repeats=2),
+         r"MultiNeedleTask.seq_len: expected at least 611 tokens \(64 facts and decoys with "
+         r"their copies"),
+        (lambda: MultiNeedleTask(repeats=0),
+         r"MultiNeedleTask.repeats: expected a positive int, got 0"),
+        (lambda: MultiNeedleTask(seq_len=2000, repeats=2, depth=0.5),
+         r"MultiNeedleTask.depth: a pinned depth places one copy of each asked fact; expected "
+         r"None with repeats = 2, got 0.5"),
         (lambda: MultiNeedleTask(n_queries=17),
          r"MultiNeedleTask.n_queries: expected at most n_facts = 16"),
         (lambda: MultiNeedleTask(name_len=1),
@@ -430,7 +455,8 @@ def test_registry_and_spec_errors():
          r"'dev'"),
     ],
     ids=["kind", "depth", "shared-marker", "query-in-keys", "repeat", "question-bytes",
-         "question-not-bytes", "question-room", "needles-len", "needles-queries", "names",
+         "question-not-bytes", "question-room", "needles-len", "needles-repeats-len", "repeats",
+         "repeats-depth", "needles-queries", "names",
          "decoy-marker", "needles-filler", "decoys", "mqar-len",
          "mqar-queries", "mqar-alphabets", "mqar-space", "copy-len", "copy-marker", "copy-n",
          "trigger", "induction-len", "not-bytes", "bool-depth", "batch", "split"],

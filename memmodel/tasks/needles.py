@@ -8,7 +8,10 @@ never asked) are spread over filler; at the end n_queries of the facts are asked
     y:  -100 everywhere ...                                         5561
 
 Names are distinct within a sequence (facts and decoys together), so every query has one
-answer. Generated, except the "text" filler (real text from the embedded corpus).
+answer. With `repeats` > 1 every fact and decoy is stated that many times, each copy in a
+slot of its own (a text that mentions its facts more than once): a memory that keeps
+entries by a per-chunk score alone can fill up with copies of one fact. Generated, except
+the "text" filler (real text from the embedded corpus).
 """
 
 from __future__ import annotations
@@ -54,7 +57,9 @@ class MultiNeedleTask(Task):
             answer (a model reading one token back finds the name there), instead of
             query+name+separator as the facts.
         depth: None: facts and decoys in random slots; a number in [0, 1]: the asked facts
-            in consecutive slots at that depth (see slot_places).
+            in consecutive slots at that depth (see slot_places); only with repeats 1.
+        repeats: copies of each fact and decoy, each in its own slot (the same name and
+            value); the reported depth of an asked fact is that of its last copy.
         seed: the base of the split seeds.
 
     Chance: 1 / len(value_alphabet) ** value_len per query.
@@ -82,6 +87,7 @@ class MultiNeedleTask(Task):
     query: str = "?"
     separator_first: bool = False
     depth: Optional[float] = None
+    repeats: int = 1
     seed: int = 0
 
     name: ClassVar[str] = "multi_needle"
@@ -89,11 +95,12 @@ class MultiNeedleTask(Task):
         "filler with n_facts facts marker+name+separator+value and n_decoys decoys "
         "decoy_marker+name+separator+value, one per slot of the stream; names distinct; at "
         "the end n_queries facts asked as query+name+separator (query+separator+name when "
-        "separator_first), each followed by its value: the answer")
+        "separator_first), each followed by its value: the answer; each fact and decoy "
+        "stated `repeats` times")
 
     def __post_init__(self):
         owner = "MultiNeedleTask"
-        for name in ("seq_len", "n_facts", "n_queries", "name_len", "value_len"):
+        for name in ("seq_len", "n_facts", "n_queries", "name_len", "value_len", "repeats"):
             check_int(owner, name, getattr(self, name))
         check_int(owner, "n_decoys", self.n_decoys, minimum=0)
         check_int(owner, "seed", self.seed, minimum=0)
@@ -109,6 +116,10 @@ class MultiNeedleTask(Task):
             raise ValueError(f"{owner}.separator_first: expected a bool, got "
                              f"{self.separator_first!r}")
         check_depth(owner, self.depth)
+        if self.depth is not None and self.repeats > 1:
+            raise ValueError(f"{owner}.depth: a pinned depth places one copy of each asked "
+                             f"fact; expected None with repeats = {self.repeats}, got "
+                             f"{self.depth}")
         check_space(owner, "name_len", self.name_alphabet, self.name_len,
                     self.n_facts + self.n_decoys)
         check_space(owner, "value_len", self.value_alphabet, self.value_len, 1)
@@ -120,12 +131,12 @@ class MultiNeedleTask(Task):
             check_disjoint(owner, "filler", {"filler": self.filler, **strings, **special})
         elif self.filler_kind == "shared":
             check_disjoint(owner, "filler", {"filler": self.filler, **special})
-        items = self.n_facts + self.n_decoys
+        items = (self.n_facts + self.n_decoys) * self.repeats
         need = (items + self.n_queries) * self.fact_len - 1
         if self.seq_len < need:
             raise ValueError(f"{owner}.seq_len: expected at least {need} tokens ({items} facts "
-                             f"and decoys, then {self.n_queries} queries, of {self.fact_len} "
-                             f"bytes each), got {self.seq_len}")
+                             f"and decoys with their copies, then {self.n_queries} queries, "
+                             f"of {self.fact_len} bytes each), got {self.seq_len}")
 
     @property
     def fact_len(self) -> int:
@@ -154,7 +165,7 @@ class MultiNeedleTask(Task):
 
     def _draw(self, batch_size, generator, split) -> TaskBatch:
         B, T, F, Q = batch_size, self.seq_len, self.fact_len, self.n_queries
-        K, N = self.n_facts, self.n_facts + self.n_decoys
+        K, N, R = self.n_facts, self.n_facts + self.n_decoys, self.repeats
         region = T + 1 - Q * F
         special = self.marker + self.decoy_marker + self.separator + self.query
         seq = filler(generator, B, T + 1, self.filler_kind, self.filler_alphabet, split,
@@ -166,8 +177,9 @@ class MultiNeedleTask(Task):
         lead[:, K:] = ord(self.decoy_marker)
         sep = torch.full((B, N, 1), ord(self.separator), dtype=torch.int64)
         facts = torch.cat([lead, names, sep, values], 2)  # [B, N, F]
-        start = slot_places(generator, B, N, F, region, Q, self.depth)
-        write(seq, start, facts)
+        # item i * N + n is copy i of fact (or decoy) n
+        start = slot_places(generator, B, N * R, F, region, Q, self.depth)
+        write(seq, start, facts.repeat(1, R, 1))
         asked = facts[:, :Q].clone()
         asked[:, :, 0] = ord(self.query)
         if self.separator_first:
@@ -176,4 +188,5 @@ class MultiNeedleTask(Task):
         query_start = region + F * torch.arange(Q).expand(B, Q)
         write(seq, query_start, asked)
         value_at = query_start[..., None] + self.name_len + 2 + torch.arange(self.value_len)
-        return make_batch(seq, value_at - 1, start[:, :Q])
+        last = start.view(B, R, N)[:, :, :Q].amax(1)  # the asked facts' last copies
+        return make_batch(seq, value_at - 1, last)
