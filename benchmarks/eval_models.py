@@ -9,6 +9,13 @@ and streamed (`memmodel.evaluation.evaluate_stream`) through the demo's tasks
 decoys) at each length, on the test split, with the demo's batch and segment sizes: the
 rows the demo writes (accuracy with a 95% Wilson interval, live entries, state bytes,
 tokens/s, peak RSS), for lengths the demo does not run. A progress bar per evaluation.
+
+`--task` replaces the tasks with one of the demo's changed (repeatable), as JSON naming
+the task and the parameters that change, e.g. multi-needle with every fact stated three
+times:
+
+    python benchmarks/eval_models.py results/models/importance.pt --lengths 32768 \
+        --task '{"name": "multi_needle", "repeats": 3}'
 """
 
 from __future__ import annotations
@@ -30,6 +37,10 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", default="results/hold.json")
+    p.add_argument("--task", action="append", default=None, metavar="JSON",
+                   help="one of the demo's tasks with changes, as JSON with its name, e.g. "
+                        "'{\"name\": \"multi_needle\", \"repeats\": 3}' (repeatable; "
+                        "default: the demo's tasks unchanged)")
     args = p.parse_args(argv)
     for path in args.models:
         if not Path(path).exists():
@@ -46,20 +57,23 @@ def main(argv=None):
 
     torch.set_num_threads(args.threads)
     spec = demo_spec()
+    tasks = [(task, {}) for task in spec.evaluation_tasks()]
+    if args.task:
+        tasks = [_changed_task(p, spec, text) for text in args.task]
     n = spec.eval_n if args.n is None else args.n
     rows = []
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for path in args.models:
         model, _ = memmodel.load(path)
-        for task in spec.evaluation_tasks():
+        for task, changes in tasks:
             for T in args.lengths:
                 t0 = time.perf_counter()
                 r = evaluate_stream(model, _with_length(task, T), n=n,
                                     batch_size=spec.eval_batch_size, segment=spec.segment,
                                     split=spec.eval_split, progress=not args.no_progress)
                 d = r.to_dict()
-                rows.append(dict(model=path, task=d["task"], T=T, n=d["n"],
+                rows.append(dict(model=path, task=d["task"], changes=changes, T=T, n=d["n"],
                                  accuracy=d["accuracy"], ci_low=d["ci_low"],
                                  ci_high=d["ci_high"], chance=d["chance"],
                                  entries=d["entries"], state_bytes=d["state_bytes"],
@@ -68,6 +82,28 @@ def main(argv=None):
                 sys.stdout.write(json.dumps(rows[-1]) + "\n")
                 out.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
     return rows
+
+
+def _changed_task(p, spec, text):
+    """The demo's evaluation task named in the JSON `text` with its other keys changed, and
+    those changes."""
+    from memmodel.tasks import task_from_spec
+
+    try:
+        changes = json.loads(text)
+    except json.JSONDecodeError as e:
+        p.error(f"--task: expected JSON, got {text!r} ({e})")
+    if not isinstance(changes, dict) or "name" not in changes:
+        p.error(f"--task: expected a JSON object with a task name, got {text!r}")
+    base = {s["name"]: s for s in spec.eval_tasks}
+    if changes["name"] not in base:
+        p.error(f"--task: expected one of the demo's tasks {sorted(base)}, got "
+                f"{changes['name']!r}")
+    try:
+        task = task_from_spec({**base[changes["name"]], **changes})
+    except (TypeError, ValueError) as e:
+        p.error(f"--task: {e}")
+    return task, {k: v for k, v in changes.items() if k != "name"}
 
 
 if __name__ == "__main__":

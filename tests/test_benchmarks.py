@@ -155,6 +155,25 @@ def test_eval_models_streams_a_saved_model_at_the_lengths(tmp_path, monkeypatch)
     assert [(r["task"], r["T"]) for r in rows] == [
         ("passkey", 256), ("passkey", 640), ("multi_needle", 256), ("multi_needle", 640)]
     assert all(0 <= r["ci_low"] <= r["accuracy"] <= r["ci_high"] <= 1 for r in rows)
+    assert all(r["changes"] == {} for r in rows)
+    changed = subprocess.run(
+        [sys.executable, "benchmarks/eval_models.py", str(tmp_path / "warm.pt"), "--lengths",
+         "256", "--n", "2", "--no-progress", "--out", str(tmp_path / "repeats.json"),
+         "--task", '{"name": "multi_needle", "repeats": 2}'],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "MEMMODEL_COMPILE": "0", "MEMMODEL_BACKEND": "torch"})
+    assert changed.returncode == 0, changed.stderr[-3000:]
+    rows = json.loads((tmp_path / "repeats.json").read_text())
+    assert [(r["task"], r["T"], r["changes"]) for r in rows] == [
+        ("multi_needle", 256, {"repeats": 2})]
     bad = subprocess.run([sys.executable, "benchmarks/eval_models.py", str(tmp_path / "no.pt")],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "models: " in bad.stderr and "does not exist" in bad.stderr
+    for task, message in [('{"name": "mqar"}', "expected one of the demo's tasks"),
+                          ('{"repeats": 2}', "expected a JSON object with a task name"),
+                          ('{"name": "multi_needle", "repeats": 0}',
+                           "MultiNeedleTask.repeats: expected a positive int, got 0")]:
+        bad = subprocess.run(
+            [sys.executable, "benchmarks/eval_models.py", str(tmp_path / "warm.pt"), "--task",
+             task], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert bad.returncode == 2 and "--task: " in bad.stderr and message in bad.stderr
