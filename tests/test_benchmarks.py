@@ -177,3 +177,32 @@ def test_eval_models_streams_a_saved_model_at_the_lengths(tmp_path, monkeypatch)
             [sys.executable, "benchmarks/eval_models.py", str(tmp_path / "warm.pt"), "--task",
              task], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert bad.returncode == 2 and "--task: " in bad.stderr and message in bad.stderr
+
+
+def test_bank_contents_counts_what_a_store_all_bank_holds(tmp_path, monkeypatch):
+    """bank_contents at toy size on the demo's warm-up (a store_all bank: every chunk kept):
+    every fact held, none lost, and the counts add up."""
+    monkeypatch.setenv("MEMMODEL_BACKEND", "torch")
+    from memmodel.training.ablation import AblationSpec, warm_up
+    from memmodel.training.demo import demo_spec
+
+    spec = AblationSpec.from_dict({**demo_spec().to_dict(), "warmup_steps": 1})
+    warm_up(spec, str(tmp_path / "warm.pt"))
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/bank_contents.py", str(tmp_path / "warm.pt"), "--lengths",
+         "256,400", "--n", "3", "--out", str(tmp_path / "bank.json")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "MEMMODEL_COMPILE": "0", "MEMMODEL_BACKEND": "torch"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "bank.json").read_text())
+    assert [r["T"] for r in rows] == [256, 400]
+    for r in rows:
+        chunks = (r["T"] - 2 * 4 + 1) // 16  # the whole chunks before the two queries
+        assert r["entries"] == chunks and r["merged"] == 0
+        assert r["fact"] + r["decoy"] + r["filler"] == r["entries"]
+        assert r["distinct_facts"] == 4 and r["asked_held"] == 1.0
+        assert r["repeated_fact_entries"] > 0  # each fact is stated three times
+    bad = subprocess.run([sys.executable, "benchmarks/bank_contents.py", str(tmp_path / "warm.pt"),
+                          "--task", '{"repeats": 0}'], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and "--task: MultiNeedleTask.repeats" in bad.stderr

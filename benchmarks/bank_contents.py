@@ -1,0 +1,141 @@
+"""What a saved model's long-term memory holds when the queries come: on multi-needle, which
+facts its live entries are summaries of.
+
+    python benchmarks/bank_contents.py results/models/importance.pt \
+        results/models/store_all.pt --lengths 8K,128K --out results/bank.json
+
+Each model is loaded with `memmodel.load` (eval mode, its controllers greedy) and streamed
+(in the demo's segments) through the demo's multi-needle task (`--task` changes it, as in
+eval_models.py) on the test split, up to the last whole chunk before the queries. Every
+live level-0 entry of the last layer with a long-term memory is a summary of the chunk
+that ended where the entry became visible (`LTMState.start`); an entry is counted as a
+fact, a decoy or filler by the statements (`#N=V`, `%N=V`) that overlap that chunk. Per
+(model, T), averaged over the n sequences: live entries and those that are facts, decoys,
+filler or merged (a level above 0: made from other entries, not attributed); the distinct
+facts held, the fact entries that repeat a fact already held, and the fraction of the
+asked facts held. With `repeats` > 1 (the demo's task states each fact three times), a
+bank that keeps entries by their scores alone can hold copies of one fact and lose others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+from harness import parse_lengths
+
+FIELDS = ("entries", "fact", "decoy", "filler", "merged", "distinct_facts",
+          "repeated_fact_entries")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("models", nargs="+", help="checkpoints (results/models/<variant>.pt)")
+    p.add_argument("--lengths", type=parse_lengths, default=[8192, 131072])
+    p.add_argument("--n", type=int, default=16, help="sequences per length")
+    p.add_argument("--task", default=None, metavar="JSON",
+                   help="changes to the demo's multi-needle task, as JSON (e.g. "
+                        "'{\"repeats\": 1}')")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default="results/bank.json")
+    args = p.parse_args(argv)
+    for path in args.models:
+        if not Path(path).exists():
+            p.error(f"models: {path} does not exist")
+    if args.n < 1:
+        p.error(f"--n: expected a positive int, got {args.n}")
+    changes = {}
+    if args.task is not None:
+        try:
+            changes = json.loads(args.task)
+        except json.JSONDecodeError as e:
+            p.error(f"--task: expected JSON, got {args.task!r} ({e})")
+        if not isinstance(changes, dict):
+            p.error(f"--task: expected a JSON object, got {args.task!r}")
+
+    import torch
+
+    import memmodel
+    from memmodel.tasks import task_from_spec
+    from memmodel.training.demo import demo_spec
+
+    torch.set_num_threads(args.threads)
+    spec = demo_spec()
+    base = next(s for s in spec.eval_tasks if s["name"] == "multi_needle")
+    try:
+        task = task_from_spec({**base, **changes, "name": "multi_needle"})
+    except (TypeError, ValueError) as e:
+        p.error(f"--task: {e}")
+    rows = []
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for path in args.models:
+        model, _ = memmodel.load(path)
+        for T in args.lengths:
+            rows.append(dict(model=path, changes=changes, T=T, n=args.n,
+                             **bank_contents(model, task, T, args.n, spec.segment)))
+            sys.stdout.write(json.dumps(rows[-1]) + "\n")
+            out.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+    return rows
+
+
+def bank_contents(model, task, T: int, n: int, segment: int) -> dict:
+    """The counts of the module docstring for `model` on `task` at length T, n sequences."""
+    import dataclasses
+
+    import torch
+
+    from memmodel.evaluation import stream_answer_logits
+
+    task = dataclasses.replace(task, seq_len=T)
+    C = model.config.ltm_chunk_size
+    batch = task.sample(n, split="test", index=0)
+    F, Q = task.fact_len, task.n_queries
+    region = T + 1 - Q * F  # the queries start here
+    cut = region // C * C
+    model.eval()
+    with torch.no_grad():
+        _, state, _ = stream_answer_logits(model, batch.input_ids[:, :cut],
+                                           torch.zeros(n, 1, 1, dtype=torch.long), segment)
+    banks = [layer.ltm for layer in state.layers if layer.ltm is not None]
+    if not banks:
+        raise ValueError(f"bank_contents: expected a model with a long-term memory, got "
+                         f"ltm_controller {model.config.ltm_controller!r}")
+    ltm = banks[-1]
+    fact, decoy = ord(task.marker), ord(task.decoy_marker)
+    total, asked_held = Counter(), 0
+    for b in range(n):
+        row = batch.input_ids[b].tolist()
+        chunks = {}  # chunk index -> {(marker, name)}
+        for i in range(cut):
+            if row[i] in (fact, decoy):
+                name = tuple(row[i + 1: i + 1 + task.name_len])
+                for c in {i // C, (i + F - 1) // C}:
+                    chunks.setdefault(c, set()).add((row[i], name))
+        held = Counter()
+        for level, start in zip(ltm.level[b].tolist(), ltm.start[b].tolist()):
+            if level < 0:
+                continue
+            total["entries"] += 1
+            if level > 0:
+                total["merged"] += 1
+                continue
+            items = chunks.get(start // C - 1, set())
+            names = {name for marker, name in items if marker == fact}
+            total["fact" if names else "decoy" if items else "filler"] += 1
+            held.update(names)
+        total["distinct_facts"] += len(held)
+        total["repeated_fact_entries"] += sum(held.values()) - len(held)
+        asked = {tuple(row[region + q * F + 2: region + q * F + 2 + task.name_len])
+                 if task.separator_first else
+                 tuple(row[region + q * F + 1: region + q * F + 1 + task.name_len])
+                 for q in range(Q)}
+        asked_held += len(asked & set(held))
+    return {**{k: total[k] / n for k in FIELDS}, "asked_held": asked_held / (n * Q)}
+
+
+if __name__ == "__main__":
+    main()
