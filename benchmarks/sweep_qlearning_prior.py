@@ -18,11 +18,13 @@ run them eagerly).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Optional
 
 import torch
 from harness import parse_floats, parse_lengths, run_settings
@@ -48,8 +50,26 @@ def main(argv=None):
                         "(default: one per CPU core, at most one per setting)")
     p.add_argument("--no-compile", action="store_true",
                    help="run the CPU fast paths eagerly (MEMMODEL_COMPILE=0)")
+    p.add_argument("--qlearning", default=None, metavar="JSON",
+                   help="other QLearningConfig changes for every setting, as JSON (e.g. "
+                        "'{\"guided\": 0.5, \"guided_read\": 1.0}'); in each row")
     p.add_argument("--out", default="results/prior")
     args = p.parse_args(argv)
+    changes = {}
+    if args.qlearning is not None:
+        from memmodel.config import QLearningConfig
+
+        try:
+            changes = json.loads(args.qlearning)
+        except json.JSONDecodeError as e:
+            p.error(f"--qlearning: expected JSON, got {args.qlearning!r} ({e})")
+        if not isinstance(changes, dict) or "prior" in changes:
+            p.error(f"--qlearning: expected a JSON object of QLearningConfig fields other "
+                    f"than prior (--priors sets it), got {args.qlearning!r}")
+        try:
+            QLearningConfig.from_dict(changes)
+        except (TypeError, ValueError) as e:
+            p.error(f"--qlearning: {e}")
     variants = args.variants.split(",")
     bad = [v for v in variants if v not in VARIANTS]
     if bad:
@@ -72,7 +92,7 @@ def main(argv=None):
         p.error(str(e))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(args.warm, v, prior, args.lengths, args.steps, args.n, args.threads)
+    jobs = [(args.warm, v, prior, args.lengths, args.steps, args.n, args.threads, changes)
             for v, prior in grid]
     rows = run_settings(run_setting, jobs, workers, "prior settings", out / "prior.json")
     sys.stdout.write(table(rows))
@@ -128,9 +148,11 @@ def counting(controller, agreement: Agreement):
 
 
 def run_setting(warm_path: str, variant: str, prior: float, lengths: list[int],
-                steps, n: int, threads: int) -> list[dict]:
-    """Train the demo's `variant` with this prior from the warm-up weights, then stream it
-    through the demo's evaluation tasks at each length: one row per task and length."""
+                steps, n: int, threads: int, changes: Optional[dict] = None) -> list[dict]:
+    """Train the demo's `variant` with this prior (and the QLearningConfig `changes`) from
+    the warm-up weights, then stream it through the demo's evaluation tasks at each length:
+    one row per task and length."""
+    changes = changes or {}
     torch.set_num_threads(threads)
     from memmodel.evaluation import evaluate_stream
     from memmodel.training.ablation import AblationSpec, _with_length, train_variant
@@ -139,7 +161,7 @@ def run_setting(warm_path: str, variant: str, prior: float, lengths: list[int],
 
     warm = load_checkpoint(warm_path)[0].state_dict()
     data = demo_spec().to_dict()
-    data["qlearning"] = {**data["qlearning"], "prior": prior}
+    data["qlearning"] = {**data["qlearning"], **changes, "prior": prior}
     if steps is not None:
         data["train"] = {**data["train"], "steps": steps}
     spec = AblationSpec.from_dict(data)
@@ -153,7 +175,8 @@ def run_setting(warm_path: str, variant: str, prior: float, lengths: list[int],
                 r = evaluate_stream(model, _with_length(task, T), n=n,
                                     batch_size=spec.eval_batch_size, segment=spec.segment,
                                     split=spec.eval_split, progress=False)
-            rows.append(dict(variant=variant, prior=prior, task=r.task, T=T, n=r.n,
+            rows.append(dict(variant=variant, prior=prior, qlearning=changes, task=r.task,
+                             T=T, n=r.n,
                              accuracy=r.accuracy, ci_low=r.ci_low, ci_high=r.ci_high,
                              entries=r.entries, train_seconds=trained.seconds,
                              **(agreement.shares() if i == 0 else {})))

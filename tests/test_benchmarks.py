@@ -114,7 +114,8 @@ def test_sweep_qlearning_prior_counts_the_decisions_that_are_importances(tmp_pat
     proc = subprocess.run(
         [sys.executable, "benchmarks/sweep_qlearning_prior.py", "--warm",
          str(tmp_path / "warm.pt"), "--steps", "1", "--lengths", "512,256", "--n", "2",
-         "--priors", "0,1000", "--variants", "qlearning", "--out", str(tmp_path / "out")],
+         "--priors", "0,1000", "--variants", "qlearning", "--out", str(tmp_path / "out"),
+         "--qlearning", '{"guided": 0.5, "guided_read": 1.0}'],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
         env={**os.environ, "MEMMODEL_COMPILE": "0", "MEMMODEL_BACKEND": "torch"})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -130,10 +131,15 @@ def test_sweep_qlearning_prior_counts_the_decisions_that_are_importances(tmp_pat
             assert r["agree_store"] == r["agree_read"] == 1.0
             assert r["agree_select"] in (None, 1.0)
     assert "| qlearning | 1000 | passkey | 512 |" in proc.stdout
-    bad = subprocess.run([sys.executable, "benchmarks/sweep_qlearning_prior.py", "--warm",
-                          str(tmp_path / "warm.pt"), "--variants", "fifo"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "--variants: expected some of" in bad.stderr
+    assert all(r["qlearning"] == {"guided": 0.5, "guided_read": 1.0} for r in rows)
+    for args, message in [(["--variants", "fifo"], "--variants: expected some of"),
+                          (["--qlearning", '{"prior": 1}'], "other than prior"),
+                          (["--qlearning", '{"guided": 2}'], "--qlearning: QLearningConfig"),
+                          (["--qlearning", '{"nope": 1}'], "--qlearning: ")]:
+        bad = subprocess.run([sys.executable, "benchmarks/sweep_qlearning_prior.py", "--warm",
+                              str(tmp_path / "warm.pt"), *args],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert bad.returncode == 2 and message in bad.stderr, (args, bad.stderr[-500:])
 
 
 def test_eval_models_streams_a_saved_model_at_the_lengths(tmp_path, monkeypatch):
