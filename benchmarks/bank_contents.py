@@ -13,14 +13,19 @@ fact, a decoy or filler by the statements (`#N=V`, `%N=V`) that overlap that chu
 (model, T), averaged over the n sequences: live entries and those that are facts, decoys,
 filler or merged (a level above 0: made from other entries, not attributed); the distinct
 facts held, the fact entries that repeat a fact already held, and the fraction of the
-asked facts held. With `repeats` > 1 (the demo's task states each fact three times), a
-bank that keeps entries by their scores alone can hold copies of one fact and lose others.
+asked facts held; and over all sequences, the median cosine similarity of the keys (all
+heads) of two entries that each hold one statement, for two copies of one fact
+(`copy_similarity`) and for two different facts (`other_similarity`; None without such
+pairs): what a controller that reads the similarity of a summary to the bank can tell.
+With `repeats` > 1 (the demo's task states each fact three times), a bank that keeps
+entries by their scores alone can hold copies of one fact and lose others.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from collections import Counter
 from pathlib import Path
@@ -107,6 +112,7 @@ def bank_contents(model, task, T: int, n: int, segment: int) -> dict:
     ltm = banks[-1]
     fact, decoy = ord(task.marker), ord(task.decoy_marker)
     total, asked_held = Counter(), 0
+    copies, others = [], []  # key similarities of single-statement fact entries
     for b in range(n):
         row = batch.input_ids[b].tolist()
         chunks = {}  # chunk index -> {(marker, name)}
@@ -116,7 +122,8 @@ def bank_contents(model, task, T: int, n: int, segment: int) -> dict:
                 for c in {i // C, (i + F - 1) // C}:
                     chunks.setdefault(c, set()).add((row[i], name))
         held = Counter()
-        for level, start in zip(ltm.level[b].tolist(), ltm.start[b].tolist()):
+        single = []  # (name, unit key) of entries holding one fact statement only
+        for j, (level, start) in enumerate(zip(ltm.level[b].tolist(), ltm.start[b].tolist())):
             if level < 0:
                 continue
             total["entries"] += 1
@@ -127,6 +134,13 @@ def bank_contents(model, task, T: int, n: int, segment: int) -> dict:
             names = {name for marker, name in items if marker == fact}
             total["fact" if names else "decoy" if items else "filler"] += 1
             held.update(names)
+            if len(items) == 1 and names:
+                key = ltm.k[b, j].flatten().float()
+                single.append((next(iter(names)), key / key.norm().clamp_min(1e-12)))
+        for x in range(len(single)):
+            for y in range(x + 1, len(single)):
+                sim = float(single[x][1] @ single[y][1])
+                (copies if single[x][0] == single[y][0] else others).append(sim)
         total["distinct_facts"] += len(held)
         total["repeated_fact_entries"] += sum(held.values()) - len(held)
         asked = {tuple(row[region + q * F + 2: region + q * F + 2 + task.name_len])
@@ -134,7 +148,9 @@ def bank_contents(model, task, T: int, n: int, segment: int) -> dict:
                  tuple(row[region + q * F + 1: region + q * F + 1 + task.name_len])
                  for q in range(Q)}
         asked_held += len(asked & set(held))
-    return {**{k: total[k] / n for k in FIELDS}, "asked_held": asked_held / (n * Q)}
+    return {**{k: total[k] / n for k in FIELDS}, "asked_held": asked_held / (n * Q),
+            "copy_similarity": statistics.median(copies) if copies else None,
+            "other_similarity": statistics.median(others) if others else None}
 
 
 if __name__ == "__main__":

@@ -208,6 +208,7 @@ def test_bank_contents_counts_what_a_store_all_bank_holds(tmp_path, monkeypatch)
         assert r["fact"] + r["decoy"] + r["filler"] == r["entries"]
         assert r["distinct_facts"] == 4 and r["asked_held"] == 1.0
         assert r["repeated_fact_entries"] > 0  # each fact is stated three times
+        assert -1 <= r["copy_similarity"] <= 1 and -1 <= r["other_similarity"] <= 1
     bad = subprocess.run([sys.executable, "benchmarks/bank_contents.py", str(tmp_path / "warm.pt"),
                           "--task", '{"repeats": 0}'], cwd=ROOT, capture_output=True, text=True,
                          timeout=120)

@@ -13,8 +13,13 @@ setting trains longer and adds 512K and 1M):
 
 - a hard passkey: a one-digit key after a marker, in filler that holds digits too (so no
   byte tells the key from the filler but the marker before it), asked at the end;
-- multi-needle with decoys: 4 named facts `#N=V` and 4 decoys `%N=V` of the same form,
-  more facts than the working memory has slots per head; two facts asked at the end.
+- multi-needle with decoys, each stated three times: 4 named facts `#N=V` and 4 decoys
+  `%N=V` of the same form, each in three places of the stream (24 statements, a text that
+  repeats what it says), more facts than the working memory has slots per head; two facts
+  asked at the end. A bank that keeps the chunks its scores rank highest fills up with
+  copies of one fact and loses another: on this task importance and fifo, at the bank's
+  capacity of 4 entries, fall short of store_all at 128K, where with one statement each
+  importance matched it (docs/results.md).
 
 Training is the runner's two phases: a warm-up shared by the long-term-memory variants
 (a curriculum: the easy forms of both tasks, `warmup_tasks`), then each variant under its
@@ -27,9 +32,8 @@ extra), depth.json, spec.json (the resolved spec) and models/<variant>.pt, each 
 with `memmodel.load`. The table is printed at the end.
 
 The settings are `DEMO_SPEC` (and `LONG`, its changes for --long). One run on a 2-core CPU
-takes 12 to 14 minutes (two worker processes of one thread each, the CPU fast paths
-compiled: about 110 s of it compiling in each worker on a first run); docs/results.md has
-what it measured.
+takes about 10 minutes (two worker processes of one thread each, the CPU fast paths
+compiled); docs/results.md has what it measured.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ log = logging.getLogger("memmodel.training.demo")
 
 _PASSKEY = dict(name="passkey", chunk_size=16, key_len=1, filler_kind="shared")
 _NEEDLE = dict(name="multi_needle", n_facts=4, n_decoys=4, n_queries=2, name_len=1,
-               value_len=1, separator_first=True)
+               value_len=1, separator_first=True, repeats=3)
 
 DEMO_SPEC = dict(
     variants=["ssm", "wm", "fifo", "importance", "store_all", "qlearning", "gumbel", "full"],
@@ -62,8 +66,9 @@ DEMO_SPEC = dict(
     # the curriculum: the same tasks in an easier form first (filler that shares no byte
     # with the key; few facts in a short stream), where the memory pathway's gradient is
     # strong; from scratch on the hard forms the loss stays at chance for 1000+ steps
+    # with few facts in a short stream, and each stated once
     warmup_tasks=[dict(_PASSKEY, seq_len=128, filler_kind="letters"),
-                  dict(_NEEDLE, seq_len=96, n_facts=2, n_decoys=2)],
+                  dict(_NEEDLE, seq_len=96, n_facts=2, n_decoys=2, repeats=1)],
     train_tasks=[dict(_PASSKEY, seq_len=256), dict(_NEEDLE, seq_len=256)],
     # 750 steps: from the warm-up of the compiled run, 250 left importance and store_all at
     # chance on the hard passkey (0.12 and 0.06 at 1K), 750 took both to 1.00 (multi-needle
