@@ -213,3 +213,19 @@ def test_bank_contents_counts_what_a_store_all_bank_holds(tmp_path, monkeypatch)
                           "--task", '{"repeats": 0}'], cwd=ROOT, capture_output=True, text=True,
                          timeout=120)
     assert bad.returncode == 2 and "--task: MultiNeedleTask.repeats" in bad.stderr
+
+
+def test_cpu_compile_cost_refuses_what_it_cannot_measure(tmp_path):
+    """cpu_compile_cost measures compilation, so with the fast paths eager it says so, and a
+    variant that the demo does not have is named (its compiling run is minutes: a benchmark,
+    not a test)."""
+    for env, args, message in [
+            ({"MEMMODEL_COMPILE": "0"}, [], "the CPU fast paths run eagerly here"),
+            ({}, ["--variant", "nope"], "--variant: expected one of"),
+            ({}, ["--steps", "0"], "--steps: expected a positive int, got 0")]:
+        bad = subprocess.run(
+            [sys.executable, "benchmarks/cpu_compile_cost.py", "--out", str(tmp_path / "c.json"),
+             *args], cwd=ROOT, capture_output=True, text=True, timeout=120,
+            env={**os.environ, **env})
+        assert bad.returncode == 2 and message in bad.stderr, (args, bad.stderr[-500:])
+        assert not (tmp_path / "c.json").exists()
