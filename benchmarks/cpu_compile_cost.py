@@ -17,6 +17,7 @@ the calls and a few phases: the whole compilation, the graph's tracing into ATen
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -30,6 +31,9 @@ def main(argv=None):
     p.add_argument("--variant", default="wm", help="one of the demo's variants")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--scan-chunk-size", type=int, default=None,
+                   help="MemoryConfig.scan_chunk_size (default: the demo's); the CPU scan "
+                        "unrolls this many steps per compiled chunk")
     p.add_argument("--cache", default=None,
                    help="inductor cache folder (default: a new, empty temporary one)")
     p.add_argument("--out", default="results/compile.json")
@@ -56,7 +60,13 @@ def main(argv=None):
         p.error("the CPU fast paths run eagerly here (no C++ compiler, or MEMMODEL_COMPILE=0)")
     torch.set_num_threads(args.threads)
     torch.manual_seed(spec.seed)
-    model = MemoryLM(spec.config(args.variant))
+    config = spec.config(args.variant)
+    if args.scan_chunk_size is not None:
+        try:
+            config = dataclasses.replace(config, scan_chunk_size=args.scan_chunk_size)
+        except ValueError as e:
+            p.error(f"--scan-chunk-size: {e}")
+    model = MemoryLM(config)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.train["lr"])
     T = max(t["seq_len"] for t in spec.train_tasks)
     B = spec.train["batch_size"]
@@ -88,7 +98,8 @@ def main(argv=None):
     phases = [line.split(",") for line in compile_times(repr="str", aggregate=True).splitlines()
               if line.count(",") == 1]
     phases = {name.strip(): float(v) for name, v in phases if _number(v)}
-    out = dict(variant=args.variant, threads=args.threads, batch=B, train_len=T,
+    out = dict(variant=args.variant, scan_chunk_size=config.scan_chunk_size,
+               threads=args.threads, batch=B, train_len=T,
                segment=spec.segment, calls=calls, compile_phases=phases)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
