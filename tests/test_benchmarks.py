@@ -222,7 +222,9 @@ def test_cpu_compile_cost_refuses_what_it_cannot_measure(tmp_path):
     for env, args, message in [
             ({"MEMMODEL_COMPILE": "0"}, [], "the CPU fast paths run eagerly here"),
             ({}, ["--variant", "nope"], "--variant: expected one of"),
-            ({}, ["--steps", "0"], "--steps: expected a positive int, got 0")]:
+            ({}, ["--steps", "0"], "--steps: expected a positive int, got 0"),
+            ({"MEMMODEL_COMPILE": "1"}, ["--scan-chunk-size", "0"],
+             "--scan-chunk-size: MemoryConfig.scan_chunk_size")]:
         bad = subprocess.run(
             [sys.executable, "benchmarks/cpu_compile_cost.py", "--out", str(tmp_path / "c.json"),
              *args], cwd=ROOT, capture_output=True, text=True, timeout=120,
