@@ -30,7 +30,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from harness import parse_lengths
+from harness import demo_task, json_object, parse_lengths
 
 FIELDS = ("entries", "fact", "decoy", "filler", "merged", "distinct_facts",
           "repeated_fact_entries")
@@ -52,28 +52,16 @@ def main(argv=None):
             p.error(f"models: {path} does not exist")
     if args.n < 1:
         p.error(f"--n: expected a positive int, got {args.n}")
-    changes = {}
-    if args.task is not None:
-        try:
-            changes = json.loads(args.task)
-        except json.JSONDecodeError as e:
-            p.error(f"--task: expected JSON, got {args.task!r} ({e})")
-        if not isinstance(changes, dict):
-            p.error(f"--task: expected a JSON object, got {args.task!r}")
+    changes = {} if args.task is None else json_object(p, "--task", args.task)
 
     import torch
 
     import memmodel
-    from memmodel.tasks import task_from_spec
     from memmodel.training.demo import demo_spec
 
     torch.set_num_threads(args.threads)
     spec = demo_spec()
-    base = next(s for s in spec.eval_tasks if s["name"] == "multi_needle")
-    try:
-        task = task_from_spec({**base, **changes, "name": "multi_needle"})
-    except (TypeError, ValueError) as e:
-        p.error(f"--task: {e}")
+    task = demo_task(p, "--task", spec, {**changes, "name": "multi_needle"})
     rows = []
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness import parse_lengths
+from harness import demo_task, json_object, parse_lengths
 
 
 def main(argv=None):
@@ -87,23 +87,11 @@ def main(argv=None):
 def _changed_task(p, spec, text):
     """The demo's evaluation task named in the JSON `text` with its other keys changed, and
     those changes."""
-    from memmodel.tasks import task_from_spec
-
-    try:
-        changes = json.loads(text)
-    except json.JSONDecodeError as e:
-        p.error(f"--task: expected JSON, got {text!r} ({e})")
-    if not isinstance(changes, dict) or "name" not in changes:
+    changes = json_object(p, "--task", text)
+    if "name" not in changes:
         p.error(f"--task: expected a JSON object with a task name, got {text!r}")
-    base = {s["name"]: s for s in spec.eval_tasks}
-    if changes["name"] not in base:
-        p.error(f"--task: expected one of the demo's tasks {sorted(base)}, got "
-                f"{changes['name']!r}")
-    try:
-        task = task_from_spec({**base[changes["name"]], **changes})
-    except (TypeError, ValueError) as e:
-        p.error(f"--task: {e}")
-    return task, {k: v for k, v in changes.items() if k != "name"}
+    return (demo_task(p, "--task", spec, changes),
+            {k: v for k, v in changes.items() if k != "name"})
 
 
 if __name__ == "__main__":

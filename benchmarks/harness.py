@@ -1,6 +1,7 @@
 """What the benchmark scripts share: the CPU timer, the copy-bandwidth probe, the
-`--tiny` flag of the GPU ones, the parsers of lists of lengths and numbers, and the runner
-of a sweep's settings side by side.
+`--tiny` flag of the GPU ones, the parsers of lists of lengths and numbers and of JSON
+arguments, the demo's tasks with changes, and the runner of a sweep's settings side by
+side.
 
 Imported by the scripts in this folder (run as `python benchmarks/<script>.py`, which puts
 this folder on the import path).
@@ -43,6 +44,34 @@ def parse_floats(text: str) -> list[float]:
     if any(not v >= 0 for v in values):
         raise argparse.ArgumentTypeError(f"expected numbers >= 0, got {text!r}")
     return values
+
+
+def json_object(parser, flag: str, text: str) -> dict:
+    """`text`, a command-line value, parsed as a JSON object; anything else stops the
+    script through `parser.error`, naming `flag`."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        parser.error(f"{flag}: expected JSON, got {text!r} ({e})")
+    if not isinstance(value, dict):
+        parser.error(f"{flag}: expected a JSON object, got {text!r}")
+    return value
+
+
+def demo_task(parser, flag: str, spec, changes: dict):
+    """The evaluation task of the demo's `spec` named by changes["name"], its other keys
+    changed; a name the demo does not evaluate, or a parameter the task refuses, stops the
+    script through `parser.error`, naming `flag`."""
+    from memmodel.tasks import task_from_spec
+
+    base = {s["name"]: s for s in spec.eval_tasks}
+    if changes.get("name") not in base:
+        parser.error(f"{flag}: expected one of the demo's tasks {sorted(base)}, got "
+                     f"{changes.get('name')!r}")
+    try:
+        return task_from_spec({**base[changes["name"]], **changes})
+    except (TypeError, ValueError) as e:
+        parser.error(f"{flag}: {e}")
 
 
 def median_seconds(fn, repeats: int) -> float:

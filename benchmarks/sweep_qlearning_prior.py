@@ -18,7 +18,6 @@ run them eagerly).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from harness import parse_floats, parse_lengths, run_settings
+from harness import json_object, parse_floats, parse_lengths, run_settings
 
 VARIANTS = ("qlearning", "full")
 
@@ -59,11 +58,8 @@ def main(argv=None):
     if args.qlearning is not None:
         from memmodel.config import QLearningConfig
 
-        try:
-            changes = json.loads(args.qlearning)
-        except json.JSONDecodeError as e:
-            p.error(f"--qlearning: expected JSON, got {args.qlearning!r} ({e})")
-        if not isinstance(changes, dict) or "prior" in changes:
+        changes = json_object(p, "--qlearning", args.qlearning)
+        if "prior" in changes:
             p.error(f"--qlearning: expected a JSON object of QLearningConfig fields other "
                     f"than prior (--priors sets it), got {args.qlearning!r}")
         try:
