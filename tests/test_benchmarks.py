@@ -25,6 +25,22 @@ def finite(x):
     return isinstance(x, float) and math.isfinite(x)
 
 
+@pytest.fixture(scope="module")
+def warm_checkpoint(tmp_path_factory):
+    """A model of the demo's config after one warm-up step, saved once for the scripts that
+    start from the demo's warm-up or a saved model (built on the PyTorch path, not Triton's
+    interpreter, which "auto" would pick here: slow)."""
+    from memmodel.training.ablation import AblationSpec, warm_up
+    from memmodel.training.demo import demo_spec
+
+    path = str(tmp_path_factory.mktemp("warm") / "warm.pt")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEMMODEL_BACKEND", "torch")
+        spec = AblationSpec.from_dict({**demo_spec().to_dict(), "warmup_steps": 1})
+        warm_up(spec, path)
+    return path
+
+
 @pytest.mark.slow
 def test_bench_selective_scan_dry_run(tmp_path):
     path = tmp_path / "scan.jsonl"
@@ -68,20 +84,14 @@ def test_bench_ltm_dry_run(tmp_path):
     assert res["module"]["boundaries"] == 3 and finite(res["module"]["ms_fwd_bwd"])
 
 
-def test_sweep_qlearning_costs_runs_and_counts_reads(tmp_path, monkeypatch):
+def test_sweep_qlearning_costs_runs_and_counts_reads(tmp_path, warm_checkpoint):
     """The cost sweep end to end at toy sizes: one training step per setting from a warm
     model of the demo's config, rows with entries and the fraction of chunks read. The
     PyTorch path (not Triton's interpreter, which "auto" would pick here: slow). The
     passkey with a question, and reads explored uniformly."""
-    monkeypatch.setenv("MEMMODEL_BACKEND", "torch")
-    from memmodel.training.ablation import AblationSpec, warm_up
-    from memmodel.training.demo import demo_spec
-
-    spec = AblationSpec.from_dict({**demo_spec().to_dict(), "warmup_steps": 1})
-    warm_up(spec, str(tmp_path / "warm.pt"))
     proc = subprocess.run(
         [sys.executable, "benchmarks/sweep_qlearning_costs.py", "--warm",
-         str(tmp_path / "warm.pt"), "--baselines", str(tmp_path / "none.json"), "--steps",
+         warm_checkpoint, "--baselines", str(tmp_path / "none.json"), "--steps",
          "1", "--T", "512", "--n", "2", "--memory-costs", "0", "--retrieve-costs", "0,0.5",
          "--question", " The key is", "--guided-read", "0", "--prior-read", "0",
          "--read-steps", "1", "--out",
@@ -100,20 +110,14 @@ def test_sweep_qlearning_costs_runs_and_counts_reads(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_sweep_qlearning_prior_counts_the_decisions_that_are_importances(tmp_path,
-                                                                          monkeypatch):
+                                                                          warm_checkpoint):
     """The prior sweep end to end at toy sizes: one training step per setting from a warm
     model of the demo's config, rows at two lengths, the share of decisions that agree
     with importance counted at the first; with a prior far above any Q value every
     decision agrees."""
-    monkeypatch.setenv("MEMMODEL_BACKEND", "torch")
-    from memmodel.training.ablation import AblationSpec, warm_up
-    from memmodel.training.demo import demo_spec
-
-    spec = AblationSpec.from_dict({**demo_spec().to_dict(), "warmup_steps": 1})
-    warm_up(spec, str(tmp_path / "warm.pt"))
     proc = subprocess.run(
         [sys.executable, "benchmarks/sweep_qlearning_prior.py", "--warm",
-         str(tmp_path / "warm.pt"), "--steps", "1", "--lengths", "512,256", "--n", "2",
+         warm_checkpoint, "--steps", "1", "--lengths", "512,256", "--n", "2",
          "--priors", "0,1000", "--variants", "qlearning", "--out", str(tmp_path / "out"),
          "--qlearning", '{"guided": 0.5, "guided_read": 1.0}'],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
@@ -137,22 +141,16 @@ def test_sweep_qlearning_prior_counts_the_decisions_that_are_importances(tmp_pat
                           (["--qlearning", '{"guided": 2}'], "--qlearning: QLearningConfig"),
                           (["--qlearning", '{"nope": 1}'], "--qlearning: ")]:
         bad = subprocess.run([sys.executable, "benchmarks/sweep_qlearning_prior.py", "--warm",
-                              str(tmp_path / "warm.pt"), *args],
+                              warm_checkpoint, *args],
                              cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert bad.returncode == 2 and message in bad.stderr, (args, bad.stderr[-500:])
 
 
-def test_eval_models_streams_a_saved_model_at_the_lengths(tmp_path, monkeypatch):
+def test_eval_models_streams_a_saved_model_at_the_lengths(tmp_path, warm_checkpoint):
     """eval_models end to end at toy sizes: a model saved by the demo's warm-up, loaded and
     streamed through both demo tasks at two lengths, a row each."""
-    monkeypatch.setenv("MEMMODEL_BACKEND", "torch")
-    from memmodel.training.ablation import AblationSpec, warm_up
-    from memmodel.training.demo import demo_spec
-
-    spec = AblationSpec.from_dict({**demo_spec().to_dict(), "warmup_steps": 1})
-    warm_up(spec, str(tmp_path / "warm.pt"))
     proc = subprocess.run(
-        [sys.executable, "benchmarks/eval_models.py", str(tmp_path / "warm.pt"), "--lengths",
+        [sys.executable, "benchmarks/eval_models.py", warm_checkpoint, "--lengths",
          "256,640", "--n", "2", "--no-progress", "--out", str(tmp_path / "hold.json")],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
         env={**os.environ, "MEMMODEL_COMPILE": "0", "MEMMODEL_BACKEND": "torch"})
@@ -163,7 +161,7 @@ def test_eval_models_streams_a_saved_model_at_the_lengths(tmp_path, monkeypatch)
     assert all(0 <= r["ci_low"] <= r["accuracy"] <= r["ci_high"] <= 1 for r in rows)
     assert all(r["changes"] == {} for r in rows)
     changed = subprocess.run(
-        [sys.executable, "benchmarks/eval_models.py", str(tmp_path / "warm.pt"), "--lengths",
+        [sys.executable, "benchmarks/eval_models.py", warm_checkpoint, "--lengths",
          "256", "--n", "2", "--no-progress", "--out", str(tmp_path / "repeats.json"),
          "--task", '{"name": "multi_needle", "repeats": 2}'],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
@@ -180,22 +178,16 @@ def test_eval_models_streams_a_saved_model_at_the_lengths(tmp_path, monkeypatch)
                           ('{"name": "multi_needle", "repeats": 0}',
                            "MultiNeedleTask.repeats: expected a positive int, got 0")]:
         bad = subprocess.run(
-            [sys.executable, "benchmarks/eval_models.py", str(tmp_path / "warm.pt"), "--task",
+            [sys.executable, "benchmarks/eval_models.py", warm_checkpoint, "--task",
              task], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert bad.returncode == 2 and "--task: " in bad.stderr and message in bad.stderr
 
 
-def test_bank_contents_counts_what_a_store_all_bank_holds(tmp_path, monkeypatch):
+def test_bank_contents_counts_what_a_store_all_bank_holds(tmp_path, warm_checkpoint):
     """bank_contents at toy size on the demo's warm-up (a store_all bank: every chunk kept):
     every fact held, none lost, and the counts add up."""
-    monkeypatch.setenv("MEMMODEL_BACKEND", "torch")
-    from memmodel.training.ablation import AblationSpec, warm_up
-    from memmodel.training.demo import demo_spec
-
-    spec = AblationSpec.from_dict({**demo_spec().to_dict(), "warmup_steps": 1})
-    warm_up(spec, str(tmp_path / "warm.pt"))
     proc = subprocess.run(
-        [sys.executable, "benchmarks/bank_contents.py", str(tmp_path / "warm.pt"), "--lengths",
+        [sys.executable, "benchmarks/bank_contents.py", warm_checkpoint, "--lengths",
          "256,400", "--n", "3", "--out", str(tmp_path / "bank.json")],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
         env={**os.environ, "MEMMODEL_COMPILE": "0", "MEMMODEL_BACKEND": "torch"})
@@ -209,7 +201,7 @@ def test_bank_contents_counts_what_a_store_all_bank_holds(tmp_path, monkeypatch)
         assert r["distinct_facts"] == 4 and r["asked_held"] == 1.0
         assert r["repeated_fact_entries"] > 0  # each fact is stated three times
         assert -1 <= r["copy_similarity"] <= 1 and -1 <= r["other_similarity"] <= 1
-    bad = subprocess.run([sys.executable, "benchmarks/bank_contents.py", str(tmp_path / "warm.pt"),
+    bad = subprocess.run([sys.executable, "benchmarks/bank_contents.py", warm_checkpoint,
                           "--task", '{"repeats": 0}'], cwd=ROOT, capture_output=True, text=True,
                          timeout=120)
     assert bad.returncode == 2 and "--task: MultiNeedleTask.repeats" in bad.stderr
