@@ -202,6 +202,12 @@ def test_demo_specs_resolve_bind_the_capacity_and_reach_128k(capsys):
         demo.main(["--print-spec", "--controller-seeds", "0,a"])
     assert "--controller-seeds: expected comma-separated ints, got '0,a'" in \
         capsys.readouterr().err
+    for argv, message in ((["--seeds", "0,a"], "--seeds: expected comma-separated ints"),
+                          (["--seeds", "2,2"], "--seeds: expected distinct ints >= 0"),
+                          (["--seeds", "0", "--controller-seeds", "0,1"], "not both")):
+        with pytest.raises(SystemExit):
+            demo.main(["--print-spec", *argv])
+        assert message in capsys.readouterr().err
 
 
 def test_demo_compiles_unless_told_not_to(monkeypatch, capsys):
@@ -297,3 +303,44 @@ def test_pool_seeds_pools_the_queries():
     assert (p["ci_low"], p["ci_high"]) == ablation.wilson_interval(6, 8)
     with pytest.raises(ValueError, match="same \\(task, T\\)"):
         ablation.pool_seeds([[row(1.0, 4, 2.0)], [dict(row(1.0, 4, 2.0), T=16)]])
+
+
+def test_training_seeds_run_the_whole_ablation_each_and_pool_its_rows(tmp_path):
+    spec = AblationSpec.from_dict({**TINY, "eval_lengths": [128]})
+    rows = ablation.run_seeds(spec, [0, 3], tmp_path)
+    assert [(r["variant"], r["T"]) for r in rows] == [("ssm", 128), ("fifo", 128)]
+    for r in rows:
+        own = [json.loads((tmp_path / f"seed-{s}" / "results.json").read_text())
+               for s in (0, 3)]
+        accs = [next(x["accuracy"] for x in run if x["variant"] == r["variant"]) for run in own]
+        assert r["train_seeds"] == [0, 3] and r["seed_accuracy"] == accs
+        assert r["n"] == 2 * TINY["eval_n"]
+        assert r["accuracy"] == pytest.approx(sum(accs) / 2)
+    for s in (0, 3):
+        assert json.loads((tmp_path / f"seed-{s}" / "spec.json").read_text())["seed"] == s
+        assert (tmp_path / f"seed-{s}" / "models" / "fifo.pt").exists()
+    a = load_checkpoint(tmp_path / "seed-0" / "models" / "ssm.pt")[0].state_dict()
+    b = load_checkpoint(tmp_path / "seed-3" / "models" / "ssm.pt")[0].state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # another initialisation
+    resolved = json.loads((tmp_path / "spec.json").read_text())
+    assert resolved["train_seeds"] == [0, 3]
+    assert json.loads((tmp_path / "results.json").read_text()) == rows
+    table = (tmp_path / "results.md").read_text()
+    assert "Pooled over training seeds 0, 3" in table and "2 seeds:" in table
+
+
+def test_training_seeds_are_checked_before_anything_runs(tmp_path):
+    spec = AblationSpec.from_dict(TINY)
+    for bad in ([], [1, 1], [-1], [0.5], "0,1"):
+        with pytest.raises(ValueError, match="distinct ints >= 0"):
+            ablation.run_seeds(spec, bad, tmp_path / "x")
+    with pytest.raises(ValueError, match="not both"):
+        ablation.run_seeds(AblationSpec.from_dict({**TINY, "controller_seeds": [0, 1]}), [0],
+                           tmp_path / "x")
+    with pytest.raises(ValueError, match="qlearning\\['seed'\\] = 4"):
+        ablation.run_seeds(AblationSpec.from_dict({**TINY, "qlearning": {"seed": 4}}), [0],
+                           tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "y"), "--seeds", "0,0"])
+    assert not (tmp_path / "y").exists()

@@ -3,6 +3,7 @@
     python -m memmodel.training.ablation --out results/                 # the default spec
     python -m memmodel.training.ablation --spec spec.json --out results/ --variants ssm,full
     python -m memmodel.training.ablation --print-spec > spec.json       # to edit
+    python -m memmodel.training.ablation --spec spec.json --out results/ --seeds 0,1,2
 
 Variants (`VARIANTS`), all from one `AblationSpec`:
 
@@ -60,6 +61,9 @@ Written to --out:
                    it with `memmodel.training.memory.load_checkpoint`; its step counts
                    phase 2)
     models/warmup.pt      the warm-up model (W > 0 and a long-term-memory variant)
+
+With --seeds (`run_seeds`) the whole ablation runs once per training seed, each into
+seed-<s>/ with the files above, and --out gets the rows pooled over the seeds.
 """
 
 from __future__ import annotations
@@ -588,6 +592,66 @@ def run_ablation(spec: AblationSpec, out, progress: bool = False, name: str = "r
     return [r for v in spec.variants for r in done[v][0]]
 
 
+def check_seeds(spec: AblationSpec, seeds) -> None:
+    """The checks of `run_seeds` (a ValueError that names what is wrong), without running."""
+    if (not isinstance(seeds, (list, tuple)) or not seeds or len(set(seeds)) != len(seeds)
+            or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
+                       for x in seeds)):
+        raise ValueError(f"run_seeds: expected seeds as a list of distinct ints >= 0, got "
+                         f"{seeds!r}")
+    if spec.controller_seeds is not None:
+        raise ValueError(f"run_seeds: the spec has controller_seeds "
+                         f"{spec.controller_seeds}; expected training seeds or controller "
+                         f"seeds, not both")
+    if "seed" in spec.qlearning:
+        raise ValueError(f"run_seeds: the spec fixes qlearning['seed'] = "
+                         f"{spec.qlearning['seed']}; expected it unset, so each training "
+                         f"seed seeds its controllers too")
+
+
+def run_seeds(spec: AblationSpec, seeds: list[int], out, progress: bool = False,
+              name: str = "results", command: Optional[str] = None,
+              workers: int = 1) -> list[dict[str, Any]]:
+    """The whole ablation once per training seed, the rows pooled: what spread a figure
+    has when everything random is drawn again (the models' initialisation, the warm-up's
+    and every variant's training batches, the controllers' seeds: a spec's `seed`).
+
+    Seed s runs `run_ablation` on the spec with seed = s (its controllers take the same
+    seed, as in one run) into out/seed-<s>/ (its own rows, table, figure and models). Then
+    out/<name>.json holds one row per (variant, task, T), its seeds' rows pooled by
+    `pool_seeds` (n, the accuracy over every seed's queries with its interval,
+    seed_accuracy: each seed's, seed_std: their spread) with `train_seeds`, the seeds in
+    order; out/<name>.md and out/<name>.png show them, out/spec.json is the spec with
+    `train_seeds` added. The seeds' evaluation batches are the same (the test split's),
+    so the spread is the training's alone.
+
+    Raises ValueError, before anything runs, unless seeds are distinct ints >= 0, or when
+    the spec has controller_seeds (one kind of seed per run) or qlearning["seed"] (it
+    would hold the controllers' seed fixed while the rest varies).
+    """
+    check_seeds(spec, seeds)
+    out = Path(out)
+    runs = []
+    for s in seeds:
+        one = AblationSpec.from_dict({**spec.to_dict(), "seed": s})
+        log.info("== training seed %d of %s", s, list(seeds))
+        runs.append(run_ablation(one, out / f"seed-{s}", progress=progress, name=name,
+                                 command=command, workers=workers))
+    rows = []
+    for variant in spec.variants:
+        pooled = pool_seeds([[r for r in run if r["variant"] == variant] for run in runs])
+        rows += [dict(r, train_seeds=list(seeds)) for r in pooled]
+    _write_json(out / "spec.json", {**spec.resolved(), "train_seeds": list(seeds)})
+    _write_json(out / f"{name}.json", rows)
+    table = markdown_table(rows, spec, command, workers)
+    note = (f"Pooled over training seeds {', '.join(map(str, seeds))} (each seed's run in "
+            f"seed-<s>/): n counts every seed's queries; the spread is over the seeds.\n")
+    (out / f"{name}.md").write_text(table.replace("\n\n## ", f"\n\n{note}\n## ", 1),
+                                    encoding="utf-8")
+    plot_results(rows, out / f"{name}.png")
+    return rows
+
+
 # The variants' rough evaluation cost, longest first: a parallel run starts those first.
 _COST_ORDER = ("store_all", "full", "wm", "qlearning", "gumbel", "importance", "fifo", "ssm")
 
@@ -707,8 +771,9 @@ def _variant_rows(spec: AblationSpec, variant: str, out: str,
 
 
 def pool_seeds(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """One variant's rows from several controller seeds (runs[i]: seed i's rows, the same
-    (task, T) in the same order) as one row per (task, T): n and the accuracy over the
+    """One variant's rows from several seeds, of its controller (`controller_seeds`) or of
+    the whole training (`run_seeds`), runs[i] being seed i's rows (the same (task, T) in
+    the same order), as one row per (task, T): n and the accuracy over the
     queries of every seed, with its Wilson interval; seed_accuracy (each seed's) and
     seed_std (their sample standard deviation, 0 for one seed); the means of entries,
     state_bytes, tokens_per_s and the other measures; the largest peak_rss_mb. A class
@@ -948,9 +1013,13 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=1,
                    help="processes training and evaluating variants side by side")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--seeds", default=None,
+                   help="comma-separated training seeds: the whole ablation once per seed "
+                        "(into seed-<s>/), the rows pooled (mean, spread)")
     p.add_argument("--print-spec", action="store_true",
                    help="print the resolved spec as JSON and exit")
     args = p.parse_args(argv)
+    seeds = None if args.seeds is None else parse_seeds(p, "--seeds", args.seeds)
     data = {}
     if args.spec:
         with open(args.spec, encoding="utf-8") as f:
@@ -980,8 +1049,27 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     if args.workers < 1:
         p.error(f"--workers: expected a positive int, got {args.workers}")
-    run_ablation(spec, args.out, progress=not args.no_progress, workers=args.workers)
+    if seeds is None:
+        run_ablation(spec, args.out, progress=not args.no_progress, workers=args.workers)
+    else:
+        try:
+            check_seeds(spec, seeds)
+        except ValueError as e:
+            p.error(str(e))
+        run_seeds(spec, seeds, args.out, progress=not args.no_progress, workers=args.workers)
     log.info("results in %s", args.out)
+
+
+def parse_seeds(parser: argparse.ArgumentParser, flag: str, text: str) -> list[int]:
+    """Comma-separated distinct ints >= 0 from the command line; anything else stops the
+    program through `parser.error`, naming `flag`."""
+    try:
+        seeds = [int(v) for v in text.split(",")]
+    except ValueError:
+        parser.error(f"{flag}: expected comma-separated ints, got {text!r}")
+    if any(x < 0 for x in seeds) or len(set(seeds)) != len(seeds):
+        parser.error(f"{flag}: expected distinct ints >= 0, got {text!r}")
+    return seeds
 
 
 if __name__ == "__main__":

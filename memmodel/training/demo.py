@@ -4,6 +4,8 @@
     python -m memmodel.training.demo --out results --long     # `make demo DEMO=long`
     python -m memmodel.training.demo --variants qlearning,full --controller-seeds 0,1,2 \
         --out results/seeds        # the learned controllers from three seeds
+    python -m memmodel.training.demo --variants importance,store_all,qlearning,full \
+        --seeds 0,1,2 --out results/train-seeds   # everything trained from three seeds
 
 Trains the eight variants of `memmodel.training.ablation` (ssm, wm, fifo, importance,
 store_all, qlearning, gumbel, the differentiable keep gate beside Q-learning, and full)
@@ -29,7 +31,9 @@ of 4 entries, which overflows).
 Writes under --out: demo.json (the rows), demo.md (the table, with the machine, versions,
 date and command), demo.png (accuracy against T, a panel per task; needs the `plot`
 extra), depth.json, spec.json (the resolved spec) and models/<variant>.pt, each loadable
-with `memmodel.load`. The table is printed at the end.
+with `memmodel.load`. The table is printed at the end. With --seeds the whole demo runs
+once per training seed, each into <out>/seed-<s>/ with these files, and <out>/demo.json,
+demo.md and demo.png hold the rows pooled over the seeds (`ablation.run_seeds`).
 
 The settings are `DEMO_SPEC` (and `LONG`, its changes for --long). One run on a 2-core CPU
 takes about 10 minutes (two worker processes of one thread each, the CPU fast paths
@@ -49,7 +53,7 @@ from pathlib import Path
 
 import torch
 
-from .ablation import AblationSpec, run_ablation, worker_count
+from .ablation import AblationSpec, check_seeds, parse_seeds, run_ablation, run_seeds, worker_count
 
 log = logging.getLogger("memmodel.training.demo")
 
@@ -132,6 +136,9 @@ def main(argv=None):
     p.add_argument("--controller-seeds", default=None,
                    help="comma-separated Q-learning controller seeds: the qlearning and full "
                         "variants trained once per seed, their rows pooled (mean, spread)")
+    p.add_argument("--seeds", default=None,
+                   help="comma-separated training seeds: the whole demo once per seed (into "
+                        "<out>/seed-<s>/), its rows pooled in <out>/demo.json (mean, spread)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--workers", type=int, default=None,
                    help="processes training and evaluating variants side by side (default: "
@@ -160,6 +167,12 @@ def main(argv=None):
             spec = AblationSpec.from_dict({**spec.to_dict(), **changes})
         except ValueError as e:
             p.error(str(e))
+    seeds = None if args.seeds is None else parse_seeds(p, "--seeds", args.seeds)
+    if seeds is not None:
+        try:
+            check_seeds(spec, seeds)
+        except ValueError as e:
+            p.error(str(e))
     if args.print_spec:
         sys.stdout.write(json.dumps(spec.resolved(), indent=1) + "\n")
         return
@@ -173,8 +186,12 @@ def main(argv=None):
         workers = worker_count(args.workers, len(spec.variants))
     except ValueError as e:
         p.error(str(e))
-    run_ablation(spec, args.out, progress=not args.no_progress, name="demo", command=command,
-                 workers=workers)
+    if seeds is None:
+        run_ablation(spec, args.out, progress=not args.no_progress, name="demo",
+                     command=command, workers=workers)
+    else:
+        run_seeds(spec, seeds, args.out, progress=not args.no_progress, name="demo",
+                  command=command, workers=workers)
     minutes = (time.perf_counter() - began) / 60
     sys.stdout.write("\n" + (Path(args.out) / "demo.md").read_text(encoding="utf-8") + "\n")
     log.info("%.1f minutes; results in %s/demo.json, demo.md, demo.png and models/",
