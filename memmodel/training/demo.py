@@ -36,7 +36,7 @@ once per training seed, each into <out>/seed-<s>/ with these files, and <out>/de
 demo.md and demo.png hold the rows pooled over the seeds (`ablation.run_seeds`).
 
 The settings are `DEMO_SPEC` (and `LONG`, its changes for --long). One run on a 2-core CPU
-takes about 10 minutes (two worker processes of one thread each, the CPU fast paths
+takes 10 to 12 minutes (two worker processes of one thread each, the CPU fast paths
 compiled); docs/results.md has what it measured.
 """
 
