@@ -228,9 +228,7 @@ class AblationSpec:
                              f"variants from {VARIANTS}, got {self.eval_max!r}")
         seeds = self.controller_seeds
         if seeds is not None:
-            if (not isinstance(seeds, (list, tuple)) or not seeds or len(set(seeds)) != len(seeds)
-                    or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
-                               for x in seeds)):
+            if not _distinct_seeds(seeds):
                 raise ValueError(f"AblationSpec.controller_seeds: expected None or a list of "
                                  f"distinct ints >= 0, got {seeds!r}")
             if "seed" in self.qlearning:
@@ -592,11 +590,16 @@ def run_ablation(spec: AblationSpec, out, progress: bool = False, name: str = "r
     return [r for v in spec.variants for r in done[v][0]]
 
 
+def _distinct_seeds(seeds) -> bool:
+    """A non-empty list (or tuple) of distinct ints >= 0: what controller_seeds and
+    run_seeds' seeds must be."""
+    return (isinstance(seeds, (list, tuple)) and bool(seeds) and len(set(seeds)) == len(seeds)
+            and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in seeds))
+
+
 def check_seeds(spec: AblationSpec, seeds) -> None:
     """The checks of `run_seeds` (a ValueError that names what is wrong), without running."""
-    if (not isinstance(seeds, (list, tuple)) or not seeds or len(set(seeds)) != len(seeds)
-            or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
-                       for x in seeds)):
+    if not _distinct_seeds(seeds):
         raise ValueError(f"run_seeds: expected seeds as a list of distinct ints >= 0, got "
                          f"{seeds!r}")
     if spec.controller_seeds is not None:
@@ -643,10 +646,9 @@ def run_seeds(spec: AblationSpec, seeds: list[int], out, progress: bool = False,
         rows += [dict(r, train_seeds=list(seeds)) for r in pooled]
     _write_json(out / "spec.json", {**spec.resolved(), "train_seeds": list(seeds)})
     _write_json(out / f"{name}.json", rows)
-    table = markdown_table(rows, spec, command, workers)
     note = (f"Pooled over training seeds {', '.join(map(str, seeds))} (each seed's run in "
             f"seed-<s>/): n counts every seed's queries; the spread is over the seeds.\n")
-    (out / f"{name}.md").write_text(table.replace("\n\n## ", f"\n\n{note}\n## ", 1),
+    (out / f"{name}.md").write_text(markdown_table(rows, spec, command, workers, note),
                                     encoding="utf-8")
     plot_results(rows, out / f"{name}.png")
     return rows
@@ -894,9 +896,11 @@ def warmup_note(spec: AblationSpec) -> str:
 
 
 def markdown_table(rows: list[dict[str, Any]], spec: Optional[AblationSpec] = None,
-                   command: Optional[str] = None, workers: int = 1) -> str:
+                   command: Optional[str] = None, workers: int = 1,
+                   note: Optional[str] = None) -> str:
     """The rows as one markdown table per task, with the provenance (`provenance(command,
-    workers)`) and, given the spec, how it trained: `warmup_note`) above them."""
+    workers)`), given the spec, how it trained (`warmup_note`), and `note` when given,
+    above them."""
     lines = ["# Memory ablation", "", provenance(command, workers)]
     if spec is not None:
         lines += [warmup_note(spec)]
@@ -910,6 +914,8 @@ def markdown_table(rows: list[dict[str, Any]], spec: Optional[AblationSpec] = No
                 _task_line(t) for t in spec.warming_tasks()) + ".\n",
                 "Training tasks: " + "; ".join(
                 _task_line(t) for t in spec.training_tasks()) + ".\n"]
+    if note:
+        lines += [note]
     for task in dict.fromkeys(r["task"] for r in rows):
         mine = [r for r in rows if r["task"] == task]
         if "bpb" in mine[0]:

@@ -163,11 +163,7 @@ def main(argv=None):
     if args.variants:
         changes["variants"] = args.variants.split(",")
     if args.controller_seeds:
-        try:
-            changes["controller_seeds"] = [int(v) for v in args.controller_seeds.split(",")]
-        except ValueError:
-            p.error(f"--controller-seeds: expected comma-separated ints, got "
-                    f"{args.controller_seeds!r}")
+        changes["controller_seeds"] = parse_seeds(p, "--controller-seeds", args.controller_seeds)
     if changes:
         try:
             spec = AblationSpec.from_dict({**spec.to_dict(), **changes})
